@@ -1,0 +1,51 @@
+"""qpdsl: parametric convex QPs, compiled once, solved batched, differentiable in every parameter."""
+
+from .backends import available_backends
+from .errors import BackendNotFound, ModelError, ParameterError, QPDSLError, SolverError
+from .expressions import (
+    Constant,
+    Constraint,
+    Expression,
+    Parameter,
+    Variable,
+    abs,
+    cumsum,
+    diag,
+    hstack,
+    huber,
+    max,
+    maximum,
+    mean,
+    min,
+    minimum,
+    multiply,
+    neg,
+    norm1,
+    norm_inf,
+    pos,
+    quad_form,
+    reshape,
+    square,
+    sum,
+    sum_squares,
+    vstack,
+)
+from .problem import Maximize, Minimize, Problem, Solution
+from .qp import QPData, QPResult, Settings, Status, WarmStart
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendNotFound", "Constant", "Constraint", "Expression", "Maximize", "Minimize", "ModelError",
+    "Parameter", "ParameterError", "Problem", "QPDSLError", "QPData", "QPResult", "Settings", "Solution",
+    "SolverError", "Status", "Variable", "WarmStart", "abs", "available_backends", "cumsum", "diag",
+    "hstack", "huber", "max", "maximum", "mean", "min", "minimum", "multiply", "neg", "norm1", "norm_inf",
+    "pos", "quad_form", "reshape", "square", "sum", "sum_squares", "vstack", "from_cvxpy",
+]
+
+
+def from_cvxpy(problem):  # noqa: ANN001, ANN201 - imported lazily so cvxpy stays optional
+    """Import a cvxpy QP (see :func:`qpdsl.cvxpy_import.from_cvxpy`)."""
+    from .cvxpy_import import from_cvxpy as _impl
+
+    return _impl(problem)

@@ -1,0 +1,70 @@
+"""Small helpers that let the shared math run on numpy, torch and jax arrays alike.
+
+The math modules (``qpdsl.diff``, the ALM core) take an array namespace ``xp`` from
+:func:`namespace` and use only array-API functions plus the few helpers below, which
+paper over the places where the frameworks differ (in-place scatter, dtype queries).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def namespace(*arrays: Any) -> Any:
+    """Return the array-API compatible namespace of ``arrays`` (numpy, torch or jax)."""
+    import array_api_compat
+
+    return array_api_compat.array_namespace(*[a for a in arrays if a is not None])
+
+
+def framework(array: Any) -> str:
+    """Return ``"numpy"``, ``"torch"`` or ``"jax"`` for an array."""
+    mod = type(array).__module__
+    if mod.startswith("torch"):
+        return "torch"
+    if mod.startswith("jax") or mod.startswith("jaxlib"):
+        return "jax"
+    return "numpy"
+
+
+def to_numpy(array: Any) -> np.ndarray:
+    """Copy any framework's array to a host numpy array (detached)."""
+    if framework(array) == "torch":
+        return array.detach().cpu().numpy()
+    return np.asarray(array)
+
+
+def scatter_2d(values: Any, rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> Any:
+    """Scatter batched ``values`` (B, nnz) into dense (B, *shape) at (rows, cols).
+
+    The pattern (rows, cols) must not repeat an entry; compiled patterns never do.
+
+    Differentiable in every framework (torch autograd, jax).
+    """
+    fw = framework(values)
+    batch = values.shape[0]
+    flat_idx = np.asarray(rows, dtype=np.int64) * shape[1] + np.asarray(cols, dtype=np.int64)
+    size = shape[0] * shape[1]
+    if fw == "torch":
+        import torch
+
+        idx = torch.as_tensor(flat_idx, device=values.device).expand(batch, -1)
+        out = torch.zeros((batch, size), dtype=values.dtype, device=values.device)
+        out = out.scatter_add(1, idx, values)
+        return out.reshape(batch, *shape)
+    if fw == "jax":
+        import jax.numpy as jnp
+
+        out = jnp.zeros((batch, size), dtype=values.dtype)
+        out = out.at[:, flat_idx].add(values)
+        return out.reshape(batch, *shape)
+    out = np.zeros((batch, size), dtype=values.dtype)
+    out[:, flat_idx] = values  # patterns compiled by qpdsl hold no duplicates
+    return out.reshape(batch, *shape)
+
+
+def gather_2d(dense: Any, rows: np.ndarray, cols: np.ndarray) -> Any:
+    """Inverse of :func:`scatter_2d`'s adjoint: ``dense[:, rows, cols]`` (B, nnz)."""
+    return dense[:, rows, cols]

@@ -1,0 +1,132 @@
+"""The backend registry (DESIGN §4).
+
+A backend is one module in this package that calls :func:`register` at import time with a
+factory and its :class:`Capabilities`. Backends whose packages are missing still register
+(so that ``available_backends`` can say what to install) but report ``installed=False``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+from ..errors import BackendNotFound
+from ..qp import QPData, QPResult, Settings, WarmStart
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do.
+
+    Parameters
+    ----------
+    framework
+        The array type its ``solve`` takes and returns: ``"numpy"``, ``"torch"`` or ``"jax"``.
+    devices
+        Where it computes: subset of ``("cpu", "cuda", "gpu", "tpu")``.
+    dense, sparse
+        Which matrix formats it accepts (QPData with dense arrays or SparseBatch).
+    warm_start
+        Whether it uses a :class:`~qpdsl.qp.WarmStart`.
+    dtypes
+        Floating dtypes it solves in.
+    extra
+        The pip extra that installs it.
+    """
+
+    framework: str
+    devices: tuple[str, ...] = ("cpu",)
+    dense: bool = True
+    sparse: bool = False
+    warm_start: bool = True
+    dtypes: tuple[str, ...] = ("float64",)
+    extra: str = ""
+    installed: bool = True
+    description: str = ""
+
+
+class Backend(Protocol):
+    """The interface every backend implements."""
+
+    name: str
+    capabilities: Capabilities
+
+    def solve(self, data: QPData, settings: Settings, warm_start: WarmStart | None = None) -> QPResult:
+        """Solve a batch of QPs; never raises for a failed element (its status says so)."""
+        ...
+
+
+@dataclass
+class _Entry:
+    factory: Callable[[str], Backend]
+    capabilities: Capabilities
+    instances: dict[str, Backend] = field(default_factory=dict)
+
+
+_REGISTRY: dict[str, _Entry] = {}
+_PREFIXES: dict[str, _Entry] = {}
+_ALIASES = {"cpu": "proxsuite", "gpu": "torch"}
+_MODULES = ("proxsuite_backend", "qpsolvers_backend", "torch_backend", "jax_backend")
+_loaded = False
+
+
+def register(name: str, factory: Callable[[str], Backend], capabilities: Capabilities, prefix: bool = False) -> None:
+    """Register a backend. With ``prefix=True``, ``name`` matches ``"name:<anything>"``."""
+    (_PREFIXES if prefix else _REGISTRY)[name] = _Entry(factory, capabilities)
+
+
+def _load_all() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for mod in _MODULES:
+        importlib.import_module(f"{__name__}.{mod}")
+
+
+def get_backend(name: str) -> Backend:
+    """Return the backend registered as ``name`` (aliases ``cpu``, ``gpu`` and ``qpsolvers:<solver>`` included).
+
+    Raises
+    ------
+    BackendNotFound
+        If the name is unknown or the backend's package is not installed.
+    """
+    _load_all()
+    name = _ALIASES.get(name, name)
+    key, _, sub = name.partition(":")
+    entry = _REGISTRY.get(name) if not sub else _PREFIXES.get(key)
+    if entry is None:
+        known = sorted(_REGISTRY) + [f"{p}:<solver>" for p in _PREFIXES]
+        raise BackendNotFound(f"unknown backend {name!r}; known backends: {', '.join(known)}")
+    if not entry.capabilities.installed:
+        raise BackendNotFound(
+            f"backend {name!r} is not installed on this machine; install it with "
+            f"pip install 'qpdsl[{entry.capabilities.extra}]'"
+        )
+    if name not in entry.instances:
+        entry.instances[name] = entry.factory(name)
+    return entry.instances[name]
+
+
+def available_backends() -> dict[str, Capabilities]:
+    """The backends usable on this machine, by name, with their capabilities."""
+    _load_all()
+    out = {name: e.capabilities for name, e in sorted(_REGISTRY.items()) if e.capabilities.installed}
+    for prefix, e in _PREFIXES.items():
+        lister: Any = getattr(e.factory, "available", None)
+        for sub in (lister() if lister else []):
+            out[f"{prefix}:{sub}"] = e.capabilities
+    return out
+
+
+def default_backend() -> str:
+    """The backend used when none is named: ``proxsuite`` when installed, else the first available."""
+    names = available_backends()
+    for preferred in ("proxsuite", "torch", "jax"):
+        if preferred in names:
+            return preferred
+    if not names:
+        raise BackendNotFound("no backend is installed; pip install 'qpdsl[proxsuite]'")
+    return next(iter(names))

@@ -1,0 +1,204 @@
+"""Sparse affine tensors: the coefficients of an expression in the variables and parameters.
+
+An :class:`Affine` of size m stores, for each entry ``(row, var, theta, val)``, the term
+``val * theta_t * x_v`` of row ``row`` of the flattened (row-major) expression, where
+``var == -1`` stands for no variable (a constant term) and ``theta == -1`` for the constant
+1 instead of a parameter entry. Because at most one of the two factors is symbolic in each
+product (checked on the expressions), every row is affine in the variables with
+coefficients affine in the parameters: exactly what the QP data need. All operations are
+vectorised numpy; nothing dense of size (vars x params) is ever built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from ..errors import ModelError
+
+NONE = -1  # "no variable" / "no parameter" index
+
+
+def _expand(starts: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each owner k holding ``counts[k]`` items from ``starts[k]`` on, list the (owner, item) pairs."""
+    total = int(counts.sum())
+    owner = np.repeat(np.arange(counts.size), counts)
+    first = np.cumsum(counts) - counts
+    item = starts[owner] + (np.arange(total) - first[owner])
+    return owner, item
+
+
+@dataclass
+class Affine:
+    size: int
+    row: np.ndarray
+    var: np.ndarray
+    theta: np.ndarray
+    val: np.ndarray
+
+    # ------------------------------------------------------------ constructors
+    @staticmethod
+    def empty(size: int) -> "Affine":
+        z = np.zeros(0, dtype=np.int64)
+        return Affine(size, z, z, z, np.zeros(0))
+
+    @staticmethod
+    def variable(offset: int, size: int) -> "Affine":
+        r = np.arange(size, dtype=np.int64)
+        return Affine(size, r, r + offset, np.full(size, NONE, dtype=np.int64), np.ones(size))
+
+    @staticmethod
+    def parameter(offset: int, size: int) -> "Affine":
+        r = np.arange(size, dtype=np.int64)
+        return Affine(size, r, np.full(size, NONE, dtype=np.int64), r + offset, np.ones(size))
+
+    @staticmethod
+    def constant(values: np.ndarray) -> "Affine":
+        flat = np.asarray(values, dtype=float).reshape(-1)
+        r = np.flatnonzero(flat).astype(np.int64)
+        none = np.full(r.size, NONE, dtype=np.int64)
+        return Affine(flat.size, r, none, none.copy(), flat[r])
+
+    # ------------------------------------------------------------ facts
+    @property
+    def nnz(self) -> int:
+        return int(self.val.size)
+
+    @property
+    def has_vars(self) -> bool:
+        return bool(np.any(self.var != NONE))
+
+    @property
+    def has_params(self) -> bool:
+        return bool(np.any(self.theta != NONE))
+
+    def constant_part(self) -> np.ndarray:
+        """Dense vector of the terms with neither variable nor parameter."""
+        mask = (self.var == NONE) & (self.theta == NONE)
+        return np.bincount(self.row[mask], weights=self.val[mask], minlength=self.size)
+
+    def is_selection(self) -> bool:
+        """Each row is exactly ``1 * x_v`` (a plain variable entry), no constants or parameters."""
+        if self.nnz != self.size or self.has_params or np.any(self.val != 1.0) or np.any(self.var == NONE):
+            return False
+        return bool(np.array_equal(np.sort(self.row), np.arange(self.size)))
+
+    def selected_vars(self) -> np.ndarray:
+        """For a selection, the variable of each row."""
+        out = np.empty(self.size, dtype=np.int64)
+        out[self.row] = self.var
+        return out
+
+    # ------------------------------------------------------------ elementary operations
+    def _by_row(self) -> tuple["Affine", np.ndarray, np.ndarray]:
+        order = np.argsort(self.row, kind="stable")
+        s = Affine(self.size, self.row[order], self.var[order], self.theta[order], self.val[order])
+        counts = np.bincount(s.row, minlength=self.size)
+        starts = np.cumsum(counts) - counts
+        return s, counts, starts
+
+    def linear(self, L: sp.spmatrix) -> "Affine":
+        """Rows of ``L @ self`` for a constant sparse matrix ``L`` (m_out x size)."""
+        L = sp.coo_matrix(L)
+        if L.shape[1] != self.size:
+            raise ValueError(f"linear map of shape {L.shape} on affine of size {self.size}")
+        s, counts, starts = self._by_row()
+        lr, lc, lv = L.row.astype(np.int64), L.col.astype(np.int64), L.data
+        owner, item = _expand(starts[lc], counts[lc])
+        return Affine(L.shape[0], lr[owner], s.var[item], s.theta[item], lv[owner] * s.val[item])
+
+    def select(self, index: np.ndarray) -> "Affine":
+        """Row r of the result is row ``index[r]`` of self (rows may repeat)."""
+        index = np.asarray(index, dtype=np.int64).reshape(-1)
+        s, counts, starts = self._by_row()
+        owner, item = _expand(starts[index], counts[index])
+        return Affine(index.size, owner.astype(np.int64), s.var[item], s.theta[item], s.val[item])
+
+    def remap(self, new_row: np.ndarray, size: int) -> "Affine":
+        """Move row i to ``new_row[i]`` in a result of ``size`` rows (injective, other rows zero)."""
+        return Affine(size, np.asarray(new_row, dtype=np.int64)[self.row], self.var, self.theta, self.val)
+
+    def scale(self, factor: np.ndarray | float) -> "Affine":
+        """Multiply row i by ``factor[i]`` (or a scalar)."""
+        f = np.asarray(factor, dtype=float)
+        val = self.val * (f if f.ndim == 0 else f.reshape(-1)[self.row])
+        keep = val != 0
+        return Affine(self.size, self.row[keep], self.var[keep], self.theta[keep], val[keep])
+
+    @staticmethod
+    def concat(parts: list["Affine"], size: int) -> "Affine":
+        """Sum of affines of the same size (entries are concatenated, not yet coalesced)."""
+        if not parts:
+            return Affine.empty(size)
+        return Affine(
+            size,
+            np.concatenate([p.row for p in parts]),
+            np.concatenate([p.var for p in parts]),
+            np.concatenate([p.theta for p in parts]),
+            np.concatenate([p.val for p in parts]),
+        )
+
+    def coalesce(self) -> "Affine":
+        """Sum duplicate (row, var, theta) entries and drop zeros."""
+        if self.nnz == 0:
+            return self
+        order = np.lexsort((self.theta, self.var, self.row))
+        row, var, theta, val = self.row[order], self.var[order], self.theta[order], self.val[order]
+        new = np.ones(row.size, dtype=bool)
+        new[1:] = (row[1:] != row[:-1]) | (var[1:] != var[:-1]) | (theta[1:] != theta[:-1])
+        starts = np.flatnonzero(new)
+        summed = np.add.reduceat(val, starts)
+        keep = summed != 0
+        idx = starts[keep]
+        return Affine(self.size, row[idx], var[idx], theta[idx], summed[keep])
+
+    @staticmethod
+    def bilinear(left: "Affine", right: "Affine", out: np.ndarray, a: np.ndarray, b: np.ndarray, size: int,
+                 what: str) -> "Affine":
+        """Sum over pairs p of ``left[a[p]] * right[b[p]]`` into row ``out[p]``.
+
+        At most one factor of each product may hold a variable and at most one a parameter;
+        ``what`` names the expression in the error otherwise.
+        """
+        ls, lcounts, lstarts = left._by_row()
+        rs, rcounts, rstarts = right._by_row()
+        pair, li = _expand(lstarts[a], lcounts[a])
+        pair2, ri = _expand(rstarts[b[pair]], rcounts[b[pair]])
+        li = li[pair2]
+        pair = pair[pair2]
+        lv, rv = ls.var[li], rs.var[ri]
+        lt, rt = ls.theta[li], rs.theta[ri]
+        if np.any((lv != NONE) & (rv != NONE)):
+            raise ModelError(f"{what}: a product of two variables is not affine")
+        if np.any((lt != NONE) & (rt != NONE)):
+            raise ModelError(f"{what}: a product of two parameters would make the QP data non-affine")
+        return Affine(size, out[pair], np.maximum(lv, rv), np.maximum(lt, rt), ls.val[li] * rs.val[ri])
+
+    @staticmethod
+    def row_products(left: "Affine", right: "Affine", out: np.ndarray, size: int) -> tuple[np.ndarray, ...]:
+        """Quadratic terms ``sum_i left_i * right_i`` grouped into ``out[i]``: (slot, va, vb, theta, val).
+
+        Both factors may hold variables (this builds quadratic forms); at most one may hold
+        parameters.
+        """
+        ls, lcounts, lstarts = left._by_row()
+        rs, rcounts, rstarts = right._by_row()
+        rows = np.arange(left.size, dtype=np.int64)
+        pair, li = _expand(lstarts[rows], lcounts[rows])
+        pair2, ri = _expand(rstarts[rows[pair]], rcounts[rows[pair]])
+        li, pair = li[pair2], pair[pair2]
+        lt, rt = ls.theta[li], rs.theta[ri]
+        if np.any((lt != NONE) & (rt != NONE)):
+            raise ModelError("a quadratic term would have a coefficient quadratic in the parameters")
+        return out[pair], ls.var[li], rs.var[ri], np.maximum(lt, rt), ls.val[li] * rs.val[ri]
+
+
+def broadcast_index(shape_from: tuple[int, ...], shape_to: tuple[int, ...]) -> np.ndarray | None:
+    """Flat source index for each flat target entry of a NumPy broadcast (None if identity)."""
+    if tuple(shape_from) == tuple(shape_to):
+        return None
+    size = int(np.prod(shape_from, dtype=np.int64))
+    src = np.arange(size).reshape(shape_from)
+    return np.broadcast_to(src, shape_to).reshape(-1)

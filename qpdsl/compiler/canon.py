@@ -1,0 +1,438 @@
+"""Canonicalisation: every expression node becomes an :class:`Affine` (one table, keyed by node type).
+
+Affine operators map to linear maps of their arguments' coefficients. Piecewise-linear atoms
+introduce an auxiliary variable and the epigraph (or hypograph) constraints that bound it;
+this is exact because the model passed the curvature rules. Quadratic atoms become *slots*:
+auxiliary scalars that stand for a quadratic form in the variables; the objective's
+coefficient on each slot later turns into entries of P, q and r.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import scipy.sparse as sp
+
+from ..errors import ModelError
+from ..expressions import atoms as at
+from ..expressions import expression as ex
+from ..expressions.constraints import Constraint, Equality, Inequality
+from .affine import NONE, Affine, broadcast_index
+
+
+@dataclass
+class Slots:
+    """Quadratic slots: ``slot_s = sum val * theta_t * x_va * x_vb`` (va/vb = -1 stand for 1)."""
+
+    slot: list[np.ndarray] = field(default_factory=list)
+    va: list[np.ndarray] = field(default_factory=list)
+    vb: list[np.ndarray] = field(default_factory=list)
+    theta: list[np.ndarray] = field(default_factory=list)
+    val: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, slot: np.ndarray, va: np.ndarray, vb: np.ndarray, theta: np.ndarray, val: np.ndarray) -> None:
+        for name, arr in zip(("slot", "va", "vb", "theta", "val"), (slot, va, vb, theta, val)):
+            getattr(self, name).append(np.asarray(arr))
+
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        def cat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
+            return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
+
+        return (cat(self.slot, np.int64), cat(self.va, np.int64), cat(self.vb, np.int64),
+                cat(self.theta, np.int64), cat(self.val, float))
+
+
+@dataclass
+class CanonConstraint:
+    kind: str  # "eq" (rows == 0) or "le" (rows <= 0)
+    rows: Affine
+    origin: Constraint | None
+
+
+class Context:
+    """State of one canonicalisation: variable and parameter indices, constraints, slots."""
+
+    def __init__(self, variables: list[ex.Variable], parameters: list[ex.Parameter]):
+        self.param_offset: dict[ex.Parameter, int] = {}
+        offset = 0
+        for p in parameters:
+            self.param_offset[p] = offset
+            offset += p.size
+        self.n_theta = offset
+        self.var_offset: dict[ex.Variable, int] = {}
+        self.n_var = 0
+        self.slot_vars: list[tuple[int, int]] = []  # (first index, count) of slot blocks
+        self.slots = Slots()
+        self.constraints: list[CanonConstraint] = []
+        self.cache: dict[int, Affine] = {}
+        for v in variables:
+            self.variable_offset(v)
+
+    # ------------------------------------------------------------ indices
+    def variable_offset(self, v: ex.Variable) -> int:
+        if v not in self.var_offset:
+            self.var_offset[v] = self.n_var
+            self.n_var += v.size
+            if v.nonneg:
+                self.add_constraint(v >= 0, None)
+        return self.var_offset[v]
+
+    def new_slots(self, count: int) -> np.ndarray:
+        first = self.n_var
+        self.n_var += count
+        self.slot_vars.append((first, count))
+        return np.arange(first, first + count, dtype=np.int64)
+
+    def is_slot_mask(self, var: np.ndarray) -> np.ndarray:
+        mask = np.zeros(var.shape, dtype=bool)
+        for first, count in self.slot_vars:
+            mask |= (var >= first) & (var < first + count)
+        return mask
+
+    # ------------------------------------------------------------ canonicalisation
+    def canon(self, expr: ex.Expression) -> Affine:
+        hit = self.cache.get(expr.id)
+        if hit is not None:
+            return hit
+        rule = RULES.get(type(expr))
+        if rule is None:
+            raise ModelError(f"qpdsl cannot compile {type(expr).__name__} ({expr.describe()})")
+        out = rule(expr, self)
+        self.cache[expr.id] = out
+        return out
+
+    def add_constraint(self, constraint: Constraint, origin: Constraint | None) -> None:
+        rows = self.canon(constraint.expr)
+        if np.any(self.is_slot_mask(rows.var)):
+            raise ModelError(f"constraint {constraint.describe()}: quadratic terms are only allowed in the objective")
+        kind = "eq" if isinstance(constraint, Equality) else "le"
+        assert isinstance(constraint, (Equality, Inequality))
+        self.constraints.append(CanonConstraint(kind, rows, origin))
+
+    def aux(self, shape: tuple[int, ...], name: str) -> ex.Variable:
+        v = ex.Variable(shape, name=f"_{name}")
+        self.variable_offset(v)
+        return v
+
+
+Rule = Callable[[ex.Expression, Context], Affine]
+RULES: dict[type, Rule] = {}
+
+
+def rule(*types: type) -> Callable[[Rule], Rule]:
+    def deco(fn: Rule) -> Rule:
+        for t in types:
+            RULES[t] = fn
+        return fn
+
+    return deco
+
+
+def _broadcast(aff: Affine, shape_from: tuple[int, ...], shape_to: tuple[int, ...]) -> Affine:
+    idx = broadcast_index(shape_from, shape_to)
+    return aff if idx is None else aff.select(idx)
+
+
+# ---------------------------------------------------------------- leaves
+
+
+@rule(ex.Variable)
+def _variable(e: ex.Variable, ctx: Context) -> Affine:
+    return Affine.variable(ctx.variable_offset(e), e.size)
+
+
+@rule(ex.Parameter)
+def _parameter(e: ex.Parameter, ctx: Context) -> Affine:
+    if e not in ctx.param_offset:
+        raise ModelError(f"parameter {e.name} is not part of this problem")
+    return Affine.parameter(ctx.param_offset[e], e.size)
+
+
+@rule(ex.Constant)
+def _constant(e: ex.Constant, ctx: Context) -> Affine:
+    return Affine.constant(e.dense())
+
+
+# ---------------------------------------------------------------- affine operators
+
+
+@rule(ex.Add)
+def _add(e: ex.Add, ctx: Context) -> Affine:
+    parts = [_broadcast(ctx.canon(a), a.shape, e.shape) for a in e.args]
+    return Affine.concat(parts, e.size)
+
+
+@rule(ex.Neg)
+def _neg(e: ex.Neg, ctx: Context) -> Affine:
+    return ctx.canon(e.args[0]).scale(-1.0)
+
+
+@rule(ex.Multiply)
+def _multiply(e: ex.Multiply, ctx: Context) -> Affine:
+    lhs, rhs = e.args
+    for const, other in ((lhs, rhs), (rhs, lhs)):
+        if isinstance(const, ex.Constant) and not const.is_sparse:
+            factor = np.broadcast_to(const.value, e.shape).reshape(-1)
+            return _broadcast(ctx.canon(other), other.shape, e.shape).scale(factor)
+    left = _broadcast(ctx.canon(lhs), lhs.shape, e.shape)
+    right = _broadcast(ctx.canon(rhs), rhs.shape, e.shape)
+    idx = np.arange(e.size, dtype=np.int64)
+    return Affine.bilinear(left, right, idx, idx, idx, e.size, e.describe())
+
+
+def _as_matrix(shape: tuple[int, ...], left: bool) -> tuple[int, int]:
+    if len(shape) == 2:
+        return shape  # type: ignore[return-value]
+    return (1, shape[0]) if left else (shape[0], 1)
+
+
+@rule(ex.MatMul)
+def _matmul(e: ex.MatMul, ctx: Context) -> Affine:
+    lhs, rhs = e.args
+    m, k = _as_matrix(lhs.shape, left=True)
+    _, n = _as_matrix(rhs.shape, left=False)
+    if isinstance(lhs, ex.Constant) and lhs.curvature == ex.Curvature.CONSTANT:
+        D = sp.csr_matrix(lhs.value.reshape(m, k)) if not lhs.is_sparse else lhs.value
+        return ctx.canon(rhs).linear(sp.kron(D, sp.identity(n), format="coo"))
+    if isinstance(rhs, ex.Constant):
+        Y = sp.csr_matrix(rhs.value.reshape(k, n)) if not rhs.is_sparse else rhs.value
+        return ctx.canon(lhs).linear(sp.kron(sp.identity(m), Y.T, format="coo"))
+    i, l, j = np.meshgrid(np.arange(m), np.arange(k), np.arange(n), indexing="ij")
+    out = (i * n + j).reshape(-1)
+    return Affine.bilinear(ctx.canon(lhs), ctx.canon(rhs), out, (i * k + l).reshape(-1), (l * n + j).reshape(-1),
+                           m * n, e.describe())
+
+
+@rule(ex.Index)
+def _index(e: ex.Index, ctx: Context) -> Affine:
+    return ctx.canon(e.args[0]).select(e.flat_index.reshape(-1))
+
+
+@rule(ex.Transpose)
+def _transpose(e: ex.Transpose, ctx: Context) -> Affine:
+    arg = e.args[0]
+    return ctx.canon(arg).select(np.arange(arg.size).reshape(arg.shape).T.reshape(-1))
+
+
+@rule(ex.Reshape)
+def _reshape(e: ex.Reshape, ctx: Context) -> Affine:
+    return ctx.canon(e.args[0])
+
+
+def _reduce_map(shape: tuple[int, ...], axis: int | None) -> sp.coo_matrix:
+    """The 0/1 matrix that sums ``shape`` over ``axis`` (all axes when None)."""
+    size = int(np.prod(shape, dtype=np.int64))
+    src = np.arange(size)
+    if axis is None:
+        dst = np.zeros(size, dtype=np.int64)
+        n_out = 1
+    else:
+        grid = np.indices(shape).reshape(len(shape), -1)
+        kept = [grid[d] for d in range(len(shape)) if d != axis]
+        kept_shape = [shape[d] for d in range(len(shape)) if d != axis]
+        dst = np.ravel_multi_index(kept, kept_shape) if kept else np.zeros(size, dtype=np.int64)
+        n_out = int(np.prod(kept_shape, dtype=np.int64))
+    return sp.coo_matrix((np.ones(size), (dst, src)), shape=(n_out, size))
+
+
+@rule(ex.Sum)
+def _sum(e: ex.Sum, ctx: Context) -> Affine:
+    arg = e.args[0]
+    return ctx.canon(arg).linear(_reduce_map(arg.shape, e.axis))
+
+
+@rule(ex.Cumsum)
+def _cumsum(e: ex.Cumsum, ctx: Context) -> Affine:
+    arg = e.args[0]
+    shape = arg.shape
+    idx = np.arange(arg.size).reshape(shape)
+    length = shape[e.axis]
+    lanes = np.moveaxis(idx, e.axis, -1).reshape(-1, length)  # out[k] = sum_{j <= k} in[j] along the axis
+    k, j = np.tril_indices(length)
+    r, c = lanes[:, k].reshape(-1), lanes[:, j].reshape(-1)
+    return ctx.canon(arg).linear(sp.coo_matrix((np.ones(r.size), (r, c)), shape=(arg.size, arg.size)))
+
+
+@rule(ex.Concatenate)
+def _concatenate(e: ex.Concatenate, ctx: Context) -> Affine:
+    positions = np.arange(e.size).reshape(e.shape)
+    splits = np.cumsum([s[e.axis] for s in e.arg_shapes])[:-1]
+    blocks = np.split(positions, splits, axis=e.axis)
+    parts = [ctx.canon(a).remap(block.reshape(-1), e.size) for a, block in zip(e.args, blocks)]
+    return Affine.concat(parts, e.size)
+
+
+@rule(ex.Diag)
+def _diag(e: ex.Diag, ctx: Context) -> Affine:
+    arg = e.args[0]
+    n = arg.shape[0]
+    if arg.ndim == 1:
+        return ctx.canon(arg).remap(np.arange(n) * (n + 1), n * n)
+    return ctx.canon(arg).select(np.arange(n) * (n + 1))
+
+
+# ---------------------------------------------------------------- piecewise-linear atoms (epigraphs)
+
+
+def _epigraph(ctx: Context, shape: tuple[int, ...], below: list[ex.Expression], name: str) -> Affine:
+    """A new variable t with ``e <= t`` for every e in ``below``; returns t's coefficients."""
+    t = ctx.aux(shape, name)
+    for e in below:
+        ctx.add_constraint(e <= t, None)
+    return ctx.canon(t)
+
+
+def _hypograph(ctx: Context, shape: tuple[int, ...], above: list[ex.Expression], name: str) -> Affine:
+    t = ctx.aux(shape, name)
+    for e in above:
+        ctx.add_constraint(t <= e, None)
+    return ctx.canon(t)
+
+
+@rule(at.Abs)
+def _abs(e: at.Abs, ctx: Context) -> Affine:
+    x = e.args[0]
+    return _epigraph(ctx, e.shape, [x, -x], "abs")
+
+
+@rule(at.Pos)
+def _pos(e: at.Pos, ctx: Context) -> Affine:
+    return _epigraph(ctx, e.shape, [e.args[0], ex.Constant(0.0)], "pos")
+
+
+@rule(at.Neg_)
+def _negpart(e: at.Neg_, ctx: Context) -> Affine:
+    return _epigraph(ctx, e.shape, [-e.args[0], ex.Constant(0.0)], "neg")
+
+
+@rule(at.Maximum)
+def _maximum(e: at.Maximum, ctx: Context) -> Affine:
+    return _epigraph(ctx, e.shape, list(e.args), "maximum")
+
+
+@rule(at.Minimum)
+def _minimum(e: at.Minimum, ctx: Context) -> Affine:
+    return _hypograph(ctx, e.shape, list(e.args), "minimum")
+
+
+def _reduced_bound(e: at.Max | at.Min, ctx: Context, epi: bool) -> Affine:
+    x = e.args[0]
+    t = ctx.aux(e.shape, type(e).__name__.lower())
+    tb: ex.Expression = t
+    if e.axis is not None and x.ndim == 2 and e.axis == 1:
+        tb = ex.Reshape(t, (x.shape[0], 1))
+    ctx.add_constraint(x <= tb if epi else tb <= x, None)
+    return ctx.canon(t)
+
+
+@rule(at.Max)
+def _max(e: at.Max, ctx: Context) -> Affine:
+    return _reduced_bound(e, ctx, epi=True)
+
+
+@rule(at.Min)
+def _min(e: at.Min, ctx: Context) -> Affine:
+    return _reduced_bound(e, ctx, epi=False)
+
+
+@rule(at.Norm1)
+def _norm1(e: at.Norm1, ctx: Context) -> Affine:
+    return ctx.canon(ex.Sum(at.Abs(e.args[0])))
+
+
+@rule(at.NormInf)
+def _norm_inf(e: at.NormInf, ctx: Context) -> Affine:
+    return ctx.canon(at.Max(at.Abs(e.args[0])))
+
+
+# ---------------------------------------------------------------- quadratic atoms (slots)
+
+
+def _param_free(ctx: Context, x: ex.Expression, name: str) -> Affine:
+    """Coefficients of x, through an auxiliary variable w == x when x depends on parameters."""
+    aff = ctx.canon(x)
+    if not aff.has_params:
+        return aff
+    w = ctx.aux(x.shape, name)
+    ctx.add_constraint(w == x, None)
+    return ctx.canon(w)
+
+
+@rule(at.Square)
+def _square(e: at.Square, ctx: Context) -> Affine:
+    x = e.args[0]
+    aff = _broadcast(_param_free(ctx, x, "square_arg"), x.shape, e.shape)
+    slots = ctx.new_slots(e.size)
+    ctx.slots.add(*Affine.row_products(aff, aff, slots, e.size))
+    return Affine.variable(int(slots[0]), e.size)
+
+
+@rule(at.SumSquares)
+def _sum_squares(e: at.SumSquares, ctx: Context) -> Affine:
+    return ctx.canon(ex.Sum(at.Square(e.args[0])))
+
+
+@rule(at.QuadForm)
+def _quad_form(e: at.QuadForm, ctx: Context) -> Affine:
+    x, Q = e.args
+    k = x.size
+    slot = ctx.new_slots(1)
+    if isinstance(Q, ex.Constant):
+        aff = _param_free(ctx, x, "quad_form_arg")
+        weighted = aff.linear(sp.coo_matrix(Q.dense().reshape(k, k)))
+        ctx.slots.add(*Affine.row_products(aff, weighted, np.full(k, slot[0], dtype=np.int64), 1))
+    else:
+        aff = ctx.canon(x)
+        if not aff.is_selection():
+            w = ctx.aux((k,), "quad_form_arg")
+            ctx.add_constraint(w == ex.Reshape(x, (k,)), None)
+            aff = ctx.canon(w)
+        v = aff.selected_vars()
+        i, j = np.meshgrid(np.arange(k), np.arange(k), indexing="ij")
+        i, j = i.reshape(-1), j.reshape(-1)
+        ctx.slots.add(np.full(i.size, slot[0]), v[i], v[j], ctx.param_offset[Q] + i * k + j, np.ones(i.size))
+    return Affine.variable(int(slot[0]), 1)
+
+
+@rule(at.Huber)
+def _huber(e: at.Huber, ctx: Context) -> Affine:
+    # huber(x) = min over s + r = x of s^2 + 2 M |r|
+    x, M = e.args
+    s = ctx.aux(e.shape, "huber_s")
+    r = ctx.aux(e.shape, "huber_r")
+    ctx.add_constraint(ex.Add([s, r]) == x, None)
+    return ctx.canon(ex.Add([at.Square(s), ex.Multiply(ex.Multiply(ex.Constant(2.0), M), at.Abs(r))]))
+
+
+def quadratic_terms(ctx: Context, objective: Affine) -> tuple[np.ndarray, ...]:
+    """Turn the objective's slot coefficients into (va, vb, theta, val) terms of ``c * slot``.
+
+    Returns the objective's remaining linear/constant entries and the quadratic terms, where a
+    term with ``va == vb == -1`` is constant, one -1 is linear, and none is quadratic (to be
+    doubled into P for the 1/2 x'Px convention by the caller).
+    """
+    slot_mask = ctx.is_slot_mask(objective.var)
+    coef_var = objective.var[slot_mask]
+    coef_theta = objective.theta[slot_mask]
+    coef_val = objective.val[slot_mask]
+    s_slot, s_va, s_vb, s_theta, s_val = ctx.slots.arrays()
+    # join coefficient entries with slot terms on the slot index
+    order = np.argsort(s_slot, kind="stable")
+    s_slot, s_va, s_vb, s_theta, s_val = s_slot[order], s_va[order], s_vb[order], s_theta[order], s_val[order]
+    lo = np.searchsorted(s_slot, coef_var, side="left")
+    hi = np.searchsorted(s_slot, coef_var, side="right")
+    counts = hi - lo
+    owner = np.repeat(np.arange(coef_var.size), counts)
+    first = np.cumsum(counts) - counts
+    item = lo[owner] + (np.arange(int(counts.sum())) - first[owner])
+    ct, st = coef_theta[owner], s_theta[item]
+    if np.any((ct != NONE) & (st != NONE)):
+        raise ModelError(
+            "a quadratic term with a parameter matrix (quad_form with a Parameter) is scaled by a "
+            "parameter; the QP data would not be affine in the parameters. Fold the scale into the matrix"
+        )
+    rest = Affine(objective.size, objective.row[~slot_mask], objective.var[~slot_mask],
+                  objective.theta[~slot_mask], objective.val[~slot_mask])
+    return rest, s_va[item], s_vb[item], np.maximum(ct, st), coef_val[owner] * s_val[item]

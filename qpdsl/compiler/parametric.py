@@ -1,0 +1,180 @@
+"""The compiled program: standard-form QP data as sparse affine maps of the parameters (DESIGN §2)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from .._array import framework
+from ..expressions.constraints import Constraint
+from ..expressions.expression import Parameter, Variable
+from ..qp import QPData, SparseBatch
+
+
+@dataclass
+class AffineMap:
+    """``values = T @ [theta; 1] + offset`` for one data item.
+
+    For a matrix item, value i is entry ``(rows[i], cols[i])`` of a ``shape`` matrix (a fixed
+    pattern, no repeats); for a vector item, value i is entry i. ``offset`` holds constants
+    that are not finite numbers (the ±inf of absent bounds) and is None when zero.
+    """
+
+    T: sp.csr_matrix
+    shape: tuple[int, ...]
+    rows: np.ndarray | None = None
+    cols: np.ndarray | None = None
+    offset: np.ndarray | None = None
+    _cache: dict[Any, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def nnz(self) -> int:
+        return int(self.T.shape[0])
+
+    def apply(self, theta_aug: Any) -> Any:
+        """Values for a batch ``theta_aug`` (B, n_theta + 1) of numpy, torch or jax arrays."""
+        fw = framework(theta_aug)
+        if fw == "torch":
+            out = self._torch(theta_aug) @ theta_aug.T
+            out = out.T
+        elif fw == "jax":
+            out = (self._jax() @ theta_aug.T).T
+        else:
+            out = np.asarray(self.T @ theta_aug.T).T
+        if self.offset is not None:
+            out = out + _like(self.offset, theta_aug)
+        return out
+
+    def _torch(self, like: Any) -> Any:
+        import torch
+
+        key = ("torch", like.device, like.dtype)
+        if key not in self._cache:
+            coo = self.T.tocoo()
+            idx = torch.as_tensor(np.vstack([coo.row, coo.col]), dtype=torch.int64)
+            t = torch.sparse_coo_tensor(idx, torch.as_tensor(coo.data), self.T.shape)
+            self._cache[key] = t.to(device=like.device, dtype=like.dtype).coalesce()
+        return self._cache[key]
+
+    def _jax(self) -> Any:
+        from jax.experimental import sparse as jsparse
+
+        if "jax" not in self._cache:
+            self._cache["jax"] = jsparse.BCOO.from_scipy_sparse(self.T)
+        return self._cache["jax"]
+
+
+def _like(values: np.ndarray, ref: Any) -> Any:
+    fw = framework(ref)
+    if fw == "torch":
+        import torch
+
+        return torch.as_tensor(values, dtype=ref.dtype, device=ref.device)
+    if fw == "jax":
+        import jax.numpy as jnp
+
+        return jnp.asarray(values, dtype=ref.dtype)
+    return values
+
+
+@dataclass
+class VariableSlice:
+    offset: int
+    shape: tuple[int, ...]
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+
+@dataclass
+class ConstraintRows:
+    kind: str  # "eq": rows of A, dual y; "in": rows of C, dual z
+    start: int
+    stop: int
+    shape: tuple[int, ...]
+
+
+@dataclass
+class ParametricQP:
+    """A compiled problem: data maps, patterns, and how to read results back.
+
+    Attributes
+    ----------
+    parameters
+        The parameters in the order they are stacked in ``theta``.
+    maps
+        ``{"P", "q", "r", "A", "b", "C", "l", "u"}`` -> :class:`AffineMap`.
+    variables
+        Where each user variable sits in ``x``.
+    constraints
+        Which rows of A (``"eq"``) or C (``"in"``) each user constraint owns.
+    """
+
+    parameters: list[Parameter]
+    param_offsets: dict[Parameter, int]
+    n_theta: int
+    n: int
+    n_eq: int
+    n_in: int
+    maps: dict[str, AffineMap]
+    variables: dict[Variable, VariableSlice]
+    constraints: dict[Constraint, ConstraintRows]
+
+    @property
+    def nnz(self) -> dict[str, int]:
+        return {k: m.nnz for k, m in self.maps.items()}
+
+    def density(self) -> float:
+        """Fraction of nonzeros in [P; A; C]."""
+        total = self.n * self.n + (self.n_eq + self.n_in) * self.n
+        return (self.maps["P"].nnz + self.maps["A"].nnz + self.maps["C"].nnz) / max(total, 1)
+
+    def stack_theta(self, values: dict[Parameter, Any], batch: int, xp_like: Any = None) -> Any:
+        """Stack per-parameter arrays (each (B, *shape) after broadcasting) into theta (B, n_theta).
+
+        Arrays may be numpy, torch or jax; all of one framework.
+        """
+        parts = [values[p].reshape(batch, p.size) for p in self.parameters]
+        fw = framework(parts[0]) if parts else "numpy"
+        if fw == "torch":
+            import torch
+
+            return torch.cat(parts, dim=1)
+        if fw == "jax":
+            import jax.numpy as jnp
+
+            return jnp.concatenate(parts, axis=1)
+        return np.concatenate(parts, axis=1) if parts else np.zeros((batch, 0))
+
+    def apply(self, theta: Any) -> QPData:
+        """QP data (P, A, C as :class:`SparseBatch`) for a batch of stacked parameters (B, n_theta).
+
+        Differentiable in theta under torch and jax (one sparse-dense product per item).
+        """
+        fw = framework(theta)
+        batch = theta.shape[0]
+        if fw == "torch":
+            import torch
+
+            ones = torch.ones((batch, 1), dtype=theta.dtype, device=theta.device)
+            theta_aug = torch.cat([theta, ones], dim=1)
+        elif fw == "jax":
+            import jax.numpy as jnp
+
+            theta_aug = jnp.concatenate([theta, jnp.ones((batch, 1), dtype=theta.dtype)], axis=1)
+        else:
+            theta_aug = np.concatenate([theta, np.ones((batch, 1), dtype=theta.dtype)], axis=1)
+        out: dict[str, Any] = {}
+        for key, m in self.maps.items():
+            values = m.apply(theta_aug)
+            if m.rows is not None:
+                out[key] = SparseBatch(m.rows, m.cols, values, m.shape)  # type: ignore[arg-type]
+            elif key == "r":
+                out[key] = values[:, 0]
+            else:
+                out[key] = values
+        return QPData(**out)

@@ -1,0 +1,28 @@
+"""The error hierarchy of qpdsl: every user-visible failure is one of these."""
+
+from __future__ import annotations
+
+
+class QPDSLError(Exception):
+    """Base class of every error that qpdsl raises on purpose."""
+
+
+class ModelError(QPDSLError):
+    """The symbolic model is not a convex QP that qpdsl can compile (curvature, DPP, shapes)."""
+
+
+class ParameterError(QPDSLError, ValueError):
+    """A parameter value (or a layer argument) is missing, mis-shaped, non-finite or invalid."""
+
+
+class BackendNotFound(QPDSLError):
+    """The requested backend is unknown or its package is not installed."""
+
+
+class SolverError(QPDSLError):
+    """A solve failed for some batch elements; ``indices`` and ``statuses`` say which and how."""
+
+    def __init__(self, message: str, indices: list[int] | None = None, statuses: list[str] | None = None):
+        super().__init__(message)
+        self.indices = list(indices or [])
+        self.statuses = list(statuses or [])

@@ -1,0 +1,313 @@
+"""Problem, objectives, and solving with numpy in and numpy out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from ._array import framework, to_numpy
+from .compiler import ParametricQP, compile_problem
+from .errors import ModelError, ParameterError
+from .expressions.constraints import Constraint
+from .expressions.expression import Expression, Parameter, Variable, as_expr
+from .qp import QPData, QPResult, Settings, Status, WarmStart
+from .validation import check_parameter_values
+
+
+class Minimize:
+    """Minimise a convex scalar expression."""
+
+    def __init__(self, expr: Any):
+        self.expr = as_expr(expr)
+        if self.expr.size != 1:
+            raise ModelError(f"the objective must be a scalar, got shape {self.expr.shape}; sum it")
+        if not self.expr.is_convex():
+            raise ModelError(
+                f"Minimize({self.expr.describe()}): the objective is {self.expr.curvature.value}, not convex"
+                + _curvature_hint(self.expr)
+            )
+
+    @property
+    def minimized(self) -> Expression:
+        return self.expr
+
+    sign = 1.0
+
+
+class Maximize:
+    """Maximise a concave scalar expression."""
+
+    def __init__(self, expr: Any):
+        self.expr = as_expr(expr)
+        if self.expr.size != 1:
+            raise ModelError(f"the objective must be a scalar, got shape {self.expr.shape}; sum it")
+        if not self.expr.is_concave():
+            raise ModelError(
+                f"Maximize({self.expr.describe()}): the objective is {self.expr.curvature.value}, not concave"
+                + _curvature_hint(self.expr)
+            )
+
+    @property
+    def minimized(self) -> Expression:
+        return -self.expr
+
+    sign = -1.0
+
+
+def _curvature_hint(expr: Expression) -> str:
+    """Point at the first subexpression whose curvature is unknown (the culprit)."""
+    stack = [expr]
+    culprit = None
+    while stack:
+        node = stack.pop()
+        if node.curvature.value == "unknown" and all(a.curvature.value != "unknown" for a in node.args):
+            culprit = node
+            break
+        stack.extend(node.args)
+    if culprit is None:
+        return ""
+    hint = f"; the offending expression is {culprit.describe()}"
+    if any(isinstance(a, Parameter) and not a.nonneg for a in culprit.args):
+        hint += " (a parameter scaling a convex term must be declared nonneg=True)"
+    return hint
+
+
+class Problem:
+    """A parametric convex QP: ``Problem(Minimize(f), [constraints])``.
+
+    The model is checked (curvature, QP-representability, parameter rules) and compiled
+    when the problem is built; any violation raises :class:`~qpdsl.ModelError`.
+    """
+
+    def __init__(self, objective: Minimize | Maximize, constraints: Sequence[Constraint] | None = None):
+        if not isinstance(objective, (Minimize, Maximize)):
+            raise ModelError("the objective must be qd.Minimize(expr) or qd.Maximize(expr)")
+        self.objective = objective
+        self.constraints: list[Constraint] = list(constraints or [])
+        for c in self.constraints:
+            if not isinstance(c, Constraint):
+                raise ModelError(f"{c!r} is not a constraint; write expressions with ==, <= or >=")
+            c.check()
+        self._compiled: ParametricQP | None = None
+        self.compile()
+
+    # ------------------------------------------------------------ structure
+    def _expressions(self) -> Iterable[Expression]:
+        yield self.objective.expr
+        for c in self.constraints:
+            yield c.lhs
+            yield c.rhs
+
+    def variables(self) -> list[Variable]:
+        """User variables in order of first appearance."""
+        seen: dict[int, Variable] = {}
+        for e in self._expressions():
+            for v in e.variables():
+                seen.setdefault(v.id, v)
+        return list(seen.values())
+
+    def parameters(self) -> list[Parameter]:
+        """Parameters in order of first appearance (the order of ``theta``)."""
+        seen: dict[int, Parameter] = {}
+        for e in self._expressions():
+            for p in e.parameters():
+                seen.setdefault(p.id, p)
+        return list(seen.values())
+
+    def compile(self) -> ParametricQP:
+        """The standard-form program (cached)."""
+        if self._compiled is None:
+            variables = self.variables()
+            if not variables:
+                raise ModelError("the problem has no variables")
+            self._compiled = compile_problem(self.objective.minimized, self.constraints, variables,
+                                             self.parameters())
+        return self._compiled
+
+    # ------------------------------------------------------------ solving
+    def solve(
+        self,
+        params: Mapping[Parameter | str, Any] | None = None,
+        backend: str | None = None,
+        warm_start: WarmStart | None = None,
+        **settings: Any,
+    ) -> "Solution":
+        """Solve for one parameter set or a batch (a leading batch dimension on any value).
+
+        Parameters
+        ----------
+        params
+            ``{Parameter or name: value}``; parameters created with ``value=`` may be omitted.
+        backend
+            A name from :func:`qpdsl.available_backends` (default: ``proxsuite`` when installed).
+        warm_start
+            Initial guesses for the standard-form x, y, z.
+        **settings
+            Fields of :class:`~qpdsl.Settings` (``eps_abs``, ``max_iter``, ...) or backend options.
+        """
+        from .backends import default_backend, get_backend
+
+        qp = self.compile()
+        values, batch, batched = collect_parameter_values(qp.parameters, params or {})
+        theta = qp.stack_theta(values, batch)
+        data = qp.apply(theta)
+        solver = get_backend(backend or default_backend())
+        caps = solver.capabilities
+        use_sparse = caps.sparse and qp.n > 300 and qp.density() < 0.05
+        if not use_sparse or caps.framework != "numpy":
+            data = data.dense()
+        data = _to_framework(data, caps.framework)
+        result = solver.solve(data, Settings().with_options(**settings), warm_start)
+        return Solution(self, qp, _result_to_numpy(result), to_numpy_data(data), batched)
+
+
+def collect_parameter_values(
+    parameters: list[Parameter], params: Mapping[Parameter | str, Any]
+) -> tuple[dict[Parameter, np.ndarray], int, bool]:
+    """Check and broadcast numpy parameter values to a common batch (B, *shape).
+
+    Raises
+    ------
+    ParameterError
+        Unknown or missing parameters, wrong shapes, NaN/Inf, invalid PSD or sign data.
+    """
+    by_name = {p.name: p for p in parameters}
+    ids = {p.id for p in parameters}
+    given: dict[Parameter, np.ndarray] = {}
+    for key, value in params.items():
+        p = by_name.get(key) if isinstance(key, str) else key
+        if not isinstance(p, Parameter) or p.id not in ids:
+            name = key if isinstance(key, str) else getattr(key, "name", repr(key))
+            raise ParameterError(f"{name!r} is not a parameter of this problem (its parameters: "
+                                 f"{', '.join(by_name) or 'none'})")
+        if framework(value) != "numpy":
+            value = to_numpy(value)
+        try:
+            given[p] = np.asarray(value, dtype=float)
+        except (TypeError, ValueError) as exc:
+            raise ParameterError(f"parameter {p.name}: value is not numeric ({exc})") from exc
+    for p in parameters:
+        if p not in given:
+            if p.value is None:
+                raise ParameterError(f"parameter {p.name} has no value; pass it to solve()")
+            given[p] = p.value
+    batch = 1
+    batched = False
+    for p, v in given.items():
+        if v.shape == p.shape:
+            continue
+        if v.ndim == len(p.shape) + 1 and v.shape[1:] == p.shape:
+            if batched and v.shape[0] != batch:
+                raise ParameterError(f"parameter {p.name}: batch size {v.shape[0]} differs from {batch} "
+                                     "given for another parameter")
+            batch, batched = v.shape[0], True
+            continue
+        raise ParameterError(f"parameter {p.name}: expected shape {p.shape} (or (batch, *{p.shape})), "
+                             f"got {v.shape}")
+    out = {p: np.broadcast_to(v, (batch, *p.shape)) if v.shape == p.shape else v for p, v in given.items()}
+    for p, v in out.items():
+        check_parameter_values(p, v)
+    return out, batch, batched
+
+
+def _to_framework(data: QPData, fw: str) -> QPData:
+    if fw == "torch":
+        import torch
+
+        return data.map_arrays(lambda a: torch.as_tensor(np.ascontiguousarray(a)))
+    if fw == "jax":
+        import jax.numpy as jnp
+
+        return data.map_arrays(jnp.asarray)
+    return data
+
+
+def to_numpy_data(data: QPData) -> QPData:
+    return data.map_arrays(to_numpy) if not data.is_sparse else data
+
+
+def _result_to_numpy(result: QPResult) -> QPResult:
+    def conv(a: Any) -> Any:
+        return None if a is None else to_numpy(a)
+
+    return QPResult(
+        x=conv(result.x), y=conv(result.y), z=conv(result.z), shift_eq=conv(result.shift_eq),
+        shift_in=conv(result.shift_in), status=conv(result.status), iterations=conv(result.iterations),
+        prim_res=conv(result.prim_res), dual_res=conv(result.dual_res), objective=conv(result.objective),
+    )
+
+
+@dataclass
+class Solution:
+    """The result of :meth:`Problem.solve`, read back in the user's terms.
+
+    ``sol[x]`` is the value of variable x (with a leading batch dimension when the parameters
+    were batched); ``status`` the status label(s); ``objective`` the objective value(s);
+    ``dual(c)`` the dual of constraint c; ``shift`` the constraint shift of each user constraint
+    (zero when the problem is feasible, DESIGN §5).
+    """
+
+    problem: Problem
+    qp: ParametricQP
+    raw: QPResult
+    data: QPData
+    batched: bool
+
+    def _unbatch(self, a: np.ndarray) -> Any:
+        return a if self.batched else a[0]
+
+    def __getitem__(self, var: Variable) -> np.ndarray:
+        sl = self.qp.variables.get(var)
+        if sl is None:
+            raise KeyError(f"{getattr(var, 'name', var)!r} is not a variable of this problem")
+        x = self.raw.x[:, sl.offset: sl.offset + sl.size]
+        return self._unbatch(x.reshape(x.shape[0], *sl.shape))
+
+    @property
+    def statuses(self) -> list[Status]:
+        return self.raw.statuses()
+
+    @property
+    def status(self) -> str | list[str]:
+        labels = [s.label for s in self.statuses]
+        return labels if self.batched else labels[0]
+
+    @property
+    def objective(self) -> float | np.ndarray:
+        data = self.data.dense()
+        x = self.raw.x
+        value = 0.5 * np.einsum("bi,bij,bj->b", x, data.P, x) + np.einsum("bi,bi->b", data.q, x)
+        if data.r is not None:
+            value = value + data.r
+        value = self.problem.objective.sign * value
+        ok = np.array([s.ok for s in self.statuses])
+        value = np.where(ok, value, np.nan)
+        return value if self.batched else float(value[0])
+
+    def _rows(self, constraint: Constraint) -> tuple[str, slice, tuple[int, ...]]:
+        rows = self.qp.constraints.get(constraint)
+        if rows is None:
+            raise KeyError(f"{constraint} is not a constraint of this problem")
+        return rows.kind, slice(rows.start, rows.stop), rows.shape
+
+    def dual(self, constraint: Constraint) -> np.ndarray:
+        """Dual variable of a user constraint (nonnegative for inequalities), in its shape."""
+        kind, rows, shape = self._rows(constraint)
+        values = (self.raw.y if kind == "eq" else self.raw.z)[:, rows]
+        return self._unbatch(values.reshape(values.shape[0], *shape))
+
+    @property
+    def shift(self) -> dict[Constraint, np.ndarray]:
+        """Constraint shift s* per user constraint (zeros when feasible)."""
+        out = {}
+        for c in self.problem.constraints:
+            kind, rows, shape = self._rows(c)
+            values = (self.raw.shift_eq if kind == "eq" else self.raw.shift_in)[:, rows]
+            out[c] = self._unbatch(values.reshape(values.shape[0], *shape))
+        return out
+
+    @property
+    def iterations(self) -> Any:
+        return self._unbatch(np.asarray(self.raw.iterations))
