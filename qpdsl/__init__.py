@@ -30,6 +30,7 @@ from .expressions import (
     sum_squares,
     vstack,
 )
+from ._layers import Shift
 from .problem import Maximize, Minimize, Problem, Solution
 from .qp import QPData, QPResult, Settings, Status, WarmStart
 
@@ -38,7 +39,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BackendNotFound", "Constant", "Constraint", "Expression", "Maximize", "Minimize", "ModelError",
     "Parameter", "ParameterError", "Problem", "QPDSLError", "QPData", "QPResult", "Settings", "Solution",
-    "SolverError", "Status", "Variable", "WarmStart", "abs", "available_backends", "cumsum", "diag",
+    "Shift", "SolverError", "Status", "Variable", "WarmStart", "abs", "available_backends", "cumsum", "diag",
     "hstack", "huber", "max", "maximum", "mean", "min", "minimum", "multiply", "neg", "norm1", "norm_inf",
     "pos", "quad_form", "reshape", "square", "sum", "sum_squares", "vstack", "from_cvxpy",
 ]

@@ -126,6 +126,60 @@ class Problem:
                                              self.parameters())
         return self._compiled
 
+    # ------------------------------------------------------------ layers
+    def to_torch(
+        self,
+        parameters: Sequence[Parameter] | None = None,
+        variables: Sequence[Any] | None = None,
+        backend: str | None = None,
+        on_failure: str = "raise",
+        warm_start: bool = False,
+        **settings: Any,
+    ) -> Any:
+        """A ``torch.nn.Module`` mapping parameter values to the requested outputs, differentiably.
+
+        Parameters
+        ----------
+        parameters
+            The layer's inputs, in order (default: every parameter of the problem). Parameters not
+            listed keep their ``value=``.
+        variables
+            The outputs, in order: a Variable (its value), a Constraint (its dual) or
+            ``qd.Shift(constraint)`` (its shift s*). Default: every variable.
+        backend
+            Any name from :func:`qpdsl.available_backends` (default: ``proxsuite`` when installed).
+        on_failure
+            ``"raise"`` (:class:`~qpdsl.SolverError`), ``"nan"`` or ``"ignore"`` for failed elements.
+        warm_start
+            Start each call from the previous call's solution when the batch size matches.
+        **settings
+            Fields of :class:`~qpdsl.Settings` or backend options.
+        """
+        from ._layers import make_torch_layer
+
+        return make_torch_layer(self, self.parameters() if parameters is None else parameters,
+                                self.variables() if variables is None else variables, backend,
+                                _check_on_failure(on_failure), warm_start, Settings().with_options(**settings))
+
+    def to_jax(
+        self,
+        parameters: Sequence[Parameter] | None = None,
+        variables: Sequence[Any] | None = None,
+        backend: str | None = None,
+        on_failure: str = "raise",
+        **settings: Any,
+    ) -> Any:
+        """A JAX function ``f(*parameter_values) -> outputs`` that works under jit, vmap, grad and jvp.
+
+        Arguments as :meth:`to_torch`; the default backend is ``jax`` when installed. CPU backends
+        are reached through ``jax.pure_callback``.
+        """
+        from ._layers import make_jax_function
+
+        return make_jax_function(self, self.parameters() if parameters is None else parameters,
+                                 self.variables() if variables is None else variables, backend,
+                                 _check_on_failure(on_failure), Settings().with_options(**settings))
+
     # ------------------------------------------------------------ solving
     def solve(
         self,
@@ -161,6 +215,12 @@ class Problem:
         data = _to_framework(data, caps.framework)
         result = solver.solve(data, Settings().with_options(**settings), warm_start)
         return Solution(self, qp, _result_to_numpy(result), to_numpy_data(data), batched)
+
+
+def _check_on_failure(on_failure: str) -> str:
+    if on_failure not in ("raise", "nan", "ignore"):
+        raise ValueError(f"on_failure must be 'raise', 'nan' or 'ignore', not {on_failure!r}")
+    return on_failure
 
 
 def collect_parameter_values(

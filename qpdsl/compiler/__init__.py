@@ -28,7 +28,7 @@ def _vector_map(index: np.ndarray, theta: np.ndarray, val: np.ndarray, size: int
 def _matrix_map(row: np.ndarray, col: np.ndarray, theta: np.ndarray, val: np.ndarray, shape: tuple[int, int],
                 n_theta: int) -> AffineMap:
     key = row * shape[1] + col
-    if shape[0] * shape[1] <= 50_000_000:
+    if shape[0] * shape[1] <= 4 * key.size + 100_000:  # dense marking beats sorting
         present = np.zeros(shape[0] * shape[1], dtype=bool)
         present[key] = True
         pattern = np.flatnonzero(present)

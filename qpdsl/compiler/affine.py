@@ -23,6 +23,8 @@ NONE = -1  # "no variable" / "no parameter" index
 
 def _expand(starts: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For each owner k holding ``counts[k]`` items from ``starts[k]`` on, list the (owner, item) pairs."""
+    if counts.size and counts.min() == 1 and counts.max() == 1:  # the common one-to-one case
+        return np.arange(counts.size), starts
     total = int(counts.sum())
     owner = np.repeat(np.arange(counts.size), counts)
     first = np.cumsum(counts) - counts
@@ -93,8 +95,11 @@ class Affine:
 
     # ------------------------------------------------------------ elementary operations
     def _by_row(self) -> tuple["Affine", np.ndarray, np.ndarray]:
-        order = np.argsort(self.row, kind="stable")
-        s = Affine(self.size, self.row[order], self.var[order], self.theta[order], self.val[order])
+        if self.nnz < 2 or bool(np.all(self.row[1:] >= self.row[:-1])):
+            s = self
+        else:
+            order = np.argsort(self.row, kind="stable")
+            s = Affine(self.size, self.row[order], self.var[order], self.theta[order], self.val[order])
         counts = np.bincount(s.row, minlength=self.size)
         starts = np.cumsum(counts) - counts
         return s, counts, starts

@@ -34,45 +34,73 @@ class AffineMap:
     def nnz(self) -> int:
         return int(self.T.shape[0])
 
+    def _gather(self) -> tuple[np.ndarray, np.ndarray | None] | None:
+        """(column, coefficient) when every value is one entry of theta times a number: a gather, no matmul."""
+        if "gather" not in self._cache:
+            T = self.T.tocsr()
+            T.sum_duplicates()
+            single = T.nnz == T.shape[0] and bool(np.all(np.diff(T.indptr) == 1))
+            coef = None if not single or np.all(T.data == 1.0) else T.data.copy()
+            self._cache["gather"] = (T.indices.astype(np.int64), coef) if single else None
+        return self._cache["gather"]
+
+    def _compact(self) -> tuple[np.ndarray, sp.csr_matrix]:
+        """The columns of theta that T uses, and T restricted to them (most maps touch few parameters)."""
+        if "compact" not in self._cache:
+            T = self.T.tocsr()
+            used = np.unique(T.indices).astype(np.int64)
+            self._cache["compact"] = (used, T[:, used].tocsr())
+        return self._cache["compact"]
+
     def apply(self, theta_aug: Any) -> Any:
         """Values for a batch ``theta_aug`` (B, n_theta + 1) of numpy, torch or jax arrays."""
         fw = framework(theta_aug)
-        if fw == "torch":
-            out = self._torch(theta_aug) @ theta_aug.T
-            out = out.T
-        elif fw == "jax":
-            out = (self._jax() @ theta_aug.T).T
+        gather = self._gather()
+        if gather is not None:
+            cols, coef = gather
+            out = theta_aug[:, _like(cols, theta_aug, index=True)]
+            if coef is not None:
+                out = out * _like(coef, theta_aug)
         else:
-            out = np.asarray(self.T @ theta_aug.T).T
+            used, T = self._compact()
+            sub = theta_aug[:, _like(used, theta_aug, index=True)]
+            if fw == "torch":
+                out = (self._torch(sub, T) @ sub.T).T
+            elif fw == "jax":
+                out = (self._jax(T) @ sub.T).T
+            else:
+                out = np.asarray(T @ np.ascontiguousarray(sub.T)).T
         if self.offset is not None:
             out = out + _like(self.offset, theta_aug)
         return out
 
-    def _torch(self, like: Any) -> Any:
+    def _torch(self, like: Any, T: sp.csr_matrix) -> Any:
         import torch
 
         key = ("torch", like.device, like.dtype)
         if key not in self._cache:
-            coo = self.T.tocoo()
+            coo = T.tocoo()
             idx = torch.as_tensor(np.vstack([coo.row, coo.col]), dtype=torch.int64)
-            t = torch.sparse_coo_tensor(idx, torch.as_tensor(coo.data), self.T.shape)
+            t = torch.sparse_coo_tensor(idx, torch.as_tensor(coo.data), T.shape, check_invariants=False)
             self._cache[key] = t.to(device=like.device, dtype=like.dtype).coalesce()
         return self._cache[key]
 
-    def _jax(self) -> Any:
+    def _jax(self, T: sp.csr_matrix) -> Any:
         from jax.experimental import sparse as jsparse
 
         if "jax" not in self._cache:
-            self._cache["jax"] = jsparse.BCOO.from_scipy_sparse(self.T)
+            self._cache["jax"] = jsparse.BCOO.from_scipy_sparse(T)
         return self._cache["jax"]
 
 
-def _like(values: np.ndarray, ref: Any) -> Any:
+def _like(values: np.ndarray, ref: Any, index: bool = False) -> Any:
     fw = framework(ref)
     if fw == "torch":
         import torch
 
-        return torch.as_tensor(values, dtype=ref.dtype, device=ref.device)
+        return torch.as_tensor(values, dtype=torch.int64 if index else ref.dtype, device=ref.device)
+    if index:
+        return values
     if fw == "jax":
         import jax.numpy as jnp
 
