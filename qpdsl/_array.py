@@ -68,3 +68,55 @@ def scatter_2d(values: Any, rows: np.ndarray, cols: np.ndarray, shape: tuple[int
 def gather_2d(dense: Any, rows: np.ndarray, cols: np.ndarray) -> Any:
     """Inverse of :func:`scatter_2d`'s adjoint: ``dense[:, rows, cols]`` (B, nnz)."""
     return dense[:, rows, cols]
+
+
+def cholesky_ex(matrices: Any) -> tuple[Any, Any]:
+    """Batched Cholesky factor of symmetric matrices (B, n, n) that reports failure per element.
+
+    Returns
+    -------
+    L, ok
+        Lower-triangular factors and a (B,) boolean array, False where the matrix was not
+        numerically positive definite (that element's factor is then meaningless but finite
+        in torch; NaN in jax). Never raises for a failed element.
+    """
+    fw = framework(matrices)
+    if fw == "torch":
+        import torch
+
+        L, info = torch.linalg.cholesky_ex(matrices)
+        return L, (info == 0) & torch.isfinite(L).all(dim=(-2, -1))
+    if fw == "jax":
+        import jax.numpy as jnp
+
+        L = jnp.linalg.cholesky(matrices)
+        return L, jnp.all(jnp.isfinite(L), axis=(-2, -1))
+    mats = np.asarray(matrices)
+    out = np.zeros_like(mats)
+    ok = np.ones(mats.shape[0], dtype=bool)
+    for k, M in enumerate(mats):
+        try:
+            out[k] = np.linalg.cholesky(M)
+        except np.linalg.LinAlgError:
+            ok[k] = False
+    return out, ok
+
+
+def cho_solve(L: Any, rhs: Any) -> Any:
+    """Solve ``L L' x = rhs`` for batched lower-triangular ``L`` (B, n, n) and ``rhs`` (B, n)."""
+    fw = framework(L)
+    if fw == "torch":
+        import torch
+
+        # Two triangular solves beat torch.cholesky_solve for one right-hand side per matrix.
+        w = torch.linalg.solve_triangular(L, rhs[..., None], upper=False)
+        return torch.linalg.solve_triangular(L.mT, w, upper=True)[..., 0]
+    if fw == "jax":
+        from jax.scipy.linalg import solve_triangular
+
+        w = solve_triangular(L, rhs[..., None], lower=True)
+        return solve_triangular(L, w, lower=True, trans=1)[..., 0]
+    import scipy.linalg
+
+    pairs = zip(np.asarray(L), np.asarray(rhs), strict=True)
+    return np.stack([scipy.linalg.cho_solve((Lk, True), r) for Lk, r in pairs])

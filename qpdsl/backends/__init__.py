@@ -82,7 +82,11 @@ def _load_all() -> None:
         return
     _loaded = True
     for mod in _MODULES:
-        importlib.import_module(f"{__name__}.{mod}")
+        try:
+            importlib.import_module(f"{__name__}.{mod}")
+        except ModuleNotFoundError as exc:  # a backend module not shipped in this build
+            if exc.name != f"{__name__}.{mod}":
+                raise
 
 
 def get_backend(name: str) -> Backend:

@@ -1,0 +1,111 @@
+"""Batched Ruiz equilibration of a dense QP, and the maps back to the original problem.
+
+With ``x = D x~`` and rows scaled by ``E``, the scaled problem is::
+
+    P~ = c D P D,  q~ = c D q,  A~ = E_eq A D,  b~ = E_eq b,  C~ = E_in C D,  l~, u~ = E_in (l, u)
+
+so that ``y = E_eq y~ / c``, ``z = E_in z~ / c``, a primal residual maps back as ``E^-1 r~``
+and a dual residual as ``D^-1 r~ / c``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import array_api_compat
+
+from ..._array import namespace
+
+
+class Problem(NamedTuple):
+    """A dense batched QP (standard form, DESIGN §2) as a pytree of arrays."""
+
+    P: Any  # (B, n, n)
+    q: Any  # (B, n)
+    A: Any  # (B, p, n)
+    b: Any  # (B, p)
+    C: Any  # (B, m, n)
+    l: Any  # (B, m), may hold -inf
+    u: Any  # (B, m), may hold +inf
+
+
+class Scaling(NamedTuple):
+    """Diagonal scalings of variables (D), equality rows (E_eq), inequality rows (E_in), cost (c)."""
+
+    D: Any  # (B, n)
+    E_eq: Any  # (B, p)
+    E_in: Any  # (B, m)
+    c: Any  # (B,)
+
+
+def amax(xp: Any, a: Any, axis: int) -> Any:
+    """``max`` over ``axis`` that gives 0 for an empty axis (p or m may be 0)."""
+    if a.shape[axis] == 0:
+        shape = tuple(s for i, s in enumerate(a.shape) if i != axis % a.ndim)
+        return xp.zeros(shape, dtype=a.dtype, device=array_api_compat.device(a))
+    return xp.max(a, axis=axis)
+
+
+def _inv_sqrt(xp: Any, norms: Any) -> Any:
+    return 1.0 / xp.sqrt(xp.where(norms > 0, norms, xp.ones_like(norms)))
+
+
+def equilibrate(prob: Problem, iterations: int = 10) -> tuple[Problem, Scaling]:
+    """Ruiz-equilibrate the KKT matrix of every element, then scale the cost.
+
+    Parameters
+    ----------
+    prob
+        The batch of QPs (finite P, q, A, b, C).
+    iterations
+        Number of Ruiz sweeps; each divides every row and column of the KKT matrix by the
+        square root of its infinity norm.
+
+    Returns
+    -------
+    scaled, scaling
+        The scaled problem and the scaling that produced it.
+    """
+    xp = namespace(prob.q)
+    P, A, C = prob.P, prob.A, prob.C
+    D = xp.ones_like(prob.q)
+    E_eq = xp.ones_like(prob.b)
+    E_in = xp.ones_like(prob.l)
+    for _ in range(iterations):
+        col = xp.maximum(
+            amax(xp, xp.abs(P), -2), xp.maximum(amax(xp, xp.abs(A), -2), amax(xp, xp.abs(C), -2))
+        )
+        d = _inv_sqrt(xp, col)
+        e_eq = _inv_sqrt(xp, amax(xp, xp.abs(A), -1))
+        e_in = _inv_sqrt(xp, amax(xp, xp.abs(C), -1))
+        P = d[:, :, None] * P * d[:, None, :]
+        A = e_eq[:, :, None] * A * d[:, None, :]
+        C = e_in[:, :, None] * C * d[:, None, :]
+        D, E_eq, E_in = D * d, E_eq * e_eq, E_in * e_in
+    q = D * prob.q
+    cost = xp.maximum(xp.mean(amax(xp, xp.abs(P), -1), axis=-1), amax(xp, xp.abs(q), -1))
+    c = 1.0 / xp.clip(xp.where(cost > 0, cost, xp.ones_like(cost)), 1e-6, 1e6)
+    scaled = Problem(c[:, None, None] * P, c[:, None] * q, A, E_eq * prob.b, C, E_in * prob.l, E_in * prob.u)
+    return scaled, Scaling(D, E_eq, E_in, c)
+
+
+def unscale_primal(scaling: Scaling, x: Any) -> Any:
+    """Original variables from scaled ones."""
+    return scaling.D * x
+
+
+def scale_primal(scaling: Scaling, x: Any) -> Any:
+    """Scaled variables from original ones."""
+    return x / scaling.D
+
+
+def unscale_duals(scaling: Scaling, y: Any, z: Any) -> tuple[Any, Any]:
+    """Original multipliers from scaled ones."""
+    c = scaling.c[:, None]
+    return scaling.E_eq * y / c, scaling.E_in * z / c
+
+
+def scale_duals(scaling: Scaling, y: Any, z: Any) -> tuple[Any, Any]:
+    """Scaled multipliers from original ones."""
+    c = scaling.c[:, None]
+    return c * y / scaling.E_eq, c * z / scaling.E_in

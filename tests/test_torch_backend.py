@@ -1,0 +1,253 @@
+"""The ``torch`` backend: qpdsl's batched dense proximal ALM, checked against proxsuite and Clarabel."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+proxsuite = pytest.importorskip("proxsuite")
+
+from qpdsl.backends.torch_backend import TorchBackend, solve_raw  # noqa: E402
+from qpdsl.errors import ParameterError  # noqa: E402
+from qpdsl.qp import QPData, Settings, Status, WarmStart  # noqa: E402
+
+BACKEND = TorchBackend()
+
+
+def random_qp(batch: int, n: int, p: int, m: int, seed: int = 0, lp: bool = False) -> list[np.ndarray]:
+    """Feasible dense QPs: P = MM' + 1e-2 I (0 for LPs), b = A x0, l/u = C x0 -/+ U(0, 1)."""
+    rng = np.random.default_rng(seed)
+    M = rng.standard_normal((batch, n, n))
+    P = np.zeros((batch, n, n)) if lp else M @ M.transpose(0, 2, 1) + 1e-2 * np.eye(n)
+    q = rng.standard_normal((batch, n))
+    A = rng.standard_normal((batch, p, n))
+    C = rng.standard_normal((batch, m, n))
+    x0 = rng.standard_normal((batch, n))
+    cx = np.einsum("bij,bj->bi", C, x0)
+    return [
+        P,
+        q,
+        A,
+        np.einsum("bij,bj->bi", A, x0),
+        C,
+        cx - rng.uniform(size=(batch, m)),
+        cx + rng.uniform(size=(batch, m)),
+    ]
+
+
+def to_data(arrays: list[np.ndarray], dtype: torch.dtype = torch.float64) -> QPData:
+    return QPData(*[torch.as_tensor(a, dtype=dtype) for a in arrays])
+
+
+def proxsuite_solve(arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Solutions and objectives from proxsuite dense, one element at a time."""
+    P, q, A, b, C, l, u = arrays
+    xs, objs = [], []
+    for i in range(q.shape[0]):
+        qp = proxsuite.proxqp.dense.QP(q.shape[1], b.shape[1], l.shape[1])
+        qp.settings.eps_abs, qp.settings.eps_rel = 1e-10, 0.0
+        qp.init(P[i], q[i], A[i], b[i], C[i], np.clip(l[i], -1e20, 1e20), np.clip(u[i], -1e20, 1e20))
+        qp.solve()
+        assert qp.results.info.status == proxsuite.proxqp.QPSolverOutput.PROXQP_SOLVED
+        x = qp.results.x
+        xs.append(x.copy())
+        objs.append(0.5 * x @ P[i] @ x + q[i] @ x)
+    return np.array(xs), np.array(objs)
+
+
+def clarabel_objective(arrays: list[np.ndarray], i: int) -> float:
+    cp = pytest.importorskip("cvxpy")
+    P, q, A, b, C, l, u = (a[i] for a in arrays)
+    x = cp.Variable(q.shape[0])
+    cons = [A @ x == b] if b.size else []
+    fin_u, fin_l = np.isfinite(u), np.isfinite(l)
+    if fin_u.any():
+        cons.append(C[fin_u] @ x <= u[fin_u])
+    if fin_l.any():
+        cons.append(C[fin_l] @ x >= l[fin_l])
+    prob = cp.Problem(cp.Minimize(0.5 * cp.quad_form(x, cp.psd_wrap(P)) + q @ x), cons)
+    prob.solve(solver=cp.CLARABEL, tol_gap_abs=1e-10, tol_gap_rel=1e-10, tol_feas=1e-10)
+    return float(prob.value)
+
+
+def check_kkt(data: QPData, res, tol: float) -> None:
+    """Stationarity with P x + q + A'y + C'z = 0, feasibility, signs and complementarity of z."""
+    P, q, A, b, C, l, u = (np.asarray(getattr(data, k), dtype=np.float64) for k in "P q A b C l u".split())
+    x, y, z = (res.x.double().numpy(), res.y.double().numpy(), res.z.double().numpy())
+    scale = 1.0 + np.abs(x).max()
+    stat = np.einsum("bij,bj->bi", P, x) + q + np.einsum("bji,bj->bi", A, y) + np.einsum("bji,bj->bi", C, z)
+    assert np.abs(stat).max() <= tol * scale * 10
+    if b.shape[1]:
+        assert np.abs(np.einsum("bij,bj->bi", A, x) - b).max() <= tol * scale * 10
+    cx = np.einsum("bij,bj->bi", C, x)
+    assert (cx <= u + tol * scale * 10).all() and (cx >= l - tol * scale * 10).all()
+    ztol = tol * 10 * (1 + np.abs(z).max(initial=0.0))
+    upper, lower = z > ztol, z < -ztol
+    assert np.allclose(cx[upper], u[upper], atol=tol * scale * 10)
+    assert np.allclose(cx[lower], l[lower], atol=tol * scale * 10)
+
+
+@pytest.mark.parametrize("n, p, m", [(8, 2, 8), (20, 5, 30)])
+def test_random_qps_match_proxsuite(n: int, p: int, m: int) -> None:
+    arrays = random_qp(16, n, p, m, seed=n)
+    data = to_data(arrays)
+    res = BACKEND.solve(data, Settings())
+    assert all(s == Status.SOLVED for s in res.statuses())
+    x_ref, obj_ref = proxsuite_solve(arrays)
+    np.testing.assert_allclose(res.x.numpy(), x_ref, atol=1e-7)
+    np.testing.assert_allclose(res.objective.numpy(), obj_ref, rtol=1e-9, atol=1e-8)
+    assert res.prim_res.max() <= 1e-9 and res.dual_res.max() <= 1e-9
+    check_kkt(data, res, 1e-9)
+
+
+def test_lps_match_clarabel_objective() -> None:
+    arrays = random_qp(6, 15, 3, 40, seed=3, lp=True)
+    # Box the variables so every LP is bounded.
+    box = np.broadcast_to(np.eye(15), (6, 15, 15))
+    arrays[4] = np.concatenate([arrays[4], box], axis=1)
+    arrays[5] = np.concatenate([arrays[5], -10 * np.ones((6, 15))], axis=1)
+    arrays[6] = np.concatenate([arrays[6], 10 * np.ones((6, 15))], axis=1)
+    data = to_data(arrays)
+    res = BACKEND.solve(data, Settings())
+    assert all(s == Status.SOLVED for s in res.statuses())
+    check_kkt(data, res, 1e-9)
+    for i in range(6):
+        assert res.objective[i].item() == pytest.approx(clarabel_objective(arrays, i), rel=1e-7, abs=1e-7)
+
+
+def test_float32_reaches_its_tolerance() -> None:
+    arrays = random_qp(8, 10, 3, 12, seed=5)
+    data = to_data(arrays, torch.float32)
+    res = BACKEND.solve(data, Settings())
+    assert res.x.dtype == torch.float32
+    assert all(s == Status.SOLVED for s in res.statuses())
+    assert res.prim_res.max() <= 1e-5 and res.dual_res.max() <= 1e-5
+    x_ref, _ = proxsuite_solve(arrays)
+    np.testing.assert_allclose(res.x.double().numpy(), x_ref, atol=1e-3)
+
+
+def test_infinite_bounds_and_one_sided_rows() -> None:
+    arrays = random_qp(8, 12, 2, 20, seed=7)
+    rng = np.random.default_rng(0)
+    arrays[5][rng.uniform(size=arrays[5].shape) < 0.4] = -np.inf
+    arrays[6][rng.uniform(size=arrays[6].shape) < 0.4] = np.inf
+    data = to_data(arrays)
+    res = BACKEND.solve(data, Settings())
+    assert all(s == Status.SOLVED for s in res.statuses())
+    np.testing.assert_allclose(res.x.numpy(), proxsuite_solve(arrays)[0], atol=1e-7)
+    check_kkt(data, res, 1e-9)
+    assert (res.z.numpy()[np.isinf(arrays[6]) & np.isinf(arrays[5])] == 0).all()
+
+
+@pytest.mark.parametrize("p, m", [(4, 0), (0, 10), (0, 0)])
+def test_equality_only_inequality_only_unconstrained(p: int, m: int) -> None:
+    arrays = random_qp(5, 10, p, m, seed=11)
+    data = to_data(arrays)
+    res = BACKEND.solve(data, Settings())
+    assert all(s == Status.SOLVED for s in res.statuses())
+    assert res.y.shape == (5, p) and res.z.shape == (5, m)
+    np.testing.assert_allclose(res.x.numpy(), proxsuite_solve(arrays)[0], atol=1e-7)
+    check_kkt(data, res, 1e-9)
+
+
+def test_degenerate_duplicated_rows_and_rank_deficient_A() -> None:
+    P, q, A, b, C, l, u = random_qp(6, 12, 3, 10, seed=13)
+    A = np.concatenate([A, A[:, :1], A[:, :1] + A[:, 1:2]], axis=1)  # repeated and dependent rows
+    b = np.concatenate([b, b[:, :1], b[:, :1] + b[:, 1:2]], axis=1)
+    C = np.concatenate([C, C[:, :3]], axis=1)
+    l, u = np.concatenate([l, l[:, :3]], axis=1), np.concatenate([u, u[:, :3]], axis=1)
+    arrays = [P, q, A, b, C, l, u]
+    data = to_data(arrays)
+    res = BACKEND.solve(data, Settings())
+    assert all(s == Status.SOLVED for s in res.statuses())
+    check_kkt(data, res, 1e-9)
+    for i in range(6):
+        assert res.objective[i].item() == pytest.approx(clarabel_objective(arrays, i), rel=1e-7, abs=1e-7)
+
+
+def test_unbounded_lp_is_dual_infeasible() -> None:
+    # min -x1 - x2  s.t.  x1 - x2 = 0, x >= 0: unbounded along (1, 1).
+    data = QPData(
+        P=torch.zeros(1, 2, 2, dtype=torch.float64),
+        q=torch.tensor([[-1.0, -1.0]], dtype=torch.float64),
+        A=torch.tensor([[[1.0, -1.0]]], dtype=torch.float64),
+        b=torch.zeros(1, 1, dtype=torch.float64),
+        C=torch.eye(2, dtype=torch.float64)[None],
+        l=torch.zeros(1, 2, dtype=torch.float64),
+        u=torch.full((1, 2), float("inf"), dtype=torch.float64),
+    )
+    assert BACKEND.solve(data, Settings()).statuses() == [Status.DUAL_INFEASIBLE]
+
+
+def worked_example(batch: int = 1) -> QPData:
+    """min x²/2  s.t.  x = 5,  -3 <= x <= 3 (DESIGN §5)."""
+    t = lambda v: torch.tensor(v, dtype=torch.float64).expand(batch, *np.shape(v)).clone()  # noqa: E731
+    return QPData(P=t([[1.0]]), q=t([0.0]), A=t([[1.0]]), b=t([5.0]), C=t([[1.0]]), l=t([-3.0]), u=t([3.0]))
+
+
+def test_infeasible_raw_solve_reports_primal_infeasible() -> None:
+    res = solve_raw(worked_example(), Settings())
+    assert res.statuses() == [Status.PRIMAL_INFEASIBLE]
+
+
+def test_worked_infeasible_example_gives_closest_feasible_qp() -> None:
+    res = BACKEND.solve(worked_example(), Settings())
+    assert res.statuses() == [Status.SOLVED_CLOSEST_FEASIBLE]
+    assert res.x.item() == pytest.approx(4.0, abs=1e-7)
+    assert res.shift_eq.item() == pytest.approx(-1.0, abs=1e-7)
+    assert res.shift_in.item() == pytest.approx(1.0, abs=1e-7)
+
+
+def test_nan_element_is_isolated() -> None:
+    arrays = random_qp(4, 10, 2, 10, seed=17)
+    arrays[1][2, 3] = np.nan
+    arrays[4][1, 0, 0] = np.inf
+    res = BACKEND.solve(to_data(arrays), Settings())
+    statuses = res.statuses()
+    assert statuses[1] == statuses[2] == Status.NUMERICAL_ERROR
+    assert statuses[0] == statuses[3] == Status.SOLVED
+    good = [0, 3]
+    assert (
+        torch.isfinite(res.x[good]).all()
+        and torch.isfinite(res.y[good]).all()
+        and torch.isfinite(res.z[good]).all()
+    )
+    ref = proxsuite_solve([a[good] for a in arrays])[0]
+    np.testing.assert_allclose(res.x[good].numpy(), ref, atol=1e-7)
+
+
+def test_warm_start_reduces_iterations() -> None:
+    arrays = random_qp(8, 20, 4, 25, seed=19)
+    data = to_data(arrays)
+    cold = BACKEND.solve(data, Settings())
+    perturbed = to_data([arrays[0], arrays[1] + 1e-3, *arrays[2:]])
+    cold_p = BACKEND.solve(perturbed, Settings())
+    warm_p = BACKEND.solve(perturbed, Settings(), WarmStart(cold.x, cold.y, cold.z))
+    assert all(s == Status.SOLVED for s in warm_p.statuses())
+    np.testing.assert_allclose(warm_p.x.numpy(), cold_p.x.numpy(), atol=1e-7)
+    assert warm_p.iterations.sum() < cold_p.iterations.sum()
+    exact = BACKEND.solve(data, Settings(), WarmStart(cold.x, cold.y, cold.z))
+    assert (exact.iterations == 0).all()
+
+
+def test_max_iter_status() -> None:
+    res = BACKEND.solve(to_data(random_qp(3, 20, 4, 30, seed=23)), Settings(max_iter=1))
+    assert all(s == Status.MAX_ITER for s in res.statuses())
+
+
+def test_rejects_non_torch_inputs_and_bad_shapes() -> None:
+    arrays = random_qp(2, 4, 1, 3)
+    with pytest.raises(ParameterError, match="torch tensors"):
+        BACKEND.solve(QPData(*arrays), Settings())
+    bad = to_data(arrays)
+    with pytest.raises(ParameterError, match="shape"):
+        BACKEND.solve(QPData(bad.P[:, :3], *list(bad.__dict__.values())[1:7]), Settings())
+    with pytest.raises(ParameterError, match="unknown option"):
+        BACKEND.solve(bad, Settings(options={"not_an_option": 1}))
+
+
+def test_registered_capabilities() -> None:
+    caps = BACKEND.capabilities
+    assert caps.framework == "torch" and caps.installed and caps.warm_start
+    assert set(caps.dtypes) == {"float32", "float64"} and "cuda" in caps.devices
