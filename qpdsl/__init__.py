@@ -1,6 +1,7 @@
 """qpdsl: parametric convex QPs, compiled once, solved batched, differentiable in every parameter."""
 
 from .backends import available_backends
+from .cvxpy_import import from_cvxpy
 from .errors import BackendNotFound, ModelError, ParameterError, QPDSLError, SolverError
 from .expressions import (
     Constant,
@@ -44,9 +45,3 @@ __all__ = [
     "pos", "quad_form", "reshape", "square", "sum", "sum_squares", "vstack", "from_cvxpy",
 ]
 
-
-def from_cvxpy(problem):  # noqa: ANN001, ANN201 - imported lazily so cvxpy stays optional
-    """Import a cvxpy QP (see :func:`qpdsl.cvxpy_import.from_cvxpy`)."""
-    from .cvxpy_import import from_cvxpy as _impl
-
-    return _impl(problem)

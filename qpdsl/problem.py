@@ -9,6 +9,7 @@ import numpy as np
 
 from ._array import framework, to_numpy
 from .compiler import ParametricQP, compile_problem
+from .cvxpy_import import translate
 from .errors import ModelError, ParameterError
 from .expressions.constraints import Constraint
 from .expressions.expression import Expression, Parameter, Variable, as_expr
@@ -157,8 +158,8 @@ class Problem:
         """
         from ._layers import make_torch_layer
 
-        return make_torch_layer(self, self.parameters() if parameters is None else parameters,
-                                self.variables() if variables is None else variables, backend,
+        return make_torch_layer(self, self.parameters() if parameters is None else translate(self, parameters),
+                                self.variables() if variables is None else translate(self, variables), backend,
                                 _check_on_failure(on_failure), warm_start, Settings().with_options(**settings))
 
     def to_jax(
@@ -176,8 +177,8 @@ class Problem:
         """
         from ._layers import make_jax_function
 
-        return make_jax_function(self, self.parameters() if parameters is None else parameters,
-                                 self.variables() if variables is None else variables, backend,
+        return make_jax_function(self, self.parameters() if parameters is None else translate(self, parameters),
+                                 self.variables() if variables is None else translate(self, variables), backend,
                                  _check_on_failure(on_failure), Settings().with_options(**settings))
 
     # ------------------------------------------------------------ solving
@@ -204,7 +205,7 @@ class Problem:
         from .backends import default_backend, get_backend
 
         qp = self.compile()
-        values, batch, batched = collect_parameter_values(qp.parameters, params or {})
+        values, batch, batched = collect_parameter_values(qp.parameters, translate(self, params or {}))
         theta = qp.stack_theta(values, batch)
         data = qp.apply(theta)
         solver = get_backend(backend or default_backend())
@@ -319,7 +320,7 @@ class Solution:
         return a if self.batched else a[0]
 
     def __getitem__(self, var: Variable) -> np.ndarray:
-        sl = self.qp.variables.get(var)
+        sl = self.qp.variables.get(translate(self.problem, var))
         if sl is None:
             raise KeyError(f"{getattr(var, 'name', var)!r} is not a variable of this problem")
         x = self.raw.x[:, sl.offset: sl.offset + sl.size]
@@ -347,7 +348,7 @@ class Solution:
         return value if self.batched else float(value[0])
 
     def _rows(self, constraint: Constraint) -> tuple[str, slice, tuple[int, ...]]:
-        rows = self.qp.constraints.get(constraint)
+        rows = self.qp.constraints.get(translate(self.problem, constraint))
         if rows is None:
             raise KeyError(f"{constraint} is not a constraint of this problem")
         return rows.kind, slice(rows.start, rows.stop), rows.shape

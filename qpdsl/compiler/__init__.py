@@ -25,6 +25,30 @@ def _vector_map(index: np.ndarray, theta: np.ndarray, val: np.ndarray, size: int
     return AffineMap(T, (size,), offset=offset)
 
 
+def _unique_inverse(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(key, return_inverse=True)``, faster on keys made of sorted runs (the usual case).
+
+    A stable sort (timsort) merges the runs that constraint blocks produce in linear time, where
+    ``np.unique`` would quicksort from scratch.
+    """
+    if key.size < 2 or bool(np.all(key[1:] >= key[:-1])):
+        order = None
+        sk = key
+    else:
+        order = np.argsort(key, kind="stable")
+        sk = key[order]
+    first = np.empty(sk.size, dtype=bool)
+    first[:1] = True
+    np.not_equal(sk[1:], sk[:-1], out=first[1:])
+    pattern = sk[first]
+    position = np.cumsum(first) - 1
+    if order is None:
+        return pattern, position
+    inverse = np.empty_like(position)
+    inverse[order] = position
+    return pattern, inverse
+
+
 def _matrix_map(row: np.ndarray, col: np.ndarray, theta: np.ndarray, val: np.ndarray, shape: tuple[int, int],
                 n_theta: int) -> AffineMap:
     key = row * shape[1] + col
@@ -35,7 +59,7 @@ def _matrix_map(row: np.ndarray, col: np.ndarray, theta: np.ndarray, val: np.nda
         position = np.cumsum(present) - 1
         inverse = position[key]
     else:
-        pattern, inverse = np.unique(key, return_inverse=True)
+        pattern, inverse = _unique_inverse(key)
     T = sp.csr_matrix((val, (inverse, _theta_col(theta, n_theta))), shape=(pattern.size, n_theta + 1))
     return AffineMap(T, shape, rows=pattern // shape[1], cols=pattern % shape[1])
 
@@ -56,8 +80,11 @@ def compile_problem(objective: Expression, constraints: list[Constraint], variab
     new_index = np.cumsum(is_var) - 1
     n = int(is_var.sum())
 
+    # one gather: index -1 (no variable) reads the appended NONE
+    lookup = np.append(new_index, NONE).astype(np.int64)
+
     def renumber(v: np.ndarray) -> np.ndarray:
-        return np.where(v == NONE, NONE, new_index[np.maximum(v, 0)])
+        return lookup[v]
 
     qa, qb = renumber(qa), renumber(qb)
     both = (qa != NONE) & (qb != NONE)
@@ -79,7 +106,8 @@ def compile_problem(objective: Expression, constraints: list[Constraint], variab
     counts = {"eq": 0, "le": 0}
     for cc in ctx.constraints:
         start = counts[cc.kind]
-        blocks[cc.kind].append(cc.rows.remap(np.arange(cc.rows.size) + start, 0))
+        r = cc.rows
+        blocks[cc.kind].append(Affine(r.size, r.row + start if start else r.row, r.var, r.theta, r.val))
         counts[cc.kind] += cc.rows.size
         if cc.origin is not None:
             rows_of[cc.origin] = ConstraintRows("eq" if cc.kind == "eq" else "in", start, counts[cc.kind],
@@ -90,9 +118,15 @@ def compile_problem(objective: Expression, constraints: list[Constraint], variab
         var = renumber(rows.var)
         has_var = var != NONE
         m = counts[kind]
-        maps[mat] = _matrix_map(rows.row[has_var], var[has_var], rows.theta[has_var], rows.val[has_var], (m, n),
-                                n_theta)
-        maps[vec] = _vector_map(rows.row[~has_var], rows.theta[~has_var], -rows.val[~has_var], m, n_theta)
+        with_var = np.flatnonzero(has_var)
+        if with_var.size == has_var.size:  # no constant terms: no copies
+            maps[mat] = _matrix_map(rows.row, var, rows.theta, rows.val, (m, n), n_theta)
+            without = with_var[:0]
+        else:
+            maps[mat] = _matrix_map(rows.row[with_var], var[with_var], rows.theta[with_var], rows.val[with_var],
+                                    (m, n), n_theta)
+            without = np.flatnonzero(~has_var)
+        maps[vec] = _vector_map(rows.row[without], rows.theta[without], -rows.val[without], m, n_theta)
     maps["l"] = _vector_map(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0), n_in, n_theta,
                             offset=np.full(n_in, -np.inf))
 

@@ -128,7 +128,16 @@ class Affine:
     def scale(self, factor: np.ndarray | float) -> "Affine":
         """Multiply row i by ``factor[i]`` (or a scalar)."""
         f = np.asarray(factor, dtype=float)
-        val = self.val * (f if f.ndim == 0 else f.reshape(-1)[self.row])
+        if f.ndim == 0 or f.size == 1:
+            f = float(f.reshape(-1)[0]) if f.size else 0.0
+            if f == 0.0:
+                return Affine.empty(self.size)
+            # a nonzero scalar creates no zeros: share the index arrays (they are never written to)
+            return Affine(self.size, self.row, self.var, self.theta, self.val * f)
+        f = f.reshape(-1)
+        val = self.val * f[self.row]
+        if bool(np.all(f != 0)):
+            return Affine(self.size, self.row, self.var, self.theta, val)
         keep = val != 0
         return Affine(self.size, self.row[keep], self.var[keep], self.theta[keep], val[keep])
 
@@ -180,6 +189,35 @@ class Affine:
         if np.any((lt != NONE) & (rt != NONE)):
             raise ModelError(f"{what}: a product of two parameters would make the QP data non-affine")
         return Affine(size, out[pair], np.maximum(lv, rv), np.maximum(lt, rt), ls.val[li] * rs.val[ri])
+
+    @staticmethod
+    def param_times(other: "Affine", offset: int, shape: tuple[int, int], param_left: bool, transposed: bool,
+                    m: int, k: int, n: int) -> "Affine":
+        """``P @ other`` (``param_left``) or ``other @ P`` for a Parameter P at ``offset`` of theta.
+
+        A fast path of :meth:`bilinear` for the common ``A @ x``: no index pairs are searched,
+        every term is written down directly. ``other`` (size k*n for ``P @ other``, m*k for
+        ``other @ P``) must be free of parameters. ``shape`` is P's own shape and ``transposed``
+        says that the product uses ``P.T``. The result (m*n rows) is sorted by row when ``other``
+        is a single column (the ``A @ x`` case).
+        """
+        if param_left:  # out[i, j] = sum_l P[i, l] * other[l, j]
+            o = other
+            if n > 1:  # visit other's entries by column j so that each block i comes out sorted
+                order = np.argsort(o.row % n, kind="stable")
+                o = Affine(o.size, o.row[order], o.var[order], o.theta[order], o.val[order])
+            l_e, j_e = np.divmod(o.row, n)
+            i = np.arange(m, dtype=np.int64)[:, None]
+            row = (i * n + j_e).reshape(-1)
+            # P[i, l] is theta[offset + i*k + l]; for P.T (stored k x m) it is theta[offset + l*m + i]
+            theta = (offset + i * k + l_e) if not transposed else (offset + l_e * m + i)
+            return Affine(m * n, row, np.tile(o.var, m), theta.reshape(-1), np.tile(o.val, m))
+        # out[i, j] = sum_l other[i, l] * P[l, j]
+        i_e, l_e = np.divmod(other.row, k)
+        j = np.arange(n, dtype=np.int64)[None, :]
+        row = (i_e[:, None] * n + j).reshape(-1)
+        theta = (offset + l_e[:, None] * n + j) if not transposed else (offset + j * k + l_e[:, None])
+        return Affine(m * n, row, np.repeat(other.var, n), theta.reshape(-1), np.repeat(other.val, n))
 
     @staticmethod
     def row_products(left: "Affine", right: "Affine", out: np.ndarray, size: int) -> tuple[np.ndarray, ...]:

@@ -64,6 +64,7 @@ class Context:
         self.var_offset: dict[ex.Variable, int] = {}
         self.n_var = 0
         self.slot_vars: list[tuple[int, int]] = []  # (first index, count) of slot blocks
+        self._slot_lookup: np.ndarray | None = None
         self.slots = Slots()
         self.constraints: list[CanonConstraint] = []
         self.cache: dict[int, Affine] = {}
@@ -86,10 +87,15 @@ class Context:
         return np.arange(first, first + count, dtype=np.int64)
 
     def is_slot_mask(self, var: np.ndarray) -> np.ndarray:
-        mask = np.zeros(var.shape, dtype=bool)
-        for first, count in self.slot_vars:
-            mask |= (var >= first) & (var < first + count)
-        return mask
+        """Which entries of ``var`` (variable indices, -1 for none) are quadratic slots."""
+        if not self.slot_vars:
+            return np.zeros(var.shape, dtype=bool)
+        if self._slot_lookup is None or self._slot_lookup.size != self.n_var + 1:
+            lookup = np.zeros(self.n_var + 1, dtype=bool)  # the last entry answers for index -1
+            for first, count in self.slot_vars:
+                lookup[first:first + count] = True
+            self._slot_lookup = lookup
+        return self._slot_lookup[var]
 
     # ------------------------------------------------------------ canonicalisation
     def canon(self, expr: ex.Expression) -> Affine:
@@ -199,6 +205,12 @@ def _matmul(e: ex.MatMul, ctx: Context) -> Affine:
     if isinstance(rhs, ex.Constant):
         Y = sp.csr_matrix(rhs.value.reshape(k, n)) if not rhs.is_sparse else rhs.value
         return ctx.canon(lhs).linear(sp.kron(sp.identity(m), Y.T, format="coo"))
+    for side, other, left in ((lhs, rhs, True), (rhs, lhs, False)):
+        base, transposed = (side.args[0], True) if isinstance(side, ex.Transpose) else (side, False)
+        if isinstance(base, ex.Parameter) and base in ctx.param_offset:
+            aff = ctx.canon(other)
+            if not aff.has_params:
+                return Affine.param_times(aff, ctx.param_offset[base], base.shape, left, transposed, m, k, n)
     i, l, j = np.meshgrid(np.arange(m), np.arange(k), np.arange(n), indexing="ij")
     out = (i * n + j).reshape(-1)
     return Affine.bilinear(ctx.canon(lhs), ctx.canon(rhs), out, (i * k + l).reshape(-1), (l * n + j).reshape(-1),
@@ -352,11 +364,13 @@ def _norm_inf(e: at.NormInf, ctx: Context) -> Affine:
 
 def _param_free(ctx: Context, x: ex.Expression, name: str) -> Affine:
     """Coefficients of x, through an auxiliary variable w == x when x depends on parameters."""
-    aff = ctx.canon(x)
-    if not aff.has_params:
-        return aff
+    if not x.has_parameters:
+        return ctx.canon(x)
     w = ctx.aux(x.shape, name)
-    ctx.add_constraint(w == x, None)
+    # the rows of w - x == 0, built in one concatenation (x's own sum is never materialised)
+    terms = x.args if isinstance(x, ex.Add) and x.id not in ctx.cache else (x,)
+    parts = [ctx.canon(w)] + [_broadcast(ctx.canon(t), t.shape, x.shape).scale(-1.0) for t in terms]
+    ctx.constraints.append(CanonConstraint("eq", Affine.concat(parts, x.size), None))
     return ctx.canon(w)
 
 
