@@ -52,15 +52,29 @@ class AffineMap:
             self._cache["compact"] = (used, T[:, used].tocsr())
         return self._cache["compact"]
 
+    def _runs(self) -> list[tuple[int, int, int]] | None:
+        """For a gather whose columns form few contiguous runs: (start, stop, first column) per run."""
+        if "runs" not in self._cache:
+            runs = None
+            gather = self._gather()
+            if gather is not None and gather[0].size:
+                cols = gather[0]
+                starts = np.concatenate([[0], np.flatnonzero(np.diff(cols) != 1) + 1])
+                if starts.size * 16 <= cols.size:
+                    stops = np.concatenate([starts[1:], [cols.size]])
+                    runs = [(int(a), int(b), int(cols[a])) for a, b in zip(starts, stops)]
+            self._cache["runs"] = runs
+        return self._cache["runs"]
+
     def apply(self, theta_aug: Any) -> Any:
         """Values for a batch ``theta_aug`` (B, n_theta + 1) of numpy, torch or jax arrays."""
         fw = framework(theta_aug)
         gather = self._gather()
-        if gather is not None:
-            cols, coef = gather
-            out = theta_aug[:, _like(cols, theta_aug, index=True)]
-            if coef is not None:
-                out = out * _like(coef, theta_aug)
+        runs = self._runs() if fw == "numpy" else None  # autograd frameworks gather in one op
+        if runs is not None:
+            out = _copy_runs(theta_aug, runs)
+        elif gather is not None:
+            out = theta_aug[:, _like(gather[0], theta_aug, index=True)]
         else:
             used, T = self._compact()
             sub = theta_aug[:, _like(used, theta_aug, index=True)]
@@ -70,6 +84,12 @@ class AffineMap:
                 out = (self._jax(T) @ sub.T).T
             else:
                 out = np.asarray(T @ np.ascontiguousarray(sub.T)).T
+        if gather is not None and gather[1] is not None:
+            coef = gather[1]
+            if fw == "numpy" and runs is not None and np.all(coef == -1.0):
+                np.negative(out, out=out)
+            else:
+                out = out * _like(coef, theta_aug)
         if self.offset is not None:
             out = out + _like(self.offset, theta_aug)
         return out
@@ -91,6 +111,14 @@ class AffineMap:
         if "jax" not in self._cache:
             self._cache["jax"] = jsparse.BCOO.from_scipy_sparse(T)
         return self._cache["jax"]
+
+
+def _copy_runs(theta_aug: np.ndarray, runs: list[tuple[int, int, int]]) -> np.ndarray:
+    """Columns of theta_aug copied run by run (contiguous slices copy far faster than a gather)."""
+    out = np.empty((theta_aug.shape[0], runs[-1][1]), dtype=theta_aug.dtype)
+    for start, stop, col in runs:
+        out[:, start:stop] = theta_aug[:, col: col + stop - start]
+    return out
 
 
 def _like(values: np.ndarray, ref: Any, index: bool = False) -> Any:
@@ -161,41 +189,51 @@ class ParametricQP:
         total = self.n * self.n + (self.n_eq + self.n_in) * self.n
         return (self.maps["P"].nnz + self.maps["A"].nnz + self.maps["C"].nnz) / max(total, 1)
 
-    def stack_theta(self, values: dict[Parameter, Any], batch: int, xp_like: Any = None) -> Any:
-        """Stack per-parameter arrays (each (B, *shape) after broadcasting) into theta (B, n_theta).
+    def stack_theta(self, values: dict[Parameter, Any], batch: int) -> Any:
+        """Stack per-parameter arrays (each (B, *shape) after broadcasting) into theta (B, n_theta + 1).
 
-        Arrays may be numpy, torch or jax; all of one framework.
+        The last column is the constant 1 of ``[theta; 1]``. Arrays may be numpy, torch or jax (one
+        framework); with no parameters the result is a numpy column of ones.
         """
         parts = [values[p].reshape(batch, p.size) for p in self.parameters]
         fw = framework(parts[0]) if parts else "numpy"
         if fw == "torch":
             import torch
 
-            return torch.cat(parts, dim=1)
+            ref = parts[0]
+            return torch.cat(parts + [torch.ones((batch, 1), dtype=ref.dtype, device=ref.device)], dim=1)
         if fw == "jax":
             import jax.numpy as jnp
 
-            return jnp.concatenate(parts, axis=1)
-        return np.concatenate(parts, axis=1) if parts else np.zeros((batch, 0))
+            return jnp.concatenate(parts + [jnp.ones((batch, 1), dtype=parts[0].dtype)], axis=1)
+        out = np.empty((batch, self.n_theta + 1), dtype=parts[0].dtype if parts else float)
+        for p, part in zip(self.parameters, parts):
+            start = self.param_offsets[p]
+            out[:, start: start + p.size] = part
+        out[:, -1] = 1.0
+        return out
 
     def apply(self, theta: Any) -> QPData:
-        """QP data (P, A, C as :class:`SparseBatch`) for a batch of stacked parameters (B, n_theta).
+        """QP data (P, A, C as :class:`SparseBatch`) for a batch of stacked parameters.
 
-        Differentiable in theta under torch and jax (one sparse-dense product per item).
+        ``theta`` is (B, n_theta) or, as :meth:`stack_theta` returns it, (B, n_theta + 1) with a
+        last column of ones. Differentiable in theta under torch and jax.
         """
         fw = framework(theta)
         batch = theta.shape[0]
-        if fw == "torch":
-            import torch
+        theta_aug = theta
+        if theta.shape[1] == self.n_theta:
+            if fw == "torch":
+                import torch
 
-            ones = torch.ones((batch, 1), dtype=theta.dtype, device=theta.device)
-            theta_aug = torch.cat([theta, ones], dim=1)
-        elif fw == "jax":
-            import jax.numpy as jnp
+                ones = torch.ones((batch, 1), dtype=theta.dtype, device=theta.device)
+                theta_aug = torch.cat([theta, ones], dim=1)
+            elif fw == "jax":
+                import jax.numpy as jnp
 
-            theta_aug = jnp.concatenate([theta, jnp.ones((batch, 1), dtype=theta.dtype)], axis=1)
-        else:
-            theta_aug = np.concatenate([theta, np.ones((batch, 1), dtype=theta.dtype)], axis=1)
+                theta_aug = jnp.concatenate([theta, jnp.ones((batch, 1), dtype=theta.dtype)], axis=1)
+            else:
+                theta_aug = np.concatenate([theta, np.ones((batch, 1), dtype=theta.dtype)], axis=1)
         out: dict[str, Any] = {}
         for key, m in self.maps.items():
             values = m.apply(theta_aug)
