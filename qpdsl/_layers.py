@@ -35,6 +35,7 @@ class Output:
     start: int
     stop: int
     shape: tuple[int, ...]
+    sign: float = 1.0
 
 
 def output_specs(qp: ParametricQP, outputs: Sequence[Any]) -> list[Output]:
@@ -52,7 +53,7 @@ def output_specs(qp: ParametricQP, outputs: Sequence[Any]) -> list[Output]:
         if rows is None:
             raise ModelError(f"{item!r} is neither a variable nor a constraint of this problem")
         source = (3 if rows.kind == "eq" else 4) if is_shift else (1 if rows.kind == "eq" else 2)
-        specs.append(Output(source, rows.start, rows.stop, rows.shape))
+        specs.append(Output(source, rows.start, rows.stop, rows.shape, rows.sign))
     return specs
 
 
@@ -125,6 +126,8 @@ def read_outputs(specs: list[Output], results: Sequence[Any], batched: bool) -> 
     for s in specs:
         arr = results[s.source][:, s.start: s.stop]
         arr = arr.reshape(arr.shape[0], *s.shape)
+        if s.sign != 1.0:
+            arr = -arr
         outs.append(arr if batched else arr[0])
     return tuple(outs)
 

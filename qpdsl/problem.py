@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -27,7 +28,7 @@ class Minimize:
         if not self.expr.is_convex():
             raise ModelError(
                 f"Minimize({self.expr.describe()}): the objective is {self.expr.curvature.value}, not convex"
-                + _curvature_hint(self.expr)
+                + _curvature_hint(self.expr, "qd.Maximize")
             )
 
     @property
@@ -47,7 +48,7 @@ class Maximize:
         if not self.expr.is_concave():
             raise ModelError(
                 f"Maximize({self.expr.describe()}): the objective is {self.expr.curvature.value}, not concave"
-                + _curvature_hint(self.expr)
+                + _curvature_hint(self.expr, "qd.Minimize")
             )
 
     @property
@@ -57,8 +58,10 @@ class Maximize:
     sign = -1.0
 
 
-def _curvature_hint(expr: Expression) -> str:
+def _curvature_hint(expr: Expression, other: str = "") -> str:
     """Point at the first subexpression whose curvature is unknown (the culprit)."""
+    if expr.curvature.value in ("convex", "concave"):
+        return f"; did you mean {other}({expr.describe()})? Otherwise flip the sign of the objective"
     stack = [expr]
     culprit = None
     while stack:
@@ -70,8 +73,17 @@ def _curvature_hint(expr: Expression) -> str:
     if culprit is None:
         return ""
     hint = f"; the offending expression is {culprit.describe()}"
-    if any(isinstance(a, Parameter) and not a.nonneg for a in culprit.args):
-        hint += " (a parameter scaling a convex term must be declared nonneg=True)"
+    curved = [a for a in culprit.args if a.curvature.value in ("convex", "concave")]
+    factors = [a for a in culprit.args if a.curvature.value == "constant" and not a.sign.nonneg]
+    if type(culprit).__name__ in ("Multiply", "MatMul") and factors:
+        hint += (f" (the factor {factors[0].describe()} scaling a convex or concave term must have a known sign: "
+                 "a nonnegative constant, or a Parameter declared nonneg=True)")
+    elif type(culprit).__name__ == "Add":
+        hint += " (it adds " + " and ".join(f"{a.describe()} ({a.curvature.value})" for a in curved) + \
+            "; a sum must not mix convex and concave terms)"
+    elif curved:
+        hint += (f" (its argument {curved[0].describe()} is {curved[0].curvature.value}; DCP allows a convex "
+                 "argument only where the function is increasing, a concave one only where it is decreasing)")
     return hint
 
 
@@ -256,20 +268,22 @@ def collect_parameter_values(
             given[p] = p.value
     batch = 1
     batched = False
+    batch_from = ""
     for p, v in given.items():
         if v.shape == p.shape:
             continue
         if v.ndim == len(p.shape) + 1 and v.shape[1:] == p.shape:
             if batched and v.shape[0] != batch:
-                raise ParameterError(f"parameter {p.name}: batch size {v.shape[0]} differs from {batch} "
-                                     "given for another parameter")
-            batch, batched = v.shape[0], True
+                raise ParameterError(f"parameter {p.name}: batch size {v.shape[0]} differs from the batch size "
+                                     f"{batch} of parameter {batch_from}; give every batched value the same "
+                                     "leading dimension")
+            batch, batched, batch_from = v.shape[0], True, p.name
             continue
         raise ParameterError(f"parameter {p.name}: expected shape {p.shape} (or (batch, *{p.shape})), "
                              f"got {v.shape}")
     out = {p: np.broadcast_to(v, (batch, *p.shape)) if v.shape == p.shape else v for p, v in given.items()}
     for p, v in out.items():
-        check_parameter_values(p, v)
+        check_parameter_values(p, v, batched=given[p].shape != p.shape)
     return out, batch, batched
 
 
@@ -279,8 +293,15 @@ def _to_framework(data: QPData, fw: str) -> QPData:
 
         return data.map_arrays(lambda a: torch.as_tensor(np.ascontiguousarray(a)))
     if fw == "jax":
+        import jax
         import jax.numpy as jnp
 
+        if not jax.config.jax_enable_x64:
+            warnings.warn(
+                "jax_enable_x64 is off, so the jax backend solves in float32 (tolerance 1e-5); "
+                "call jax.config.update('jax_enable_x64', True) for float64",
+                stacklevel=3,
+            )
         return data.map_arrays(jnp.asarray)
     return data
 
@@ -347,25 +368,29 @@ class Solution:
         value = np.where(ok, value, np.nan)
         return value if self.batched else float(value[0])
 
-    def _rows(self, constraint: Constraint) -> tuple[str, slice, tuple[int, ...]]:
+    def _rows(self, constraint: Constraint) -> tuple[str, slice, tuple[int, ...], float]:
         rows = self.qp.constraints.get(translate(self.problem, constraint))
         if rows is None:
             raise KeyError(f"{constraint} is not a constraint of this problem")
-        return rows.kind, slice(rows.start, rows.stop), rows.shape
+        return rows.kind, slice(rows.start, rows.stop), rows.shape, rows.sign
 
     def dual(self, constraint: Constraint) -> np.ndarray:
-        """Dual variable of a user constraint (nonnegative for inequalities), in its shape."""
-        kind, rows, shape = self._rows(constraint)
-        values = (self.raw.y if kind == "eq" else self.raw.z)[:, rows]
+        """Dual variable of a user constraint (nonnegative for inequalities, as cvxpy's), in its shape."""
+        kind, rows, shape, sign = self._rows(constraint)
+        values = sign * (self.raw.y if kind == "eq" else self.raw.z)[:, rows]
         return self._unbatch(values.reshape(values.shape[0], *shape))
 
     @property
     def shift(self) -> dict[Constraint, np.ndarray]:
-        """Constraint shift s* per user constraint (zeros when feasible)."""
+        """Constraint shift per user constraint (zeros when feasible).
+
+        For ``lhs <= rhs`` it is how much ``lhs - rhs <= 0`` was relaxed; for ``lhs == rhs``
+        the shift s with ``lhs - rhs == s`` after relaxation (DESIGN §5).
+        """
         out = {}
         for c in self.problem.constraints:
-            kind, rows, shape = self._rows(c)
-            values = (self.raw.shift_eq if kind == "eq" else self.raw.shift_in)[:, rows]
+            kind, rows, shape, sign = self._rows(c)
+            values = sign * (self.raw.shift_eq if kind == "eq" else self.raw.shift_in)[:, rows]
             out[c] = self._unbatch(values.reshape(values.shape[0], *shape))
         return out
 

@@ -63,7 +63,7 @@ class Settings:
 
     eps_abs: float | None = None
     eps_rel: float = 0.0
-    max_iter: int = 10_000
+    max_iter: int = 1_000
     closest_feasible: bool = True
     verbose: bool = False
     options: dict[str, Any] = field(default_factory=dict)

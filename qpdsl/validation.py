@@ -15,18 +15,22 @@ def _bad_elements(mask: Any) -> list[int]:
     return [int(i) for i in flat.any(axis=1).nonzero()[0]]
 
 
-def _where(bad: list[int]) -> str:
-    shown = ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else "")
-    return f"batch element(s) {shown}"
-
-
-def check_parameter_values(p: Parameter, value: Any, psd_tol: float = 1e-8) -> None:
+def check_parameter_values(p: Parameter, value: Any, psd_tol: float = 1e-8, batched: bool = True) -> None:
     """Raise :class:`ParameterError` if a batch of values (B, *p.shape) is invalid for ``p``.
 
     Checks: finite entries; for ``nonneg`` parameters, no negative entry; for ``psd``
     parameters, symmetry and no clearly negative eigenvalue (relative tolerance ``psd_tol``).
-    The message names the parameter and the failing batch elements.
+    The message names the parameter and, when ``batched``, the failing batch elements.
     """
+
+    def _where(bad: list[int]) -> str:
+        if not batched:
+            return "its value"
+        shown = ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else "")
+        return f"batch element(s) {shown}"
+
+    if hasattr(value, "detach"):
+        value = value.detach()  # checks need no gradient
     xp = namespace(value)
     finite = xp.isfinite(value)
     bad = _bad_elements(~finite)
@@ -35,7 +39,8 @@ def check_parameter_values(p: Parameter, value: Any, psd_tol: float = 1e-8) -> N
     if p.nonneg:
         bad = _bad_elements(value < 0)
         if bad:
-            raise ParameterError(f"parameter {p.name} is declared nonneg but is negative in {_where(bad)}")
+            raise ParameterError(f"parameter {p.name} is declared nonneg but is negative in {_where(bad)}; "
+                                 "pass values >= 0 (or drop nonneg=True if the model allows it)")
     if p.psd:
         scale = xp.max(xp.abs(value)) if value.size else 0.0
         scale = max(float(scale), 1.0)

@@ -67,8 +67,13 @@ class _Entry:
 _REGISTRY: dict[str, _Entry] = {}
 _PREFIXES: dict[str, _Entry] = {}
 _ALIASES = {"cpu": "proxsuite", "gpu": "torch"}
-_MODULES = ("proxsuite_backend", "qpsolvers_backend", "torch_backend", "jax_backend")
-_loaded = False
+_MODULES = {  # backend name (or prefix) -> the module that registers it, imported on first use
+    "proxsuite": "proxsuite_backend",
+    "qpsolvers": "qpsolvers_backend",
+    "torch": "torch_backend",
+    "jax": "jax_backend",
+}
+_loaded: set[str] = set()
 
 
 def register(name: str, factory: Callable[[str], Backend], capabilities: Capabilities, prefix: bool = False) -> None:
@@ -76,17 +81,22 @@ def register(name: str, factory: Callable[[str], Backend], capabilities: Capabil
     (_PREFIXES if prefix else _REGISTRY)[name] = _Entry(factory, capabilities)
 
 
-def _load_all() -> None:
-    global _loaded
-    if _loaded:
+def _load(key: str) -> None:
+    """Import the module of backend ``key`` (only that one: a torch user never imports jax)."""
+    module = _MODULES.get(key)
+    if module is None or key in _loaded:
         return
-    _loaded = True
-    for mod in _MODULES:
-        try:
-            importlib.import_module(f"{__name__}.{mod}")
-        except ModuleNotFoundError as exc:  # a backend module not shipped in this build
-            if exc.name != f"{__name__}.{mod}":
-                raise
+    _loaded.add(key)
+    try:
+        importlib.import_module(f"{__name__}.{module}")
+    except ModuleNotFoundError as exc:  # a backend module not shipped in this build
+        if exc.name != f"{__name__}.{module}":
+            raise
+
+
+def _load_all() -> None:
+    for key in _MODULES:
+        _load(key)
 
 
 def get_backend(name: str) -> Backend:
@@ -97,9 +107,9 @@ def get_backend(name: str) -> Backend:
     BackendNotFound
         If the name is unknown or the backend's package is not installed.
     """
-    _load_all()
     name = _ALIASES.get(name, name)
     key, _, sub = name.partition(":")
+    _load(key)
     entry = _REGISTRY.get(name) if not sub else _PREFIXES.get(key)
     if entry is None:
         known = sorted(_REGISTRY) + [f"{p}:<solver>" for p in _PREFIXES]
@@ -126,11 +136,10 @@ def available_backends() -> dict[str, Capabilities]:
 
 
 def default_backend() -> str:
-    """The backend used when none is named: ``proxsuite`` when installed, else the first available."""
-    names = available_backends()
+    """The backend used when none is named: ``proxsuite`` when installed, else ``torch``, else ``jax``."""
     for preferred in ("proxsuite", "torch", "jax"):
-        if preferred in names:
+        _load(preferred)
+        entry = _REGISTRY.get(preferred)
+        if entry is not None and entry.capabilities.installed:
             return preferred
-    if not names:
-        raise BackendNotFound("no backend is installed; pip install 'qpdsl[proxsuite]'")
-    return next(iter(names))
+    raise BackendNotFound("no backend is installed; pip install 'qpdsl[proxsuite]'")

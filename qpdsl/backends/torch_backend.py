@@ -9,13 +9,14 @@ fields of :class:`~.alm.core.Config` (e.g. ``rho``, ``mu_in``, ``max_inner``).
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 from ..errors import ParameterError
 from ..qp import QPData, QPResult, Settings, WarmStart
 from . import Capabilities, register
 from .alm import core
-from .alm.scaling import Problem, Scaling, equilibrate
+from .alm.scaling import Problem, equilibrate
 
 try:
     import torch
@@ -23,6 +24,8 @@ except Exception:  # registration must never raise, whatever breaks inside the p
     torch = None  # type: ignore[assignment]
 
 CHECK_EVERY = 4  # iterations between host-side looks at the "all done" flag
+LOW_RANK, MIN_RANK = 0.2, 4  # update the factor by up to max(MIN_RANK, LOW_RANK * n) rows (CPU)
+REFRESH_EVERY = 8  # iterations between exact recomputations of the products K x (CPU)
 COMPACT_BELOW = 0.75  # shrink the working batch once this fraction or less is still running
 
 
@@ -54,16 +57,12 @@ def solve_raw(data: QPData, settings: Settings, warm_start: WarmStart | None = N
     dtype = prob.q.dtype
     cfg = core.make_config(settings, dtype)
     warm = warm_start or WarmStart()
+    x0, y0, z0 = (
+        None if a is None else _tensor(a, name, dtype, prob.q.device)
+        for a, name in ((warm.x, "warm_start.x"), (warm.y, "warm_start.y"), (warm.z, "warm_start.z"))
+    )
     with torch.no_grad():
-        clean, valid = core.sanitize(prob)
-        scaled, scaling = equilibrate(clean)
-        x0, y0, z0 = (
-            None if a is None else _tensor(a, name, dtype, prob.q.device)
-            for a, name in ((warm.x, "warm_start.x"), (warm.y, "warm_start.y"), (warm.z, "warm_start.z"))
-        )
-        st = core.init_state(scaled, scaling, cfg, valid, x0, y0, z0)
-        st = _iterate(scaled, scaling, st, cfg)
-        sol = core.finalize(clean, scaling, st, valid)
+        sol = _solve(prob, cfg, x0, y0, z0)
     zeros_eq, zeros_in = torch.zeros_like(prob.b), torch.zeros_like(prob.l)
     objective = sol.objective if r is None else sol.objective + r
     return QPResult(
@@ -80,49 +79,187 @@ def solve_raw(data: QPData, settings: Settings, warm_start: WarmStart | None = N
     )
 
 
-def _iterate(prob: Problem, scaling: Scaling, st: core.State, cfg: core.Config) -> core.State:
-    """Run :func:`core.step` until no element is running, shrinking the working batch on CPU."""
+def _solve(prob: Problem, cfg: core.Config, x0: Any, y0: Any, z0: Any) -> core.Solution:
+    clean, valid = core.sanitize(prob)
+    scaled, scaling = equilibrate(clean)
+    st = core.init_state(scaled, scaling, cfg, valid, x0, y0, z0)
+    st = _iterate(core.prepare(scaled, scaling), st, cfg)
+    return core.finalize(clean, scaling, st, valid)
+
+
+def _iterate(data: core.Data, st: core.State, cfg: core.Config) -> core.State:
+    """Run the iteration of :func:`core.step` until no element is running.
+
+    On CPU, where looking at a flag costs nothing, the BCL update runs only when some
+    element needs it, finished elements leave the working batch, and only the elements
+    whose active set or penalties changed are refactorised.
+    """
     compact = st.x.device.type == "cpu"
-    factorize = _factorize_subset if compact else core.factorize_all
+    if not compact:
+        while True:
+            for _ in range(CHECK_EVERY):
+                st = core.step(data, None, st, cfg)
+            if not bool((st.status == core.RUNNING).any()):
+                return st
+            st = core.refresh(data, st)
     index = torch.arange(st.x.shape[0], device=st.x.device)
-    full, sub_prob, sub_scaling = st, prob, scaling
+    full, sub = st, data
+    st = st._replace(L=st.L.clone())
+    factorize = _Factorizer(data, cfg.rho, max(MIN_RANK, int(LOW_RANK * data.P.shape[1])))
+    iteration = 0
     while True:
-        for _ in range(CHECK_EVERY):
-            st = core.step(sub_prob, sub_scaling, st, cfg, factorize)
+        iteration += 1
+        if iteration % REFRESH_EVERY == 0:
+            st = core.refresh(sub, st)
+        st, ev, done = core.check(sub, st, cfg)
+        finished = done.nonzero()[:, 0]
+        if finished.numel():
+            st, ev = core.outer_update(sub, st, ev, done, cfg, _certificates(sub, st, cfg, finished))
         running = st.status == core.RUNNING
         count = int(running.sum())
         if count == 0:
             break
-        if compact and count <= COMPACT_BELOW * index.numel():
+        if count <= COMPACT_BELOW * index.numel():
             full = _put(full, index, st)
             keep = running.nonzero()[:, 0]
             index = index[keep]
-            st, sub_prob, sub_scaling = _take(st, keep), _take(sub_prob, keep), _take(sub_scaling, keep)
+            st, ev, sub = _take(st, keep), _take(ev, keep), _take_data(sub, keep)
+            factorize.take(keep)
+        st = core.newton(sub, st, ev, cfg, factorize, factorize.solve)
     return _put(full, index, st)
+
+
+def _certificates(data: core.Data, st: core.State, cfg: core.Config, index: Any) -> tuple[Any, Any]:
+    """:func:`core.certificates_of` computed for the elements in ``index`` only (False elsewhere)."""
+    if index.numel() == st.x.shape[0]:
+        return core.certificates_of(data, st, cfg)
+    part = SimpleNamespace(x=st.x[index], x_prox=st.x_prox[index], v=st.v[index], v_prox=st.v_prox[index])
+    primal, dual = core.certificates_of(_take_data(data, index), part, cfg)
+    none = torch.zeros_like(st.fresh)
+    return none.index_copy(0, index, primal), none.index_copy(0, index, dual)
 
 
 def _take(tree: Any, index: Any) -> Any:
     return type(tree)(*(a[index] for a in tree))
 
 
+def _take_data(data: core.Data, index: Any) -> core.Data:
+    n, p = data.P.shape[1], data.A.shape[1]
+    K = data.K[index]
+    return data._replace(
+        K=K,
+        P=K[:, :n],
+        A=K[:, n : n + p],
+        G=K[:, n:],
+        q=data.q[index],
+        lo=data.lo[index],
+        hi=data.hi[index],
+        inv_E=data.inv_E[index],
+        inv_DC=data.inv_DC[index],
+        v_scale=data.v_scale[index],
+    )
+
+
 def _put(full: Any, index: Any, part: Any) -> Any:
     return type(full)(*(a.index_copy(0, index, b) for a, b in zip(full, part, strict=True)))
 
 
-def _factorize_subset(prob: Problem, st: core.State, active: Any, need: Any, rho: float) -> tuple[Any, Any]:
-    """:func:`core.factorize_all` computing only the elements in ``need`` and only their active rows."""
-    ok = torch.ones_like(need)
-    index = need.nonzero()[:, 0]
-    if index.numel() == 0:
-        return st.L, ok
-    sub_active = active[index]
-    rows = int(sub_active.sum(dim=-1).max()) if sub_active.shape[1] else 0
-    H = core.hessian(_take(prob, index), st.mu_eq[index], st.mu_in[index], sub_active, rho, max_active=rows)
-    from .._array import cholesky_ex
+def _rows(K: Any, index: Any, rows: Any) -> Any:
+    """``K[index[i], rows[i, j]]`` (len(index), r, n) for a contiguous K, without copying whole matrices."""
+    B, k, n = K.shape
+    flat = (index[:, None] * k + rows).reshape(-1)
+    return K.reshape(B * k, n).index_select(0, flat).reshape(rows.shape[0], rows.shape[1], n)
 
-    L_sub, ok_sub = cholesky_ex(H)
-    L = st.L.index_copy(0, index, torch.where(ok_sub[:, None, None], L_sub, st.L[index]))
-    return L, ok.index_copy(0, index, ok_sub)
+
+class _Factorizer:
+    """``factorize`` and ``solve`` hooks of :func:`core.newton` that avoid most refactorisations.
+
+    Keeps ``P + rho I + A'A / mu_eq`` per element (it changes only with ``mu_eq``) and, per
+    element, the active set ``J0`` of its factor ``L0``. When the active set moved from ``J0``
+    by at most ``max_rank`` rows (and the penalties did not change), the factor stays and
+    the solve adds the Woodbury correction for those rows::
+
+        H = H0 + U diag(s / mu_in) U',   H^-1 g = L0^-T (h - V (mu_in diag(s) + V'V)^-1 V'h)
+
+    with ``U`` the changed rows of ``C``, ``s = ±1`` (added, removed), ``V = L0^-1 U`` and
+    ``h = L0^-1 g``. Otherwise it refactorises, forming ``C_J'C_J`` from the gathered active
+    rows only.
+    """
+
+    def __init__(self, data: core.Data, rho: float, max_rank: int) -> None:
+        self.rho = rho
+        self.max_rank = max_rank
+        self.H_eq = torch.empty_like(data.P)
+        self.mu_eq = torch.full_like(data.q[:, 0], float("nan"))
+        self.base = torch.zeros_like(data.lo, dtype=torch.bool)
+        self.low_rank: tuple[Any, Any, Any] | None = None  # (elements, V, capacitance)
+
+    def take(self, keep: Any) -> None:
+        self.H_eq, self.mu_eq, self.base = self.H_eq[keep], self.mu_eq[keep], self.base[keep]
+
+    def __call__(self, data: core.Data, st: core.State, active: Any, need: Any, rho: float) -> tuple[Any, Any]:
+        ok = torch.ones_like(need)
+        self.low_rank = None
+        n, p = data.P.shape[1], data.A.shape[1]
+        diff = active[:, p:] != self.base[:, p:]
+        count = diff.sum(dim=-1)
+        running = st.status == core.RUNNING
+        refactor = need & (~st.fresh | (count > self.max_rank))
+        index = refactor.nonzero()[:, 0]
+        if index.numel():
+            ok = self._refactor(data, st, active, index, ok)
+        lr = (running & ~refactor & (count > 0)).nonzero()[:, 0]
+        if lr.numel():
+            diff = diff[lr]
+            k = int(count[lr].max())
+            pick = torch.argsort((~diff).to(torch.int8), dim=-1)[:, :k]
+            used = diff.gather(1, pick)
+            U = _rows(data.K, lr, pick + (n + p)) * used[..., None]
+            sign = torch.where(active[lr, p:].gather(1, pick), 1.0, -1.0).to(U.dtype)
+            V = torch.linalg.solve_triangular(st.L[lr], U.mT, upper=False)
+            cap = V.mT @ V
+            diag = torch.where(used, sign * st.mu_in[lr, None], torch.ones_like(sign))
+            cap.diagonal(dim1=-2, dim2=-1).add_(diag)
+            self.low_rank = (lr, V, torch.linalg.lu_factor(cap))
+        return st.L, ok
+
+    def _refactor(self, data: core.Data, st: core.State, active: Any, index: Any, ok: Any) -> Any:
+        p = data.A.shape[1]
+        mu_eq = st.mu_eq[index]
+        stale = index[self.mu_eq[index] != mu_eq]
+        if stale.numel():
+            A = data.A[stale]
+            H = torch.baddbmm(data.P[stale], (A / st.mu_eq[stale, None, None]).mT, A)
+            H.diagonal(dim1=-2, dim2=-1).add_(self.rho)
+            self.H_eq.index_copy_(0, stale, H)
+            self.mu_eq.index_copy_(0, stale, st.mu_eq[stale])
+        sub_active = active[index, p:]
+        rows = int(sub_active.sum(dim=-1).max()) if sub_active.shape[1] else 0
+        if rows < sub_active.shape[1]:
+            pick = torch.argsort((~sub_active).to(torch.int8), dim=-1)[:, :rows]
+            C = _rows(data.K, index, pick + (data.P.shape[1] + p))
+            weights = sub_active.gather(1, pick) / st.mu_in[index, None]
+        else:
+            C = data.G[index, p:]
+            weights = sub_active / st.mu_in[index, None]
+        H = torch.baddbmm(self.H_eq[index], (C * weights[..., None]).mT, C)
+        L_sub, info = torch.linalg.cholesky_ex(H)
+        ok_sub = info == 0
+        if not bool(ok_sub.all()):
+            L_sub = torch.where(ok_sub[:, None, None], L_sub, st.L[index])
+        # In place: the driver holds no other reference to this state's factors.
+        st.L.index_copy_(0, index, L_sub)
+        self.base.index_copy_(0, index, torch.where(ok_sub[:, None], active[index], self.base[index]))
+        return ok.index_copy(0, index, ok_sub)
+
+    def solve(self, L: Any, rhs: Any) -> Any:
+        h = torch.linalg.solve_triangular(L, rhs[..., None], upper=False)
+        if self.low_rank is not None:
+            lr, V, (LU, pivots) = self.low_rank
+            hv = h[lr]
+            t = torch.linalg.lu_solve(LU, pivots, V.mT @ hv)
+            h.index_copy_(0, lr, hv - V @ t)
+        return torch.linalg.solve_triangular(L.mT, h, upper=True)[..., 0]
 
 
 def _tensor(a: Any, name: str, dtype: Any, device: Any) -> Any:

@@ -102,22 +102,29 @@ def compile_problem(objective: Expression, constraints: list[Constraint], variab
                             np.concatenate([rest.val[~lin], qval[none]]), 1, n_theta)
 
     rows_of: dict[Constraint, ConstraintRows] = {}
-    blocks: dict[str, list[Affine]] = {"eq": [], "le": []}
-    counts = {"eq": 0, "le": 0}
+    blocks: dict[str, list[Affine]] = {"eq": [], "in": []}
+    counts = {"eq": 0, "in": 0}
+    lower_rows: list[np.ndarray] = []  # rows of C bounded below (from "ge" constraints)
     for cc in ctx.constraints:
-        start = counts[cc.kind]
+        group = "eq" if cc.kind == "eq" else "in"
+        start = counts[group]
         r = cc.rows
-        blocks[cc.kind].append(Affine(r.size, r.row + start if start else r.row, r.var, r.theta, r.val))
-        counts[cc.kind] += cc.rows.size
+        blocks[group].append(Affine(r.size, r.row + start if start else r.row, r.var, r.theta, r.val))
+        counts[group] += r.size
+        if cc.kind == "ge":
+            lower_rows.append(np.arange(start, counts[group]))
         if cc.origin is not None:
-            rows_of[cc.origin] = ConstraintRows("eq" if cc.kind == "eq" else "in", start, counts[cc.kind],
-                                                cc.origin.shape)
-    n_eq, n_in = counts["eq"], counts["le"]
-    for kind, mat, vec in (("eq", "A", "b"), ("le", "C", "u")):
-        rows = Affine.concat(blocks[kind], counts[kind])
+            rows_of[cc.origin] = ConstraintRows(group, start, counts[group], cc.origin.shape,
+                                                -1.0 if cc.kind == "ge" else 1.0)
+    n_eq, n_in = counts["eq"], counts["in"]
+    is_lower = np.zeros(n_in, dtype=bool)
+    if lower_rows:
+        is_lower[np.concatenate(lower_rows)] = True
+    for group, mat, vec in (("eq", "A", "b"), ("in", "C", "u")):
+        rows = Affine.concat(blocks[group], counts[group])
         var = renumber(rows.var)
         has_var = var != NONE
-        m = counts[kind]
+        m = counts[group]
         with_var = np.flatnonzero(has_var)
         if with_var.size == has_var.size:  # no constant terms: no copies
             maps[mat] = _matrix_map(rows.row, var, rows.theta, rows.val, (m, n), n_theta)
@@ -126,9 +133,16 @@ def compile_problem(objective: Expression, constraints: list[Constraint], variab
             maps[mat] = _matrix_map(rows.row[with_var], var[with_var], rows.theta[with_var], rows.val[with_var],
                                     (m, n), n_theta)
             without = np.flatnonzero(~has_var)
-        maps[vec] = _vector_map(rows.row[without], rows.theta[without], -rows.val[without], m, n_theta)
-    maps["l"] = _vector_map(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0), n_in, n_theta,
-                            offset=np.full(n_in, -np.inf))
+        if group == "eq":
+            maps[vec] = _vector_map(rows.row[without], rows.theta[without], -rows.val[without], m, n_theta)
+            continue
+        # each inequality row has one finite side: u for "<=" rows, l for ">=" rows
+        lower = is_lower[rows.row[without]]
+        up, lo = without[~lower], without[lower]
+        maps["u"] = _vector_map(rows.row[up], rows.theta[up], -rows.val[up], m, n_theta,
+                                offset=np.where(is_lower, np.inf, 0.0) if is_lower.any() else None)
+        maps["l"] = _vector_map(rows.row[lo], rows.theta[lo], -rows.val[lo], m, n_theta,
+                                offset=np.where(is_lower, 0.0, -np.inf))
 
     if n == 0:
         raise ModelError("the problem has no variables")

@@ -46,7 +46,7 @@ class Slots:
 
 @dataclass
 class CanonConstraint:
-    kind: str  # "eq" (rows == 0) or "le" (rows <= 0)
+    kind: str  # "eq" (rows == 0), "le" (rows <= 0) or "ge" (rows >= 0)
     rows: Affine
     origin: Constraint | None
 
@@ -113,8 +113,11 @@ class Context:
         rows = self.canon(constraint.expr)
         if np.any(self.is_slot_mask(rows.var)):
             raise ModelError(f"constraint {constraint.describe()}: quadratic terms are only allowed in the objective")
-        kind = "eq" if isinstance(constraint, Equality) else "le"
         assert isinstance(constraint, (Equality, Inequality))
+        kind = "eq" if isinstance(constraint, Equality) else "le"
+        if kind == "le" and constraint.rhs.has_variables and not constraint.lhs.has_variables:
+            # ``lo <= expr`` (e.g. x >= 0) becomes the lower bound of the row +expr, not -expr <= -lo
+            rows, kind = rows.scale(-1.0), "ge"
         self.constraints.append(CanonConstraint(kind, rows, origin))
 
     def aux(self, shape: tuple[int, ...], name: str) -> ex.Variable:

@@ -148,10 +148,17 @@ class VariableSlice:
 
 @dataclass
 class ConstraintRows:
-    kind: str  # "eq": rows of A, dual y; "in": rows of C, dual z
+    """Rows of A (``kind="eq"``, dual y) or C (``"in"``, dual z) owned by a user constraint.
+
+    ``sign`` is -1 for ``lo <= expr`` constraints stored as lower bounds of ``+expr``: their
+    user-facing dual (nonnegative, as cvxpy's) and shift are ``-z`` and ``-s_in``.
+    """
+
+    kind: str
     start: int
     stop: int
     shape: tuple[int, ...]
+    sign: float = 1.0
 
 
 @dataclass

@@ -41,21 +41,28 @@ class Atom(Expression):
 
     convex = True
     quadratic = False
+    op_name = ""  # the public function's name, used in messages (default: the class name, lower case)
+
+    @property
+    def fname(self) -> str:
+        return self.op_name or type(self).__name__.lower()
 
     def __init__(self, *args: Any):
         super().__init__([as_expr(a) for a in args])
         for a in self.args:
             if a.is_quadratic:
                 raise ModelError(
-                    f"{self.describe()}: a quadratic expression inside {type(self).__name__.lower()} "
-                    "is not QP-representable; quadratic atoms may only be summed in the objective"
+                    f"{self.describe()}: the quadratic expression {a.describe()} inside {self.fname} "
+                    "is not QP-representable; quadratic atoms may only be summed (with nonnegative weights) "
+                    "in the objective"
                 )
         if self.quadratic:
             for a in self.args:
                 if not a.is_affine():
                     raise ModelError(
                         f"{self.describe()}: the argument {a.describe()} is {a.curvature.value}; "
-                        "quadratic atoms need affine arguments"
+                        f"{self.fname} needs an affine argument (a quadratic of a {a.curvature.value} "
+                        "expression is not QP-representable)"
                     )
 
     def monotonicity(self, index: int) -> int:
@@ -80,7 +87,7 @@ class Atom(Expression):
         return own
 
     def describe(self) -> str:
-        return f"{type(self).__name__.lower()}({', '.join(a.describe() for a in self.args)})"
+        return f"{self.fname}({', '.join(a.describe() for a in self.args)})"
 
 
 class _Elementwise(Atom):
@@ -105,6 +112,7 @@ class Square(_Elementwise):
 
 class SumSquares(_Scalar):
     quadratic = True
+    op_name = "sum_squares"
 
     @property
     def sign(self) -> Sign:
@@ -115,6 +123,7 @@ class QuadForm(_Scalar):
     """``x' Q x`` with Q a constant PSD matrix or a ``Parameter(psd=True)``."""
 
     quadratic = True
+    op_name = "quad_form"
 
     def __init__(self, x: Any, Q: Any):
         super().__init__(x, Q)
@@ -135,12 +144,14 @@ class QuadForm(_Scalar):
         elif isinstance(Q, Constant):
             dense = Q.dense().reshape(n, n)
             if not np.allclose(dense, dense.T, atol=1e-10 * builtins.max(1.0, np.abs(dense).max())):
-                raise ModelError(f"quad_form({x.describe()}, {Q.describe()}): Q is not symmetric")
+                raise ModelError(f"quad_form({x.describe()}, {Q.describe()}): Q is not symmetric; "
+                                 "pass (Q + Q.T) / 2, which gives the same quadratic form")
             lam_min = np.linalg.eigvalsh(dense).min() if n <= 4000 else 0.0
             if lam_min < -1e-8 * builtins.max(1.0, np.abs(dense).max()):
                 raise ModelError(
                     f"quad_form({x.describe()}, {Q.describe()}): Q is not positive semidefinite "
-                    f"(smallest eigenvalue {lam_min:.3g}); the objective would not be convex"
+                    f"(smallest eigenvalue {lam_min:.3g}); the objective would not be convex. Pass a PSD "
+                    "matrix (in a Maximize, write -quad_form(x, Q) with Q PSD)"
                 )
         else:
             raise ModelError(
@@ -165,10 +176,12 @@ class Huber(_Elementwise):
 
     def __init__(self, x: Any, M: Any = 1.0):
         M = as_expr(M)
+        what = f"huber({as_expr(x).describe()}, {M.describe()})"
         if M.has_variables or M.size != 1:
-            raise ModelError("huber: the threshold M must be a scalar constant or parameter")
+            raise ModelError(f"{what}: the threshold M must be a scalar constant or parameter")
         if not M.sign.nonneg:
-            raise ModelError("huber: the threshold M must be nonnegative (use Parameter(nonneg=True))")
+            raise ModelError(f"{what}: the threshold M must be nonnegative (a nonnegative number, "
+                             "or a Parameter declared nonneg=True)")
         super().__init__(x, M)
 
     @property
@@ -202,6 +215,8 @@ class Pos(_Elementwise):
 class Neg_(_Elementwise):
     """``neg(x) = max(-x, 0)``."""
 
+    op_name = "neg"
+
     def monotonicity(self, index: int) -> int:
         return DECREASING
 
@@ -232,6 +247,8 @@ class Norm1(_Scalar):
 
 
 class NormInf(_Scalar):
+    op_name = "norm_inf"
+
     @property
     def sign(self) -> Sign:
         return Sign.NONNEG

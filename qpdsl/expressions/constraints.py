@@ -16,7 +16,7 @@ class Constraint:
 
     def __init__(self, lhs: Expression, rhs: Expression):
         self.lhs, self.rhs = lhs, rhs
-        self.shape = broadcast_shapes(lhs.shape, rhs.shape)
+        self.shape = broadcast_shapes(lhs.shape, rhs.shape, what=f"constraint {self.describe()}")
         self.id = next(Constraint._ids)
 
     @property

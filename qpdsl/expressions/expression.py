@@ -101,11 +101,15 @@ def scale_curvature(factor_sign: Sign, curv: Curvature) -> Curvature:
     return Curvature.UNKNOWN
 
 
-def broadcast_shapes(*shapes: Shape) -> Shape:
+def broadcast_shapes(*shapes: Shape, what: str | None = None) -> Shape:
     try:
         return tuple(np.broadcast_shapes(*shapes))
     except ValueError as exc:
-        raise ModelError(f"shapes {', '.join(map(str, shapes))} do not broadcast together") from exc
+        where = f"{what}: " if what else ""
+        raise ModelError(
+            f"{where}shapes {', '.join(map(str, shapes))} do not broadcast together; "
+            "make them equal (or broadcastable, as in NumPy) by indexing, reshaping or transposing"
+        ) from exc
 
 
 class Expression:
@@ -256,9 +260,12 @@ class Expression:
         return Inequality(as_expr(other), self)
 
     def __lt__(self, other: Any) -> Any:
-        raise ModelError("strict inequalities are not supported; use <= or >=")
+        raise ModelError(f"{self.describe()} < {_describe_any(other)}: strict inequalities are not supported; "
+                         "use <= instead")
 
-    __gt__ = __lt__
+    def __gt__(self, other: Any) -> Any:
+        raise ModelError(f"{self.describe()} > {_describe_any(other)}: strict inequalities are not supported; "
+                         "use >= instead")
 
     def __bool__(self) -> bool:
         raise ModelError(f"the truth value of an expression ({self.describe()}) is undefined")
@@ -424,6 +431,12 @@ class Constant(Leaf):
         return self.name
 
 
+def _describe_any(value: Any) -> str:
+    if isinstance(value, Expression):
+        return value.describe()
+    return f"{value:g}" if isinstance(value, (int, float, np.number)) else "(array)"
+
+
 def as_expr(value: Any) -> Expression:
     """Wrap numbers and arrays as :class:`Constant`; pass expressions through."""
     if isinstance(value, Expression):
@@ -454,7 +467,7 @@ class Add(AffineOp):
         for a in args:
             flat.extend(a.args if isinstance(a, Add) else [a])
         super().__init__(flat)
-        self._shape = broadcast_shapes(*[a.shape for a in flat])
+        self._shape = broadcast_shapes(*[a.shape for a in flat], what=self.describe())
 
     @property
     def shape(self) -> Shape:
@@ -540,7 +553,7 @@ class Multiply(_Product):
 
     def __init__(self, lhs: Expression, rhs: Expression):
         super().__init__(lhs, rhs)
-        self._shape = broadcast_shapes(lhs.shape, rhs.shape)
+        self._shape = broadcast_shapes(lhs.shape, rhs.shape, what=self.describe())
 
     @property
     def shape(self) -> Shape:
@@ -655,6 +668,7 @@ class Concatenate(AffineOp):
         shapes = [a.shape if a.ndim else (1,) for a in args]
         if axis == 0 and any(len(s) == 1 for s in shapes):  # vstack of vectors makes rows
             shapes = [(1, s[0]) if len(s) == 1 else s for s in shapes]
+        self.kind = "hstack" if axis == 1 else "vstack"
         self.axis = axis if len(shapes[0]) > 1 else 0
         self.arg_shapes = shapes
         try:
@@ -665,6 +679,9 @@ class Concatenate(AffineOp):
     @property
     def shape(self) -> Shape:
         return self._shape
+
+    def describe(self) -> str:
+        return f"{self.kind}([{', '.join(a.describe() for a in self.args)}])"
 
 
 class Diag(AffineOp):

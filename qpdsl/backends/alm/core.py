@@ -91,20 +91,64 @@ def make_config(settings: Settings, dtype: Any) -> Config:
     return Config(**base)
 
 
+class Data(NamedTuple):
+    """The scaled problem in the form the iteration uses (built once by :func:`prepare`).
+
+    Equality rows are inequality rows with ``lo = hi = b``: the constraint rows are
+    ``G = [A; C]`` with bounds ``[lo, hi] = [[b; l], [b; u]]`` and one multiplier vector
+    ``v = [y; z]``, so each product with the data is one batched matmul.
+    """
+
+    K: Any  # (B, n + k, n) [P; A; C]
+    P: Any  # (B, n, n) view of K
+    A: Any  # (B, p, n) view of K (its shape gives the number of equality rows)
+    G: Any  # (B, k, n) view of K: [A; C]
+    q: Any  # (B, n)
+    lo: Any  # (B, k) [b; l]
+    hi: Any  # (B, k) [b; u]
+    eq: Any  # (1, k) bool, the equality rows
+    inv_E: Any  # (B, k) 1 / [E_eq; E_in]: scaled to original primal residuals
+    inv_DC: Any  # (B, n) 1 / (c D): scaled to original dual residuals
+    v_scale: Any  # (B, k) [E_eq; E_in] / c: scaled to original multipliers
+
+
+def prepare(prob: Problem, scaling: Scaling) -> Data:
+    """Stack the scaled problem's data for :func:`step` (do it once per solve)."""
+    xp = namespace(prob.q)
+    n, p = prob.q.shape[1], prob.b.shape[1]
+    K = xp.concat([prob.P, prob.A, prob.C], axis=1)
+    E = xp.concat([scaling.E_eq, scaling.E_in], axis=-1)
+    k = E.shape[1]
+    eq = xp.arange(k, device=array_api_compat.device(prob.q))[None, :] < p
+    return Data(
+        K=K,
+        P=K[:, :n, :],
+        A=K[:, n : n + p, :],
+        G=K[:, n:, :],
+        q=prob.q,
+        lo=xp.concat([prob.b, prob.l], axis=-1),
+        hi=xp.concat([prob.b, prob.u], axis=-1),
+        eq=eq,
+        inv_E=1.0 / E,
+        inv_DC=1.0 / (scaling.D * scaling.c[:, None]),
+        v_scale=E / scaling.c[:, None],
+    )
+
+
 class State(NamedTuple):
     """The per-element iteration state (all arrays, leading batch dimension; scaled problem)."""
 
     x: Any  # (B, n) current iterate
-    y: Any  # (B, p) multipliers at x
-    z: Any  # (B, m)
+    v: Any  # (B, k) multipliers [y; z] at x
+    KX: Any  # (B, n + k) [P x; G x], updated with the steps (see :func:`refresh`)
     x_prox: Any  # (B, n) prox center = last outer iterate
-    y_prox: Any  # (B, p) accepted multipliers
-    z_prox: Any  # (B, m)
+    v_prox: Any  # (B, k) accepted multipliers
     mu_eq: Any  # (B,)
     mu_in: Any  # (B,)
+    mu: Any  # (B, k) per-row penalty: mu_eq on equality rows, mu_in on the others
     eta: Any  # (B,) BCL primal tolerance for accepting multipliers
     eps_in: Any  # (B,) inner (subproblem gradient) tolerance
-    active: Any  # (B, m) bool, the active set J of the current factor
+    active: Any  # (B, k) bool, the active set J of the current factor (equality rows always)
     fresh: Any  # (B,) bool, whether L matches the current penalties
     L: Any  # (B, n, n) Cholesky factor of the generalised Hessian
     stalled: Any  # (B,) bool, last Newton step was negligible
@@ -117,17 +161,15 @@ class State(NamedTuple):
 
 
 class Eval(NamedTuple):
-    """Quantities at the current iterate ``(x, y, z)`` (scaled)."""
+    """Quantities at the current iterate ``(x, v)`` (scaled)."""
 
-    Ax: Any
-    Cx: Any
-    Px: Any
-    w: Any  # C x + mu_in z_prox
-    r_y: Any  # A x - b - mu_eq (y - y_prox): the equation y = y_prox + (Ax - b)/mu_eq
-    r_z: Any  # [w - u]_+ + [w - l]_- - mu_in z: the equation for z
-    dual: Any  # P x + q + A'y + C'z
+    KX: Any  # (B, n + k) [P x; G x]
+    GTv: Any  # (B, n) G'v
+    w: Any  # G x + mu v_prox
+    r: Any  # [w - hi]_+ + [w - lo]_- - mu v: the equation for v (Gx - b - mu (y - y_prox) on eq rows)
+    dual: Any  # P x + q + G'v
     r_x: Any  # dual + rho (x - x_prox): stationarity of the subproblem in x
-    grad: Any  # gradient of the primal subproblem merit: r_x + A'r_y/mu_eq + C'r_z/mu_in
+    grad: Any  # gradient of the primal subproblem merit: r_x + G'(r / mu)
 
 
 def matvec(M: Any, v: Any) -> Any:
@@ -199,12 +241,18 @@ def sanitize(prob: Problem) -> tuple[Problem, Any]:
     ), valid
 
 
+def row_penalties(xp: Any, eq: Any, mu_eq: Any, mu_in: Any) -> Any:
+    """(B, k) penalties: ``mu_eq`` on the equality rows, ``mu_in`` on the others."""
+    return xp.where(eq, _col(mu_eq), _col(mu_in))
+
+
 def init_state(
     prob: Problem, scaling: Scaling, cfg: Config, valid: Any, x0: Any = None, y0: Any = None, z0: Any = None
 ) -> State:
     """The initial state: zeros or the (unscaled) warm start, initial penalties and tolerances."""
     xp = namespace(prob.q)
     batch, n = prob.q.shape
+    p = prob.b.shape[1]
     dev = array_api_compat.device(prob.q)
     dtype = prob.q.dtype
     x = (
@@ -215,24 +263,28 @@ def init_state(
     y = xp.zeros_like(prob.b) if y0 is None else xp.where(_col(valid), y0, xp.zeros_like(y0))
     z = xp.zeros_like(prob.l) if z0 is None else xp.where(_col(valid), z0, xp.zeros_like(z0))
     y, z = scale_duals(scaling, y, z)
+    v = xp.concat([y, z], axis=-1)
+    k = v.shape[1]
+    KX = xp.concat([matvec(prob.P, x), matvec(prob.A, x), matvec(prob.C, x)], axis=-1)
 
     def full(value: float) -> Any:
         return xp.full((batch,), value, dtype=dtype, device=dev)
 
     counts = xp.zeros((batch,), dtype=xp.int64, device=dev)
-    mu_in = full(cfg.mu_in)
+    mu_eq, mu_in = full(cfg.mu_eq), full(cfg.mu_in)
+    eq = xp.arange(k, device=dev)[None, :] < p
     return State(
         x=x,
-        y=y,
-        z=z,
+        v=v,
+        KX=KX,
         x_prox=x,
-        y_prox=y,
-        z_prox=z,
-        mu_eq=full(cfg.mu_eq),
+        v_prox=v,
+        mu_eq=mu_eq,
         mu_in=mu_in,
+        mu=row_penalties(xp, eq, mu_eq, mu_in),
         eta=full(cfg.mu_in**cfg.alpha_bcl),
         eps_in=full(1.0),
-        active=xp.zeros(prob.l.shape, dtype=xp.bool, device=dev),
+        active=xp.zeros((batch, k), dtype=xp.bool, device=dev),
         fresh=xp.zeros((batch,), dtype=xp.bool, device=dev),
         L=xp.zeros((batch, n, n), dtype=dtype, device=dev) + xp.eye(n, dtype=dtype, device=dev),
         stalled=xp.zeros((batch,), dtype=xp.bool, device=dev),
@@ -245,58 +297,60 @@ def init_state(
     )
 
 
-def evaluate(prob: Problem, st: State, rho: float, at: Eval | None = None) -> Eval:
+def evaluate(data: Data, st: State, rho: float, at: Eval | None = None) -> Eval:
     """Products with the data and the residuals of the subproblem's optimality equations.
 
-    ``y`` and ``z`` are iterates of their own (primal-dual Newton), not recomputed from
-    ``x``: ``y_prox + (Ax - b)/mu_eq`` would carry a rounding error of order
-    ``eps |Ax| / mu_eq`` into the dual residual, which caps the attainable accuracy.
-    ``at``, an evaluation at the same ``(x, y, z)``, supplies the products that only
-    depend on them (after an outer update changed penalties or prox centers).
+    ``v`` is an iterate of its own (primal-dual Newton), not recomputed from ``x``:
+    ``v_prox + (Gx - b)/mu`` would carry a rounding error of order ``eps |Gx| / mu`` into
+    the dual residual, which caps the attainable accuracy. ``at``, an evaluation at the
+    same ``(x, v)``, supplies the products that only depend on them (after an outer update
+    changed penalties or prox centers).
     """
     xp = namespace(st.x)
-    if at is None:
-        Ax, Cx, Px = matvec(prob.A, st.x), matvec(prob.C, st.x), matvec(prob.P, st.x)
-        dual = Px + prob.q + rmatvec(prob.A, st.y) + rmatvec(prob.C, st.z)
-    else:
-        Ax, Cx, Px, dual = at.Ax, at.Cx, at.Px, at.dual
-    mu_eq, mu_in = _col(st.mu_eq), _col(st.mu_in)
-    r_y = Ax - prob.b - mu_eq * (st.y - st.y_prox)
-    w = Cx + mu_in * st.z_prox
+    n = st.x.shape[1]
+    KX = st.KX
+    Gx = KX[:, n:]
+    w = Gx + st.mu * st.v_prox
     zeros = xp.zeros_like(w)
-    r_z = xp.maximum(w - prob.u, zeros) + xp.minimum(w - prob.l, zeros) - mu_in * st.z
+    r = xp.maximum(w - data.hi, zeros) + xp.minimum(w - data.lo, zeros) - st.mu * st.v
+    if at is None:
+        # G'v and G'(r / mu) in one product.
+        both = xp.matmul(xp.stack([st.v, r / st.mu], axis=1), data.G)
+        GTv, GTr = both[:, 0, :], both[:, 1, :]
+    else:
+        GTv, GTr = at.GTv, rmatvec(data.G, r / st.mu)
+    dual = KX[:, :n] + data.q + GTv
     r_x = dual + rho * (st.x - st.x_prox)
-    grad = r_x + rmatvec(prob.A, r_y / mu_eq) + rmatvec(prob.C, r_z / mu_in)
-    return Eval(Ax, Cx, Px, w, r_y, r_z, dual, r_x, grad)
+    return Eval(KX, GTv, w, r, dual, r_x, r_x + GTr)
 
 
-def _violation(xp: Any, Cx: Any, l: Any, u: Any) -> Any:
-    return Cx - xp.minimum(xp.maximum(Cx, l), u)
+def _violation(xp: Any, Gx: Any, lo: Any, hi: Any) -> Any:
+    return Gx - xp.minimum(xp.maximum(Gx, lo), hi)
 
 
-def residuals(prob: Problem, scaling: Scaling, st: State, ev: Eval, cfg: Config) -> tuple[Any, Any, Any]:
+def residuals(data: Data, st: State, ev: Eval, cfg: Config) -> tuple[Any, Any, Any]:
     """Unscaled primal and dual residuals (infinity norms) and the convergence mask.
 
     Convergence also asks for complementarity: a row with a multiplier above the tolerance
     must sit on the bound that multiplier belongs to (within the primal tolerance).
     """
-    xp = namespace(ev.Ax)
-    E_eq, E_in, DC = scaling.E_eq, scaling.E_in, scaling.D * _col(scaling.c)
-    viol = _violation(xp, ev.Cx, prob.l, prob.u)
+    xp = namespace(st.x)
+    n = st.x.shape[1]
+    Gx = ev.KX[:, n:]
+    viol = _violation(xp, Gx, data.lo, data.hi)
     # Multipliers below the tolerance (unscaled) are rounding noise of rows that left J.
-    z = st.z * E_in / _col(scaling.c)
-    comp = xp.where(z > cfg.eps_abs, ev.Cx - prob.u, xp.where(z < -cfg.eps_abs, ev.Cx - prob.l, viol))
-    r_eq = _norm(xp, (ev.Ax - prob.b) / E_eq)
-    prim = xp.maximum(r_eq, _norm(xp, viol / E_in))
-    prim_comp = xp.maximum(r_eq, _norm(xp, comp / E_in))
-    dual = _norm(xp, ev.dual / DC)
+    z = st.v * data.v_scale
+    comp = xp.where(z > cfg.eps_abs, Gx - data.hi, xp.where(z < -cfg.eps_abs, Gx - data.lo, viol))
+    prim = _norm(xp, viol * data.inv_E)
+    prim_comp = _norm(xp, comp * data.inv_E)
+    dual = _norm(xp, ev.dual * data.inv_DC)
     if cfg.eps_rel > 0:
-        p_scale = xp.maximum(
-            xp.maximum(_norm(xp, ev.Ax / E_eq), _norm(xp, prob.b / E_eq)), _norm(xp, ev.Cx / E_in)
-        )
+        p = data.A.shape[1]
+        p_scale = xp.maximum(_norm(xp, Gx * data.inv_E), _norm(xp, data.lo[:, :p] * data.inv_E[:, :p]))
+        GTy = rmatvec(data.G[:, :p, :], st.v[:, :p])
         d_scale = xp.maximum(
-            xp.maximum(_norm(xp, ev.Px / DC), _norm(xp, prob.q / DC)),
-            xp.maximum(_norm(xp, rmatvec(prob.A, st.y) / DC), _norm(xp, rmatvec(prob.C, st.z) / DC)),
+            xp.maximum(_norm(xp, ev.KX[:, :n] * data.inv_DC), _norm(xp, data.q * data.inv_DC)),
+            xp.maximum(_norm(xp, GTy * data.inv_DC), _norm(xp, (ev.GTv - GTy) * data.inv_DC)),
         )
     else:
         p_scale = d_scale = xp.zeros_like(prim)
@@ -304,48 +358,81 @@ def residuals(prob: Problem, scaling: Scaling, st: State, ev: Eval, cfg: Config)
     return prim, dual, ok
 
 
-def _certificates(prob: Problem, st: State, cfg: Config) -> tuple[Any, Any]:
+def certificates_of(data: Data, st: Any, cfg: Config) -> tuple[Any, Any]:
     """Primal and dual infeasibility certificates from the last outer step, per element.
 
-    Primal: ``d = (y - y_prox, z - z_prox)`` with ``A'dy + C'dz ≈ 0`` and
-    ``b'dy + u'[dz]_+ + l'[dz]_- < 0`` (a Farkas certificate). Dual: ``dx = x - x_prox`` with
-    ``P dx ≈ 0``, ``A dx ≈ 0``, ``C dx`` within the recession cone of ``[l, u]`` and ``q'dx < 0``.
+    Primal: ``dv = v - v_prox`` with ``G'dv ≈ 0`` and ``hi'[dv]_+ + lo'[dv]_- < 0``
+    (a Farkas certificate). Dual: ``dx = x - x_prox`` with ``P dx ≈ 0``, ``G dx`` within the
+    recession cone of ``[lo, hi]`` (so ``A dx ≈ 0``) and ``q'dx < 0``. Reads only the fields
+    ``x``, ``x_prox``, ``v``, ``v_prox`` of ``st``.
     """
     xp = namespace(st.x)
-    dy, dz = st.y - st.y_prox, st.z - st.z_prox
-    size = xp.maximum(_norm(xp, dy), _norm(xp, dz))
-    zeros = xp.zeros_like(dz)
-    support = (
-        _dot(xp, prob.b, dy)
-        + xp.sum(xp.where(dz > 0, prob.u * dz, zeros), axis=-1)
-        + xp.sum(xp.where(dz < 0, prob.l * dz, zeros), axis=-1)
-    )
+    n = st.x.shape[1]
+    dv = st.v - st.v_prox
+    size = _norm(xp, dv)
+    zeros = xp.zeros_like(dv)
+    support = xp.sum(xp.where(dv > 0, data.hi * dv, xp.where(dv < 0, data.lo * dv, zeros)), axis=-1)
     tol_p = cfg.eps_primal_inf * size
-    primal = (size > 0) & (_norm(xp, rmatvec(prob.A, dy) + rmatvec(prob.C, dz)) <= tol_p) & (support < -tol_p)
+    primal = (size > 0) & (_norm(xp, rmatvec(data.G, dv)) <= tol_p) & (support < -tol_p)
 
     dx = st.x - st.x_prox
     size_x = _norm(xp, dx)
-    tol_d = cfg.eps_dual_inf * size_x
-    Cdx = matvec(prob.C, dx)
-    cone_ok = ((Cdx <= _col(tol_d)) | (prob.u == float("inf"))) & (
-        (Cdx >= -_col(tol_d)) | (prob.l == float("-inf"))
-    )
+    tol_d = _col(cfg.eps_dual_inf * size_x)
+    KD = matvec(data.K, dx)
+    Gdx = KD[:, n:]
+    cone_ok = ((Gdx <= tol_d) | (data.hi == float("inf"))) & ((Gdx >= -tol_d) | (data.lo == float("-inf")))
     cone = xp.all(cone_ok, axis=-1) if cone_ok.shape[1] else xp.ones_like(primal)
-    dual = (
-        (size_x > 0)
-        & (_norm(xp, matvec(prob.P, dx)) <= tol_d)
-        & (_norm(xp, matvec(prob.A, dx)) <= tol_d)
-        & cone
-        & (_dot(xp, prob.q, dx) < -tol_d)
-    )
+    dual = (size_x > 0) & (_norm(xp, KD[:, :n]) <= tol_d[:, 0]) & cone & (_dot(xp, data.q, dx) < -tol_d[:, 0])
     return primal, dual
 
 
-def _outer_update(prob: Problem, st: State, ev: Eval, done: Any, cfg: Config) -> State:
-    """BCL update for the elements whose subproblem is solved (``done``)."""
+def refresh(data: Data, st: State) -> State:
+    """Recompute the products ``K x`` that :func:`newton` updates along the steps.
+
+    The updates drift from the exact products by rounding only (``eps |K| |dx|`` per step);
+    a driver may refresh them now and then.
+    """
+    return st._replace(KX=matvec(data.K, st.x))
+
+
+def check(data: Data, st: State, cfg: Config) -> tuple[State, Eval, Any]:
+    """Convergence test at the current iterate.
+
+    Returns
+    -------
+    st, ev, inner_done
+        The state with residuals and SOLVED statuses recorded, the evaluation at the
+        iterate, and the mask of running elements whose subproblem is solved (they need
+        :func:`outer_update`).
+    """
     xp = namespace(st.x)
-    primal_inf, dual_inf = _certificates(prob, st, cfg)
-    pres = xp.maximum(_norm(xp, ev.Ax - prob.b), _norm(xp, _violation(xp, ev.Cx, prob.l, prob.u)))
+    running = st.status == RUNNING
+    ev = evaluate(data, st, cfg.rho)
+    prim, dual, converged = residuals(data, st, ev, cfg)
+    converged = running & converged
+    st = st._replace(
+        prim_res=xp.where(running, prim, st.prim_res),
+        dual_res=xp.where(running, dual, st.dual_res),
+        status=xp.where(converged, int(Status.SOLVED), st.status),
+    )
+    running = running & ~converged
+    inner_res = xp.maximum(_norm(xp, ev.r_x), _norm(xp, ev.r))
+    inner_done = running & ((inner_res <= st.eps_in) | st.stalled | (st.inner >= cfg.max_inner))
+    return st, ev, inner_done
+
+
+def outer_update(
+    data: Data, st: State, ev: Eval, done: Any, cfg: Config, certificates: tuple[Any, Any] | None = None
+) -> tuple[State, Eval]:
+    """BCL update for the elements whose subproblem is solved (``done``), and the new evaluation.
+
+    ``certificates``, the (B,) masks of :func:`certificates` if the caller computed them
+    (e.g. for the ``done`` elements only; the others are not read).
+    """
+    xp = namespace(st.x)
+    n = st.x.shape[1]
+    primal_inf, dual_inf = certificates_of(data, st, cfg) if certificates is None else certificates
+    pres = _norm(xp, _violation(xp, ev.KX[:, n:], data.lo, data.hi))
     accept = done & (pres <= st.eta)
     reject = done & ~accept
     mu_eq = xp.where(reject, xp.clip(st.mu_eq * cfg.mu_factor, cfg.mu_min_eq, None), st.mu_eq)
@@ -360,12 +447,12 @@ def _outer_update(prob: Problem, st: State, ev: Eval, done: Any, cfg: Config) ->
     status = xp.where(done & primal_inf, int(Status.PRIMAL_INFEASIBLE), st.status)
     status = xp.where(done & dual_inf & ~primal_inf, int(Status.DUAL_INFEASIBLE), status)
     status = xp.where((status == RUNNING) & (outer >= cfg.max_outer), int(Status.MAX_ITER), status)
-    return st._replace(
+    st = st._replace(
         x_prox=xp.where(_col(done), st.x, st.x_prox),
-        y_prox=xp.where(_col(accept), st.y, st.y_prox),
-        z_prox=xp.where(_col(accept), st.z, st.z_prox),
+        v_prox=xp.where(_col(accept), st.v, st.v_prox),
         mu_eq=mu_eq,
         mu_in=mu_in,
+        mu=row_penalties(xp, data.eq, mu_eq, mu_in),
         eta=eta,
         eps_in=eps_in,
         fresh=st.fresh & (mu_eq == st.mu_eq) & (mu_in == st.mu_in),
@@ -373,39 +460,22 @@ def _outer_update(prob: Problem, st: State, ev: Eval, done: Any, cfg: Config) ->
         outer=outer,
         status=status,
     )
+    return st, evaluate(data, st, cfg.rho, at=ev)
 
 
-def hessian(
-    prob: Problem, mu_eq: Any, mu_in: Any, active: Any, rho: float, max_active: int | None = None
-) -> Any:
-    """The generalised Hessian ``P + rho I + A'A/mu_eq + C_J'C_J/mu_in`` (B, n, n).
-
-    ``max_active``, a bound on the size of every J known to the caller, restricts the
-    product to that many gathered rows instead of all m (same result, fewer flops).
-    """
-    xp = namespace(prob.P)
-    n = prob.P.shape[-1]
-    eye = xp.eye(n, dtype=prob.P.dtype, device=array_api_compat.device(prob.P))
-    C = prob.C
-    weights = xp.where(active, 1.0 / _col(mu_in), xp.zeros_like(prob.l))
-    if max_active is not None and max_active < C.shape[1]:
-        rows = xp.argsort(xp.astype(~active, xp.int32), axis=-1, stable=True)[:, :max_active]
-        weights = xp.take_along_axis(weights, rows, axis=-1)
-        C = xp.take_along_axis(C, rows[..., None], axis=1)
-    A_scaled = prob.A / mu_eq[:, None, None]
-    CJ = C * weights[..., None]
-    return (
-        prob.P
-        + rho * eye
-        + xp.matmul(xp.matrix_transpose(A_scaled), prob.A)
-        + xp.matmul(xp.matrix_transpose(CJ), C)
-    )
+def hessian(data: Data, mu: Any, active: Any, rho: float) -> Any:
+    """The generalised Hessian ``P + rho I + G_J' diag(1/mu_J) G_J`` (B, n, n)."""
+    xp = namespace(data.P)
+    n = data.P.shape[-1]
+    eye = xp.eye(n, dtype=data.P.dtype, device=array_api_compat.device(data.P))
+    GJ = data.G * (xp.astype(active, mu.dtype) / mu)[..., None]
+    return data.P + rho * eye + xp.matmul(xp.matrix_transpose(GJ), data.G)
 
 
-Factorize = Callable[[Problem, State, Any, Any, float], "tuple[Any, Any]"]
+Factorize = Callable[[Data, State, Any, Any, float], "tuple[Any, Any]"]
 
 
-def factorize_all(prob: Problem, st: State, active: Any, need: Any, rho: float) -> tuple[Any, Any]:
+def factorize_all(data: Data, st: State, active: Any, need: Any, rho: float) -> tuple[Any, Any]:
     """Refactorise every element (keeping the old factor where ``need`` is False).
 
     A framework may pass its own ``factorize`` to :func:`step` that computes only the
@@ -417,77 +487,63 @@ def factorize_all(prob: Problem, st: State, active: Any, need: Any, rho: float) 
         The factors and a (B,) mask, False where a needed factorisation failed.
     """
     xp = namespace(st.x)
-    L, ok = cholesky_ex(hessian(prob, st.mu_eq, st.mu_in, active, rho))
+    L, ok = cholesky_ex(hessian(data, st.mu, active, rho))
     keep = need & ok
     return xp.where(keep[:, None, None], L, st.L), ok | ~need
 
 
-def active_set(prob: Problem, w: Any) -> Any:
-    """Rows whose shifted value ``C x + mu_in z_prox`` lies outside ``[l, u]``."""
-    return (w > prob.u) | (w < prob.l)
+def active_set(data: Data, w: Any) -> Any:
+    """Equality rows and the rows whose shifted value ``G x + mu v_prox`` lies outside ``[lo, hi]``."""
+    return (w > data.hi) | (w < data.lo) | data.eq
 
 
-def step(
-    prob: Problem, scaling: Scaling, st: State, cfg: Config, factorize: Factorize = factorize_all
+def newton(
+    data: Data,
+    st: State,
+    ev: Eval,
+    cfg: Config,
+    factorize: Factorize = factorize_all,
+    solve: Callable[[Any, Any], Any] = cho_solve,
 ) -> State:
-    """One iteration for every running element: convergence test, BCL update, Newton step.
+    """The iteration limit, then one semi-smooth Newton step with exact line search.
 
-    Parameters
-    ----------
-    prob, scaling
-        The scaled problem (from :func:`~.scaling.equilibrate`) and its scaling.
-    st
-        The current state; elements whose status is not ``RUNNING`` are left unchanged.
-    cfg
-        Solver parameters.
-    factorize
-        How to compute the Cholesky factors (see :func:`factorize_all`).
+    ``solve(L, rhs)`` applies the inverse Hessian given the factors from ``factorize``
+    (a framework may pair the two, e.g. to correct an older factor by a low-rank update).
     """
     xp = namespace(st.x)
-    running = st.status == RUNNING
-    ev = evaluate(prob, st, cfg.rho)
-    prim, dual, converged = residuals(prob, scaling, st, ev, cfg)
-    converged = running & converged
-    st = st._replace(
-        prim_res=xp.where(running, prim, st.prim_res),
-        dual_res=xp.where(running, dual, st.dual_res),
-        status=xp.where(converged, int(Status.SOLVED), st.status),
-    )
-    running = running & ~converged
-    inner_res = xp.maximum(_norm(xp, ev.r_x), xp.maximum(_norm(xp, ev.r_y), _norm(xp, ev.r_z)))
-    inner_done = running & ((inner_res <= st.eps_in) | st.stalled | (st.inner >= cfg.max_inner))
-    st = _outer_update(prob, st, ev, inner_done, cfg)
-    st = st._replace(
-        status=xp.where((st.status == RUNNING) & (st.iters >= cfg.max_iter), int(Status.MAX_ITER), st.status)
-    )
-    running = st.status == RUNNING
-    ev = evaluate(prob, st, cfg.rho, at=ev)
+    n, p = st.x.shape[1], data.A.shape[1]
+    status = xp.where((st.status == RUNNING) & (st.iters >= cfg.max_iter), int(Status.MAX_ITER), st.status)
+    running = status == RUNNING
 
-    active = active_set(prob, ev.w)
+    active = active_set(data, ev.w)
     changed = xp.any(active != st.active, axis=-1) if active.shape[1] else xp.zeros_like(running)
     need = running & (~st.fresh | changed)
-    L, ok = factorize(prob, st, active, need, cfg.rho)
+    L, ok = factorize(data, st, active, need, cfg.rho)
     running = running & ok
-    status = xp.where(ok, st.status, int(Status.NUMERICAL_ERROR))
+    status = xp.where(ok, status, int(Status.NUMERICAL_ERROR))
 
-    dx = -cho_solve(L, ev.grad)
+    dx = -solve(L, ev.grad)
     dx = xp.where(_col(running), dx, xp.zeros_like(dx))
-    Adx, Cdx = matvec(prob.A, dx), matvec(prob.C, dx)
-    quad = _dot(xp, dx, matvec(prob.P, dx)) + cfg.rho * _dot(xp, dx, dx) + _dot(xp, Adx, Adx) / st.mu_eq
-    alpha = exact_step(quad, _dot(xp, dx, ev.grad), ev.w, Cdx, prob.l, prob.u, st.mu_in)
-    dy = (Adx + ev.r_y) / _col(st.mu_eq)
-    dz = (xp.where(active, Cdx, xp.zeros_like(Cdx)) + ev.r_z) / _col(st.mu_in)
-    step_x, step_y, step_z = (_col(alpha) * d for d in (dx, dy, dz))
-    step_y = xp.where(_col(running), step_y, xp.zeros_like(step_y))
-    step_z = xp.where(_col(running), step_z, xp.zeros_like(step_z))
-    small = _norm(xp, step_x) <= cfg.stall * (1.0 + _norm(xp, st.x))
-    small = small & (_norm(xp, step_y) <= cfg.stall * (1.0 + _norm(xp, st.y)))
-    small = small & (_norm(xp, step_z) <= cfg.stall * (1.0 + _norm(xp, st.z)))
+    KD = matvec(data.K, dx)
+    Gdx = KD[:, n:]
+    quad = _dot(xp, dx, KD[:, :n]) + cfg.rho * _dot(xp, dx, dx)
+    if p:
+        Adx = Gdx[:, :p]
+        quad = quad + _dot(xp, Adx, Adx) / st.mu_eq
+    alpha = exact_step(
+        quad, _dot(xp, dx, ev.grad), ev.w[:, p:], Gdx[:, p:], data.lo[:, p:], data.hi[:, p:], st.mu_in
+    )
+    alpha = xp.where(running, alpha, xp.zeros_like(alpha))
+    dv = (Gdx * xp.astype(active, Gdx.dtype) + ev.r) / st.mu
+    step_x, step_v = _col(alpha) * dx, _col(alpha) * dv
+    small = (_norm(xp, step_x) <= cfg.stall * (1.0 + _norm(xp, st.x))) & (
+        _norm(xp, step_v) <= cfg.stall * (1.0 + _norm(xp, st.v))
+    )
     bump = xp.astype(running, st.iters.dtype)
     return st._replace(
         x=st.x + step_x,
-        y=st.y + step_y,
-        z=st.z + step_z,
+        v=st.v + step_v,
+        KX=st.KX + _col(alpha) * KD,
         active=xp.where(_col(need & ok), active, st.active),
         fresh=st.fresh | (need & ok),
         L=L,
@@ -496,6 +552,31 @@ def step(
         iters=st.iters + bump,
         inner=st.inner + bump,
     )
+
+
+def step(
+    prob: Data | Problem, scaling: Scaling, st: State, cfg: Config, factorize: Factorize = factorize_all
+) -> State:
+    """One iteration for every running element: convergence test, BCL update, Newton step.
+
+    Parameters
+    ----------
+    prob
+        The prepared scaled problem (:func:`prepare`; a scaled :class:`Problem` is prepared
+        here on every call, which is correct but slower).
+    scaling
+        Its scaling (from :func:`~.scaling.equilibrate`).
+    st
+        The current state; elements whose status is not ``RUNNING`` are left unchanged.
+    cfg
+        Solver parameters.
+    factorize
+        How to compute the Cholesky factors (see :func:`factorize_all`).
+    """
+    data = prob if isinstance(prob, Data) else prepare(prob, scaling)
+    st, ev, inner_done = check(data, st, cfg)
+    st, ev = outer_update(data, st, ev, inner_done, cfg)
+    return newton(data, st, ev, cfg, factorize)
 
 
 class Solution(NamedTuple):
@@ -514,8 +595,9 @@ class Solution(NamedTuple):
 def finalize(original: Problem, scaling: Scaling, st: State, valid: Any) -> Solution:
     """Unscale the state; elements still running get MAX_ITER, invalid ones NaN outputs."""
     xp = namespace(st.x)
+    p = original.b.shape[1]
     x = unscale_primal(scaling, st.x)
-    y, z = unscale_duals(scaling, st.y, st.z)
+    y, z = unscale_duals(scaling, st.v[:, :p], st.v[:, p:])
     nan = float("nan")
     x = xp.where(_col(valid), x, xp.full_like(x, nan))
     y = xp.where(_col(valid), y, xp.full_like(y, nan))

@@ -14,18 +14,15 @@ from typing import Any
 from ..._array import namespace
 
 
-def _first_order_terms(xp: Any, w: Any, v: Any, l: Any, u: Any, mu_in: Any) -> tuple[Any, Any, Any]:
-    """Kinks of the derivative, the slope change at each, and the slope of the rows active at 0+."""
-    w_u, w_l = w - u, w - l
-    t = xp.concat([-w_u / v, -w_l / v], axis=-1)
-    valid = xp.isfinite(t) & (t > 0)
-    v2 = v * v / mu_in[:, None]
-    sign = xp.sign(v)
-    delta = xp.where(valid, xp.concat([sign * v2, -sign * v2], axis=-1), xp.zeros_like(t))
-    active0 = (w_u > 0) | ((w_u == 0) & (v > 0)) | (w_l < 0) | ((w_l == 0) & (v < 0))
-    slope0 = xp.sum(xp.where(active0, v2, xp.zeros_like(v2)), axis=-1)
-    t = xp.where(valid, t, xp.full_like(t, float("inf")))
-    return t, delta, slope0
+def _sort_rows(xp: Any, keys: Any, values: Any) -> tuple[Any, Any]:
+    """``keys`` sorted along the last axis, and ``values`` in the same order."""
+    if type(keys).__module__.startswith("torch"):
+        import torch
+
+        keys, order = torch.sort(keys, dim=-1)
+        return keys, torch.gather(values, -1, order)
+    order = xp.argsort(keys, axis=-1, stable=False)
+    return xp.take_along_axis(keys, order, axis=-1), xp.take_along_axis(values, order, axis=-1)
 
 
 def exact_step(quad: Any, lin: Any, w: Any, v: Any, l: Any, u: Any, mu_in: Any) -> Any:
@@ -48,28 +45,42 @@ def exact_step(quad: Any, lin: Any, w: Any, v: Any, l: Any, u: Any, mu_in: Any) 
     (B,) step length; 0 where the direction is not a descent direction.
     """
     xp = namespace(quad)
-    t, delta, slope0 = _first_order_terms(xp, w, v, l, u, mu_in)
-    order = xp.argsort(t, axis=-1)
-    t = xp.take_along_axis(t, order, axis=-1)
-    delta = xp.take_along_axis(delta, order, axis=-1)
-    zero = xp.zeros_like(quad)[:, None]
-    points = xp.concat([zero, t], axis=-1)
+    zero = xp.zeros_like(quad)
+    if w.shape[1] == 0:
+        base = quad
+        step = -lin / xp.where(base > 0, base, xp.ones_like(base))
+        return xp.where(base > 0, xp.maximum(step, zero), zero)
+    # Both sides of every row as one "upper" bound: s = [w - u, l - w] grows at rate [v, -v];
+    # the side is active where s > 0 and has a kink where s + a sv crosses 0.
+    s = xp.concat([w - u, l - w], axis=-1)
+    sv = xp.concat([v, -v], axis=-1)
+    t = -s / sv
+    valid = (t > 0) & (t < float("inf"))
+    c2 = v * v / mu_in[:, None]
+    c2 = xp.concat([c2, c2], axis=-1)
+    active0 = (s > 0) | ((s == 0) & (sv > 0))
+    slope0 = xp.sum(xp.where(active0, c2, xp.zeros_like(c2)), axis=-1)
+    # A side entering (sv > 0) adds its curvature at the kink, one leaving removes it.
+    zeros = xp.zeros_like(c2)
+    delta = xp.where(valid, xp.where(sv > 0, c2, -c2), zeros)
+    t, delta = _sort_rows(xp, xp.where(valid, t, xp.full_like(t, float("inf"))), delta)
+    finite = t < float("inf")
+    t = xp.where(finite, t, xp.zeros_like(t))
+    # Before kink j the derivative is lin + (quad + slope0 + D_j) a - T_j, with D_j, T_j the
+    # sums of delta_i and delta_i t_i over the kinks i < j.
+    terms = xp.stack([delta, delta * t], axis=1)
+    cums = xp.cumulative_sum(terms, axis=-1)
+    before = cums - terms
+    base = quad + slope0
+    derivs = lin[:, None] + (base[:, None] + before[:, 0, :]) * t - before[:, 1, :]
+    count = xp.sum(xp.astype((derivs < 0) & finite, xp.int64), axis=-1)
+    # The root lies after the first `count` kinks.
+    zcol = xp.zeros_like(cums[:, :, :1])
+    cums = xp.concat([zcol, cums], axis=-1)
+    index = xp.broadcast_to(count[:, None, None], (count.shape[0], 2, 1))
+    at = xp.take_along_axis(cums, index, axis=-1)
     # Rounding in the running sum may push the slope below the smooth curvature it never undercuts.
-    slopes = xp.maximum(
-        quad[:, None] + slope0[:, None] + xp.concat([zero, xp.cumulative_sum(delta, axis=-1)], axis=-1),
-        quad[:, None],
-    )
-    finite = xp.isfinite(points)
-    widths = xp.where(
-        finite[:, 1:], points[:, 1:] - xp.where(finite[:, :-1], points[:, :-1], zero), xp.zeros_like(t)
-    )
-    derivs = lin[:, None] + xp.concat([zero, xp.cumulative_sum(slopes[:, :-1] * widths, axis=-1)], axis=-1)
-    below = (derivs < 0) & finite
-    last = xp.sum(xp.astype(below, xp.int64), axis=-1, keepdims=True) - 1
-    idx = xp.clip(last, 0, None)
-    a0 = xp.take_along_axis(points, idx, axis=-1)[:, 0]
-    g0 = xp.take_along_axis(derivs, idx, axis=-1)[:, 0]
-    s0 = xp.take_along_axis(slopes, idx, axis=-1)[:, 0]
-    safe = s0 > 0
-    step = a0 - g0 / xp.where(safe, s0, xp.ones_like(s0))
-    return xp.where((last[:, 0] >= 0) & safe, step, xp.zeros_like(step))
+    slope = xp.maximum(base + at[:, 0, 0], quad)
+    safe = slope > 0
+    step = (at[:, 1, 0] - lin) / xp.where(safe, slope, xp.ones_like(slope))
+    return xp.where(safe, xp.maximum(step, zero), zero)

@@ -50,7 +50,7 @@ def _inv_sqrt(xp: Any, norms: Any) -> Any:
     return 1.0 / xp.sqrt(xp.where(norms > 0, norms, xp.ones_like(norms)))
 
 
-def equilibrate(prob: Problem, iterations: int = 10) -> tuple[Problem, Scaling]:
+def equilibrate(prob: Problem, iterations: int = 10, loop: Any = None) -> tuple[Problem, Scaling]:
     """Ruiz-equilibrate the KKT matrix of every element, then scale the cost.
 
     Parameters
@@ -60,6 +60,10 @@ def equilibrate(prob: Problem, iterations: int = 10) -> tuple[Problem, Scaling]:
     iterations
         Number of Ruiz sweeps; each divides every row and column of the KKT matrix by the
         square root of its infinity norm.
+    loop
+        ``loop(sweep, iterations, carry)`` applies ``sweep`` ``iterations`` times to a tuple
+        of arrays (a framework may pass its own, e.g. one that compiles the sweep once);
+        None: a Python loop.
 
     Returns
     -------
@@ -67,11 +71,9 @@ def equilibrate(prob: Problem, iterations: int = 10) -> tuple[Problem, Scaling]:
         The scaled problem and the scaling that produced it.
     """
     xp = namespace(prob.q)
-    P, A, C = prob.P, prob.A, prob.C
-    D = xp.ones_like(prob.q)
-    E_eq = xp.ones_like(prob.b)
-    E_in = xp.ones_like(prob.l)
-    for _ in range(iterations):
+
+    def sweep(carry: tuple[Any, ...]) -> tuple[Any, ...]:
+        P, A, C, D, E_eq, E_in = carry
         col = xp.maximum(
             amax(xp, xp.abs(P), -2), xp.maximum(amax(xp, xp.abs(A), -2), amax(xp, xp.abs(C), -2))
         )
@@ -81,7 +83,15 @@ def equilibrate(prob: Problem, iterations: int = 10) -> tuple[Problem, Scaling]:
         P = d[:, :, None] * P * d[:, None, :]
         A = e_eq[:, :, None] * A * d[:, None, :]
         C = e_in[:, :, None] * C * d[:, None, :]
-        D, E_eq, E_in = D * d, E_eq * e_eq, E_in * e_in
+        return P, A, C, D * d, E_eq * e_eq, E_in * e_in
+
+    carry = (prob.P, prob.A, prob.C, xp.ones_like(prob.q), xp.ones_like(prob.b), xp.ones_like(prob.l))
+    if loop is None:
+        for _ in range(iterations):
+            carry = sweep(carry)
+    else:
+        carry = loop(sweep, iterations, carry)
+    P, A, C, D, E_eq, E_in = carry
     q = D * prob.q
     cost = xp.maximum(xp.mean(amax(xp, xp.abs(P), -1), axis=-1), amax(xp, xp.abs(q), -1))
     c = 1.0 / xp.clip(xp.where(cost > 0, cost, xp.ones_like(cost)), 1e-6, 1e6)

@@ -1,0 +1,196 @@
+"""The ``qpsolvers:<solver>`` backends: any solver installed through qpsolvers, one element at a time.
+
+Two-sided rows ``l <= C x <= u`` become ``G x <= h`` rows for their finite sides; rows with
+``l == u`` become equalities (interior-point solvers need a strict interior). Duals are
+mapped back to our convention: ``z = z_upper - z_lower``. qpsolvers only says whether a
+solution was found, so a failed element goes to the closest-feasible stage, which tells an
+infeasible problem from a failed solve. ``settings.options`` are passed to the solver.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from ..errors import BackendNotFound
+from ..qp import QPData, QPResult, Settings, Status, WarmStart
+from . import Capabilities, register
+from .closest import solve_closest_feasible
+
+try:
+    import qpsolvers as _qpsolvers
+except Exception:  # registration must never raise, whatever breaks inside the package
+    _qpsolvers = None
+
+# Each solver names its tolerances differently; ``eps`` is settings.tolerance(dtype).
+_TOLERANCES: dict[str, Any] = {
+    "clarabel": lambda eps, rel, it: {
+        "tol_feas": eps,
+        "tol_gap_abs": eps,
+        "tol_gap_rel": max(rel, eps),
+        "max_iter": it,
+    },
+    "piqp": lambda eps, rel, it: {"eps_abs": eps, "eps_rel": rel, "max_iter": it},
+    "osqp": lambda eps, rel, it: {"eps_abs": eps, "eps_rel": rel, "max_iter": it},
+    "proxqp": lambda eps, rel, it: {"eps_abs": eps, "eps_rel": rel, "max_iter": it},
+    "qpalm": lambda eps, rel, it: {"eps_abs": eps, "eps_rel": rel, "max_iter": it},
+    "scs": lambda eps, rel, it: {"eps_abs": eps, "eps_rel": rel, "max_iters": it},
+    "highs": lambda eps, rel, it: {"primal_feasibility_tolerance": eps, "dual_feasibility_tolerance": eps},
+    "ecos": lambda eps, rel, it: {"abstol": eps, "feastol": eps, "reltol": max(rel, eps), "max_iters": it},
+}
+
+
+def _available() -> list[str]:
+    return list(_qpsolvers.available_solvers) if _qpsolvers is not None else []
+
+
+class QpsolversBackend:
+    """Forward pass through ``qpsolvers.solve_problem``; closest-feasible stage for failed elements."""
+
+    capabilities: Capabilities
+    available = staticmethod(_available)
+
+    def __init__(self, name: str) -> None:
+        solver = name.partition(":")[2]
+        if solver not in _available():
+            raise BackendNotFound(
+                f"qpsolvers solver {solver!r} is not installed; install it with "
+                f"pip install 'qpsolvers[{solver}]' (installed: {', '.join(_available()) or 'none'})"
+            )
+        self.name = name
+        self.solver = solver
+        self.capabilities = CAPABILITIES
+
+    def solve(self, data: QPData, settings: Settings, warm_start: WarmStart | None = None) -> QPResult:
+        """Solve ``data`` (dense numpy arrays); see :class:`Backend`.
+
+        Solver errors go in ``extras``: ``"messages"`` maps batch indices to the first solve's errors,
+        ``"closest_feasible_messages"`` lists those of the closest-feasible stage's solves.
+        """
+        calls: list[dict[int, str]] = []
+
+        def raw(d: QPData, w: WarmStart | None) -> QPResult:
+            calls.append({})
+            return self._solve_raw(d.dense(), settings, w, calls[-1])
+
+        result = solve_closest_feasible(raw, data, settings, warm_start)
+        later = [msg for c in calls[1:] for msg in c.values()]
+        if not calls[0] and not later:
+            return result
+        return replace(
+            result, extras={**result.extras, "messages": calls[0], "closest_feasible_messages": later}
+        )
+
+    def _solve_raw(
+        self, data: QPData, settings: Settings, warm: WarmStart | None, messages: dict[int, str]
+    ) -> QPResult:
+        batch, n, p, m = data.batch_size, data.n, data.n_eq, data.n_in
+        dtype = np.asarray(data.q).dtype
+        # C-contiguous copies: some wrapped solvers (daqp) ignore strides and misread views
+        P, q, A, b, C, low, up = (
+            np.ascontiguousarray(a, dtype=np.float64)
+            for a in (data.P, data.q, data.A, data.b, data.C, data.l, data.u)
+        )
+        eps = settings.tolerance(dtype)
+        kwargs = {
+            **_TOLERANCES.get(self.solver, lambda *_: {})(eps, settings.eps_rel, settings.max_iter),
+            **settings.options,
+        }
+        x, y, z = np.full((batch, n), np.nan), np.full((batch, p), np.nan), np.full((batch, m), np.nan)
+        status = np.full(batch, int(Status.NUMERICAL_ERROR), dtype=np.int64)
+        for i in range(batch):
+            fixed = np.isfinite(up[i]) & (low[i] == up[i])
+            upper, lower = np.isfinite(up[i]) & ~fixed, np.isfinite(low[i]) & ~fixed
+            G, h = np.concatenate([C[i][upper], -C[i][lower]]), np.concatenate([up[i][upper], -low[i][lower]])
+            Ae, be = np.concatenate([A[i], C[i][fixed]]), np.concatenate([b[i], up[i][fixed]])
+            problem = _qpsolvers.Problem(
+                P[i], q[i], *((G, h) if h.size else (None, None)), *((Ae, be) if be.size else (None, None))
+            )
+            init = None if warm is None or warm.x is None else np.asarray(warm.x[i], dtype=np.float64)
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    sol = _qpsolvers.solve_problem(
+                        problem, self.solver, initvals=init, verbose=settings.verbose, **kwargs
+                    )
+            except (_qpsolvers.QPError, ValueError, ArithmeticError, RuntimeError) as err:
+                messages[i] = f"{self.solver}: {err}"
+                continue
+            if sol.found and sol.x is not None:
+                status[i] = Status.SOLVED
+                x[i] = sol.x
+                y_all = np.zeros(p + int(fixed.sum())) if sol.y is None else sol.y
+                y[i] = y_all[:p]
+                zi = np.zeros(m)
+                g = np.zeros(int(upper.sum()) + int(lower.sum())) if sol.z is None else sol.z
+                zi[upper] += g[: upper.sum()]
+                zi[lower] -= g[upper.sum() :]
+                zi[fixed] = y_all[p:]
+                z[i] = zi
+            else:
+                status[i] = _failure_status(sol.extras)
+        return QPResult(
+            x=x.astype(dtype),
+            y=y.astype(dtype),
+            z=z.astype(dtype),
+            shift_eq=np.zeros((batch, p), dtype=dtype),
+            shift_in=np.zeros((batch, m), dtype=dtype),
+            status=status,
+            iterations=np.zeros(batch, dtype=np.int64),
+            prim_res=_primal_residual(x, A, b, C, low, up).astype(dtype),
+            dual_res=_dual_residual(x, y, z, P, q, A, C).astype(dtype),
+            objective=(
+                0.5 * np.einsum("bi,bij,bj->b", x, P, x)
+                + np.einsum("bi,bi->b", q, x)
+                + (0.0 if data.r is None else np.asarray(data.r, dtype=np.float64).reshape(batch))
+            ).astype(dtype),
+        )
+
+
+def _failure_status(extras: dict[str, Any]) -> int:
+    """Read a solver's own verdict out of qpsolvers' extras, where it has one."""
+    info = extras.get("info")
+    text = " ".join(
+        str(t) for t in (extras.get("status"), getattr(info, "status", None), extras.get("infostring"))
+    )
+    text = text.lower().replace("_", "").replace(" ", "")
+    if "dualinfeasible" in text or "unbounded" in text:
+        return int(Status.DUAL_INFEASIBLE)
+    if "primalinfeasible" in text:
+        return int(Status.PRIMAL_INFEASIBLE)
+    if "iter" in text and ("max" in text or "limit" in text):
+        return int(Status.MAX_ITER)
+    return int(Status.NUMERICAL_ERROR)
+
+
+def _primal_residual(
+    x: np.ndarray, A: np.ndarray, b: np.ndarray, C: np.ndarray, low: np.ndarray, up: np.ndarray
+) -> np.ndarray:
+    cx = np.einsum("bij,bj->bi", C, x)
+    viol = np.concatenate([np.einsum("bij,bj->bi", A, x) - b, cx - np.clip(cx, low, up)], axis=1)
+    return np.abs(viol).max(axis=1, initial=0.0)
+
+
+def _dual_residual(
+    x: np.ndarray, y: np.ndarray, z: np.ndarray, P: np.ndarray, q: np.ndarray, A: np.ndarray, C: np.ndarray
+) -> np.ndarray:
+    grad = np.einsum("bij,bj->bi", P, x) + q + np.einsum("bji,bj->bi", A, y) + np.einsum("bji,bj->bi", C, z)
+    return np.abs(grad).max(axis=1, initial=0.0)
+
+
+CAPABILITIES = Capabilities(
+    framework="numpy",
+    devices=("cpu",),
+    dense=True,
+    sparse=False,
+    warm_start=True,
+    dtypes=("float64",),
+    extra="solvers",
+    installed=_qpsolvers is not None,
+    description="any solver installed through qpsolvers (forward pass one element at a time)",
+)
+
+register("qpsolvers", QpsolversBackend, CAPABILITIES, prefix=True)

@@ -1,0 +1,160 @@
+"""Reverse (:func:`qp_vjp`) and forward (:func:`qp_jvp`) derivatives of the QP solution map.
+
+At a feasible solution with active set J the solution is differentiated through the KKT
+system of the equality-constrained QP on J (DESIGN §6); for a closest-feasible solution
+the shifted QP is differentiated the same way, its bounds moving with the shift, whose
+own derivative comes from :mod:`qpdsl.diff.shift`. Both functions apply the same
+linear map (and its transpose), so ``<v, qp_jvp(t)> = <qp_vjp(v), t>``.
+
+Dual derivatives are defined modulo multipliers that the data do not determine
+(dependent constraint rows, always the case for a shifted QP); the parts along
+null([A; C_V]') are projected out, which keeps every output finite and the map symmetric.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..qp import QPData, QPResult
+from .linearize import Linearization, device, linearize, matvec, outer, rmatvec
+from .shift import shift_jvp, shift_vjp
+
+
+@dataclass(frozen=True)
+class QPGrads:
+    """Gradients with respect to the standard-form data: dense arrays shaped like the data."""
+
+    P: Any
+    q: Any
+    A: Any
+    b: Any
+    C: Any
+    l: Any
+    u: Any
+
+
+def qp_vjp(
+    data: QPData,
+    result: QPResult,
+    grad_x: Any,
+    grad_y: Any = None,
+    grad_z: Any = None,
+    grad_shift_eq: Any = None,
+    grad_shift_in: Any = None,
+    *,
+    active_tol: float | None = None,
+) -> QPGrads:
+    """Pull gradients on the solution back to the QP data.
+
+    Parameters
+    ----------
+    data
+        Dense batched QP data (numpy, torch or jax arrays): P (B, n, n), q (B, n),
+        A (B, p, n), b (B, p), C (B, m, n), l, u (B, m).
+    result
+        The :class:`~qpdsl.qp.QPResult` a backend returned for ``data``.
+    grad_x, grad_y, grad_z, grad_shift_eq, grad_shift_in
+        Gradients of a scalar loss with respect to x (B, n), y (B, p), z (B, m) and the
+        shift (B, p), (B, m); ``None`` means zero.
+    active_tol
+        Relative tolerance that decides activity: row i is upper-active when
+        ``C_i x + z_i >= u_i - active_tol (1 + |C_i x|)`` (and likewise lower). Defaults to
+        1e-6 in float64, 1e-3 in float32.
+
+    Returns
+    -------
+    QPGrads
+        Gradients with respect to P, q, A, b, C, l, u (P's is symmetric; l's and u's are
+        zero on inactive rows). Elements whose status is not ok get zeros.
+    """
+    lin = linearize(data, result, active_tol)
+    xp, n, p = lin.xp, lin.n, lin.p
+    gx, gy, gz, gse, gsi = (
+        _cotangent(lin, g, shape)
+        for g, shape in (
+            (grad_x, data.q),
+            (grad_y, data.b),
+            (grad_z, data.l),
+            (grad_shift_eq, data.b),
+            (grad_shift_in, data.l),
+        )
+    )
+    g_dual = lin.project_duals(xp.concat([gy, gz * lin.act_f], axis=1))
+    w = -lin.solve(xp.concat([gx, g_dual], axis=1))
+    w_x, w_y, w_z = w[:, :n], w[:, n : n + p], w[:, n + p :] * lin.act_f
+
+    sA, sb, sC, sh = shift_vjp(lin, gse - w_y, gsi - w_z)
+    g_h = sh - w_z
+    wx_x = outer(w_x, lin.x)
+    zero = xp.zeros_like(g_h)
+    grads = QPGrads(
+        P=0.5 * (wx_x + xp.matrix_transpose(wx_x)),
+        q=w_x,
+        A=outer(lin.y, w_x) + outer(w_y, lin.x) + sA,
+        b=sb - w_y,
+        C=outer(lin.z_act, w_x) + outer(w_z, lin.x) + sC,
+        l=xp.where(lin.lower, g_h, zero),
+        u=xp.where(lin.upper, g_h, zero),
+    )
+    return QPGrads(**{k: _mask(lin, v) for k, v in vars(grads).items()})
+
+
+def qp_jvp(data: QPData, result: QPResult, tangents: QPData) -> tuple[Any, Any, Any, Any, Any]:
+    """Push tangents of the QP data forward to the solution.
+
+    Linear in ``tangents`` and built from matmuls with primal matrices and primal masks
+    only, so JAX can transpose it (the JAX adapter uses it as a ``custom_jvp`` rule).
+
+    Parameters
+    ----------
+    data, result
+        As for :func:`qp_vjp`.
+    tangents
+        Dense :class:`~qpdsl.qp.QPData` of tangents shaped like ``data`` (``r`` is ignored).
+        Entries of dl, du on infinite bounds are ignored.
+
+    Returns
+    -------
+    dx, dy, dz, dshift_eq, dshift_in
+        Tangents of the solution (B, n), duals (B, p), (B, m) and shift (B, p), (B, m);
+        zero for elements whose status is not ok.
+    """
+    lin = linearize(data, result)
+    xp, n, p = lin.xp, lin.n, lin.p
+    t = tangents.dense()
+    dP, dq, dA, db, dC, dl, du = (_tangent(lin, a) for a in (t.P, t.q, t.A, t.b, t.C, t.l, t.u))
+    zero = xp.zeros_like(lin.act_f)
+    dh = xp.where(lin.upper, du, zero) + xp.where(lin.lower, dl, zero)
+
+    ds_eq, ds_in = shift_jvp(lin, dA, db, dC, dh)
+    rhs_x = -(
+        0.5 * matvec(dP + xp.matrix_transpose(dP), lin.x) + dq + rmatvec(dA, lin.y) + rmatvec(dC, lin.z_act)
+    )
+    rhs_y = db + ds_eq - matvec(dA, lin.x)
+    rhs_z = (dh + ds_in - matvec(dC, lin.x)) * lin.act_f
+    sol = lin.solve(xp.concat([rhs_x, rhs_y, rhs_z], axis=1))
+    duals = lin.project_duals(sol[:, n:])
+    outs = (sol[:, :n], duals[:, :p], duals[:, p:] * lin.act_f, ds_eq, ds_in)
+    return tuple(_mask(lin, o) for o in outs)  # type: ignore[return-value]
+
+
+def _cotangent(lin: Linearization, g: Any, like: Any) -> Any:
+    """An incoming gradient in the data's dtype, zero where None or where the element failed."""
+    xp = lin.xp
+    ref = lin.x
+    shape = (ref.shape[0], like.shape[1])
+    if g is None:
+        return xp.zeros(shape, dtype=ref.dtype, device=device(ref))
+    return _mask(lin, xp.astype(xp.asarray(g, device=device(ref)), ref.dtype))
+
+
+def _tangent(lin: Linearization, t: Any) -> Any:
+    return _mask(lin, lin.xp.astype(t, lin.x.dtype))
+
+
+def _mask(lin: Linearization, a: Any) -> Any:
+    """Zero the elements whose status is not ok (``where``, so NaN there never leaks)."""
+    xp = lin.xp
+    ok = xp.reshape(lin.ok, (-1,) + (1,) * (a.ndim - 1))
+    return xp.where(ok, a, xp.zeros_like(a))

@@ -1,0 +1,196 @@
+"""The linearisation point of the backward pass: active sets, KKT matrix and the shift map.
+
+Everything here depends on the primal data and the solution only (never on incoming
+gradients or tangents), so :mod:`qpdsl.diff.adjoint` can apply it linearly: in JAX the
+JVP built on it is transposable, in torch it runs inside ``autograd.Function.backward``.
+
+Batch elements with a non-ok status are replaced by a harmless placeholder (zero data,
+no active rows) so that no NaN leaks into the rest of the batch; callers zero their
+gradients with :attr:`Linearization.ok`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from .._array import namespace
+from ..qp import QPData, QPResult, Status
+
+# Refinement steps of the regularised KKT solve against the unregularised matrix.
+REFINE_STEPS = 5
+
+
+@dataclass(frozen=True)
+class Linearization:
+    """Primal quantities of one batch, shared by :func:`qp_vjp` and :func:`qp_jvp`.
+
+    Masks are (B, m) booleans over inequality rows; ``*_f`` are the same as 0/1 floats.
+    ``M_pinv`` is the pseudo-inverse of ``M = [A; C_V]`` (the equality rows and the violated
+    inequality rows, others zeroed) and ``Pi`` the orthogonal projector onto range(M).
+    ``y`` and ``z_act`` are the multipliers with no part along null(M') on the rows of M.
+    """
+
+    xp: Any
+    n: int
+    p: int
+    ok: Any  # (B,) bool: status ok
+    x: Any
+    y: Any
+    z_act: Any  # z on active rows, 0 elsewhere
+    upper: Any  # upper bound active (violated-upper rows included)
+    lower: Any
+    act_f: Any
+    viol_f: Any
+    s_eq: Any  # shift, 0 unless closest feasible
+    s_in: Any  # shift on violated rows, 0 elsewhere
+    K: Any  # (B, N, N) KKT matrix with identity-like rows for inactive constraints
+    K_reg_inv: Any
+    M_pinv: Any  # (B, n, p + m)
+    Pi: Any  # (B, p + m, p + m)
+    rows_f: Any  # (B, p + m): 1 on rows of M (equality rows and violated rows)
+
+    def solve(self, rhs: Any) -> Any:
+        """Solve ``K w = rhs`` (B, N) by the regularised inverse plus iterative refinement."""
+        w = matvec(self.K_reg_inv, rhs)
+        for _ in range(REFINE_STEPS):
+            w = w + matvec(self.K_reg_inv, rhs - matvec(self.K, w))
+        return w
+
+    def project_duals(self, v: Any) -> Any:
+        """Project a (B, p + m) dual vector onto range(M) on the rows of M; other rows unchanged."""
+        on = self.rows_f * v
+        return v - on + self.rows_f * matvec(self.Pi, on)
+
+
+def linearize(data: QPData, result: QPResult, active_tol: float | None = None) -> Linearization:
+    """Build the :class:`Linearization` of ``result`` on dense batched ``data``."""
+    xp = namespace(data.q)
+    dtype, dev = data.q.dtype, device(data.q)
+    n, p = data.n, data.n_eq
+    eps = float(xp.finfo(dtype).eps)
+    tol_rel = active_tol if active_tol is not None else (1e-6 if eps < 1e-10 else 1e-3)
+
+    status = xp.asarray(result.status, device=dev)
+    ok = (status == int(Status.SOLVED)) | (status == int(Status.SOLVED_CLOSEST_FEASIBLE))
+    closest = status == int(Status.SOLVED_CLOSEST_FEASIBLE)
+    okv, okm = ok[:, None], ok[:, None, None]
+
+    def clean(a: Any, mask: Any = okv, fill: float = 0.0) -> Any:
+        a = xp.asarray(a, dtype=dtype, device=dev)
+        return xp.where(mask, a, xp.asarray(fill, dtype=dtype, device=dev))
+
+    P = clean(data.P, okm)
+    P = 0.5 * (P + xp.matrix_transpose(P))
+    A, C = clean(data.A, okm), clean(data.C, okm)
+    low, up = clean(data.l, fill=-math.inf), clean(data.u, fill=math.inf)
+    x, y, z = clean(result.x), clean(result.y), clean(result.z)
+    s_eq = clean(result.shift_eq, closest[:, None])
+    s_in = clean(result.shift_in, closest[:, None])
+
+    cx = matvec(C, x)
+    tol = tol_rel * (1.0 + xp.abs(cx))
+    v_up = closest[:, None] & (s_in > tol)
+    v_lo = closest[:, None] & (s_in < -tol)
+    viol = v_up | v_lo
+    zero = xp.zeros_like(s_in)
+    up_s = up + xp.where(v_up, s_in, zero)
+    low_s = low + xp.where(v_lo, s_in, zero)
+    # Weakly active rows count as active; a row close to both bounds goes to the side its
+    # dual points to (for l = u the gap difference is 2 z).
+    gap_up = cx + z - up_s
+    gap_lo = low_s - cx - z
+    upper = v_up | ((gap_up >= -tol) & (gap_up >= gap_lo) & ~v_lo)
+    lower = v_lo | ((gap_lo >= -tol) & (gap_lo > gap_up) & ~v_up)
+    active = upper | lower
+    act_f = xp.astype(active, dtype)
+    viol_f = xp.astype(viol, dtype)
+
+    batch = x.shape[0]
+    scale = xp.ones((batch,), dtype=dtype, device=dev)
+    for mat in (P, A, C):
+        if mat.shape[1] * mat.shape[2]:  # max over an empty axis is an error
+            scale = xp.maximum(scale, xp.max(xp.abs(mat), axis=(1, 2)))
+    reg = math.sqrt(eps) * scale
+
+    K = _kkt(xp, P, A, C, act_f)
+    ones_n = xp.ones((batch, n), dtype=dtype, device=dev)
+    ones_p = xp.ones((batch, p), dtype=dtype, device=dev)
+    reg_diag = xp.concat([ones_n, -ones_p, -act_f], axis=1) * reg[:, None]
+    K_reg_inv = xp.linalg.inv(K + _diag(xp, reg_diag))
+
+    rows_f = xp.concat([ones_p, viol_f], axis=1)
+    M = xp.concat([A, C * viol_f[:, :, None]], axis=1)
+    M_pinv = xp.linalg.pinv(M)
+    Pi = M @ M_pinv
+    Pi = 0.5 * (Pi + xp.matrix_transpose(Pi))
+    # Multipliers of dependent rows are determined only up to null(M'); backends return any
+    # representative. Taking the one in range(M) makes the gradients independent of that choice.
+    yz = xp.concat([y, z], axis=1) * rows_f
+    yz = xp.concat([y, z], axis=1) - yz + rows_f * matvec(Pi, yz)
+    y, z = yz[:, :p], yz[:, p:]
+
+    return Linearization(
+        xp=xp,
+        n=n,
+        p=p,
+        ok=ok,
+        x=x,
+        y=y,
+        z_act=z * act_f,
+        upper=upper,
+        lower=lower,
+        act_f=act_f,
+        viol_f=viol_f,
+        s_eq=s_eq,
+        s_in=s_in * viol_f,
+        K=K,
+        K_reg_inv=K_reg_inv,
+        M_pinv=M_pinv,
+        Pi=Pi,
+        rows_f=rows_f,
+    )
+
+
+def _kkt(xp: Any, P: Any, A: Any, C: Any, act_f: Any) -> Any:
+    """[[P, A', C_J'], [A, 0, 0], [C_J, 0, -I_inactive]] as one (B, N, N) array."""
+    batch, p, m = P.shape[0], A.shape[1], C.shape[1]
+    dtype, dev = P.dtype, device(P)
+
+    def zeros(r: int, c: int) -> Any:
+        return xp.zeros((batch, r, c), dtype=dtype, device=dev)
+
+    CJ = C * act_f[:, :, None]
+    top = xp.concat([P, xp.matrix_transpose(A), xp.matrix_transpose(CJ)], axis=2)
+    mid = xp.concat([A, zeros(p, p), zeros(p, m)], axis=2)
+    bot = xp.concat([CJ, zeros(m, p), _diag(xp, act_f - 1.0)], axis=2)
+    return xp.concat([top, mid, bot], axis=1)
+
+
+def _diag(xp: Any, v: Any) -> Any:
+    """Batched diagonal matrices (B, k, k) from (B, k)."""
+    k = v.shape[1]
+    return xp.eye(k, dtype=v.dtype, device=device(v))[None, :, :] * v[:, None, :]
+
+
+def device(a: Any) -> Any:
+    """The device an array lives on (array-API ``device``)."""
+    import array_api_compat
+
+    return array_api_compat.device(a)
+
+
+def matvec(mat: Any, v: Any) -> Any:
+    """Batched ``mat @ v`` for (B, r, c) and (B, c)."""
+    return (mat @ v[..., None])[..., 0]
+
+
+def rmatvec(mat: Any, v: Any) -> Any:
+    """Batched ``mat' @ v`` for (B, r, c) and (B, r)."""
+    return (v[..., None, :] @ mat)[..., 0, :]
+
+
+def outer(a: Any, b: Any) -> Any:
+    """Batched outer products (B, r, c) of (B, r) and (B, c)."""
+    return a[..., :, None] * b[..., None, :]

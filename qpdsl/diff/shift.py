@@ -1,0 +1,40 @@
+"""Derivative of the closest-feasible shift s* (DESIGN §5) and its adjoint.
+
+Where the set V of violated inequality rows is locally constant, the shift on the rows of
+``M = [A; C_V]`` is the least-squares residual ``s = M x - c`` with ``c = [b; h_V]``
+(``h = u`` on upper-violated rows, ``l`` on lower-violated ones), i.e. ``s = -Pi_perp c``
+with ``Pi_perp`` the projector onto null(M'). Differentiating the projector::
+
+    ds = Pi_perp (dM x - dc) - (M^+)' dM' s
+
+Any x with ``M x = c + s`` gives the same ``ds`` along perturbations that keep the rank
+of M (the only ones along which s is differentiable), so the solution x of the shifted QP
+is used. The shift is zero off the rows of M.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .linearize import Linearization, matvec, outer, rmatvec
+
+
+def shift_jvp(lin: Linearization, dA: Any, db: Any, dC: Any, dh: Any) -> tuple[Any, Any]:
+    """Tangent ``(ds_eq, ds_in)`` of the shift; ``dh`` is the tangent of the active bound per row."""
+    xp, p = lin.xp, lin.p
+    e = xp.concat([matvec(dA, lin.x) - db, (matvec(dC, lin.x) - dh) * lin.viol_f], axis=1)
+    t = rmatvec(dA, lin.s_eq) + rmatvec(dC, lin.s_in)
+    ds = e - matvec(lin.Pi, e) - rmatvec(lin.M_pinv, t)
+    return ds[:, :p], ds[:, p:] * lin.viol_f
+
+
+def shift_vjp(lin: Linearization, g_eq: Any, g_in: Any) -> tuple[Any, Any, Any, Any]:
+    """Adjoint of :func:`shift_jvp`: gradients ``(dA, db, dC, dh)`` from ``(g_eq, g_in)`` on the shift."""
+    xp, p = lin.xp, lin.p
+    g = xp.concat([g_eq, g_in * lin.viol_f], axis=1)
+    g_perp = g - matvec(lin.Pi, g)
+    w = matvec(lin.M_pinv, g)
+    s = xp.concat([lin.s_eq, lin.s_in], axis=1)
+    dM = outer(g_perp, lin.x) - outer(s, w)
+    g_perp_in = g_perp[:, p:] * lin.viol_f
+    return dM[:, :p, :], -g_perp[:, :p], dM[:, p:, :] * lin.viol_f[:, :, None], -g_perp_in
