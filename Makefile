@@ -4,7 +4,7 @@
 
 PYTHON ?= python3
 VENV ?= .venv
-EXTRAS ?= all,dev
+EXTRAS ?= all,dev,docs
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.qpdsl-install-stamp

@@ -27,13 +27,13 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
 import numpy as np  # noqa: E402
-
 from common import DATA_KEYS, grad_error, median_time, random_dense_batch  # noqa: E402
 
 SIZES = ((50, 10, 50), (100, 20, 100))  # (n, n_eq, n_in)
@@ -180,8 +180,10 @@ def run(quick: bool = False) -> dict[str, Any]:
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    head = (f"{'n':>4} {'solver':<12} {'compile fwd/fwd+bwd s':>22} {'fwd ms':>9} {'x':>6} "
-            f"{'fwd+bwd ms':>11} {'x':>6} {'max|x-x_ref|':>13} {'grad dist':>10}")
+    head = (
+        f"{'n':>4} {'solver':<12} {'compile fwd/fwd+bwd s':>22} {'fwd ms':>9} {'x':>6} "
+        f"{'fwd+bwd ms':>11} {'x':>6} {'max|x-x_ref|':>13} {'grad dist':>10}"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(

@@ -72,7 +72,9 @@ def check_kkt(arrays: list[np.ndarray], res: QPResult, tol: float) -> None:
     assert np.abs(np.einsum("bij,bj->bi", A, x) - b).max(initial=0.0) <= scale
     cx = np.einsum("bij,bj->bi", C, x)
     assert (cx <= u + scale).all() and (cx >= l - scale).all()
-    assert np.allclose(cx[z > scale], u[z > scale], atol=scale) and np.allclose(cx[z < -scale], l[z < -scale], atol=scale)
+    assert np.allclose(cx[z > scale], u[z > scale], atol=scale) and np.allclose(
+        cx[z < -scale], l[z < -scale], atol=scale
+    )
 
 
 def as_tuple(res: QPResult) -> tuple:
@@ -81,7 +83,7 @@ def as_tuple(res: QPResult) -> tuple:
 
 
 def as_result(values: tuple) -> QPResult:
-    return QPResult(**dict(zip(FIELDS, values)))
+    return QPResult(**dict(zip(FIELDS, values, strict=True)))
 
 
 def jit_solve(arrays: list[np.ndarray], settings: Settings | None = None) -> QPResult:
@@ -92,8 +94,10 @@ def jit_solve(arrays: list[np.ndarray], settings: Settings | None = None) -> QPR
 
 def worked_example(batch: int = 1) -> list[np.ndarray]:
     """min x²/2  s.t.  x = 5,  -3 <= x <= 3 (DESIGN §5)."""
-    return [np.broadcast_to(np.asarray(v, dtype=np.float64), (batch, *np.shape(v))).copy()
-            for v in ([[1.0]], [0.0], [[1.0]], [5.0], [[1.0]], [-3.0], [3.0])]
+    return [
+        np.broadcast_to(np.asarray(v, dtype=np.float64), (batch, *np.shape(v))).copy()
+        for v in ([[1.0]], [0.0], [[1.0]], [5.0], [[1.0]], [-3.0], [3.0])
+    ]
 
 
 # --------------------------------------------------------------------------- accuracy
@@ -109,7 +113,9 @@ def test_random_qps_match_proxsuite() -> None:
     check_kkt(arrays, res, 1e-9)
     P, q = arrays[0], arrays[1]
     x = np.asarray(res.x)
-    np.testing.assert_allclose(np.asarray(res.objective), 0.5 * np.einsum("bi,bij,bj->b", x, P, x) + (q * x).sum(1))
+    np.testing.assert_allclose(
+        np.asarray(res.objective), 0.5 * np.einsum("bi,bij,bj->b", x, P, x) + (q * x).sum(1)
+    )
 
 
 def test_lps_match_proxsuite() -> None:
@@ -278,7 +284,8 @@ def test_module_imports_without_torch() -> None:
         "import sys; sys.modules['torch'] = None\n"
         "import qpdsl.backends.jax_backend as jb\n"
         "assert jb.CAPABILITIES.installed\n"
-        "assert not any(k == 'torch' or k.startswith('torch.') for k, v in sys.modules.items() if v is not None)\n"
+        "loaded = [k for k, v in sys.modules.items() if v is not None]\n"
+        "assert not any(k == 'torch' or k.startswith('torch.') for k in loaded)\n"
     )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)

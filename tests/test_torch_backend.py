@@ -251,3 +251,56 @@ def test_registered_capabilities() -> None:
     caps = BACKEND.capabilities
     assert caps.framework == "torch" and caps.installed and caps.warm_start
     assert set(caps.dtypes) == {"float32", "float64"} and "cuda" in caps.devices
+
+
+def _merit_along(a: float, quad, lin, w, v, l, u, mu) -> float:
+    """The line-search merit (up to a constant) at step ``a``, for one element.
+
+    ``lin`` is the derivative of the whole merit at 0, so the smooth part's slope is ``lin``
+    less the derivative of the penalty term there.
+    """
+
+    def viol(a: float) -> np.ndarray:
+        s = w + a * v
+        return np.maximum(s - u, 0.0) + np.minimum(s - l, 0.0)
+
+    smooth_lin = lin - float(np.sum(viol(0.0) * v)) / mu
+    return 0.5 * quad * a * a + smooth_lin * a + 0.5 * float(np.sum(viol(a) ** 2)) / mu
+
+
+def test_exact_line_search_minimises_the_piecewise_quadratic_merit() -> None:
+    from qpdsl.backends.alm.linesearch import exact_step
+
+    rng = np.random.default_rng(7)
+    batch, m = 40, 12
+    w, v = rng.standard_normal((batch, m)), rng.standard_normal((batch, m))
+    l, u = -rng.uniform(size=(batch, m)), rng.uniform(size=(batch, m))
+    u[0, :4], l[1, :4] = np.inf, -np.inf  # one-sided rows
+    v[2, :3] = 0.0  # rows that do not move
+    w[3, :3], v[3, :3] = u[3, :3], 1.0  # rows on a bound, entering
+    w[4, :3], v[4, :3] = u[4, :3], -1.0  # rows on a bound, leaving
+    quad, mu = rng.uniform(0.1, 2.0, batch), rng.uniform(1e-3, 1.0, batch)
+    lin = -rng.uniform(0.1, 3.0, batch)
+    lin[5] = 1.0  # not a descent direction
+    args = [torch.as_tensor(a) for a in (quad, lin, w, v, l, u, mu)]
+    steps = exact_step(*args).numpy()
+    assert steps[5] == 0.0
+    for i in range(batch):
+        f = lambda a: _merit_along(a, quad[i], lin[i], w[i], v[i], l[i], u[i], mu[i])  # noqa: E731
+        grid = np.linspace(0.0, 2.0 * steps[i] + 1.0, 2001)
+        best = min(f(a) for a in grid)
+        assert f(steps[i]) <= best + 1e-12 * (1 + abs(best))
+        h = 1e-7 * (1 + steps[i])
+        assert f(steps[i]) <= f(steps[i] + h) + 1e-13 and (steps[i] == 0 or f(steps[i]) <= f(steps[i] - h) + 1e-13)
+
+
+def test_batch_solve_matches_one_element_at_a_time() -> None:
+    """Compaction, partial refactorisation and low-rank factor updates do not change the answer."""
+    arrays = random_qp(12, 30, 6, 40, seed=11)
+    batched = solve_raw(to_data(arrays), Settings())
+    assert all(s == Status.SOLVED for s in batched.statuses())
+    for i in range(0, 12, 3):
+        single = solve_raw(to_data([a[i : i + 1] for a in arrays]), Settings())
+        np.testing.assert_allclose(batched.x[i : i + 1].numpy(), single.x.numpy(), atol=1e-8)
+        np.testing.assert_allclose(batched.z[i : i + 1].numpy(), single.z.numpy(), atol=1e-7)
+    check_kkt(to_data(arrays), batched, 1e-9)

@@ -137,7 +137,9 @@ def _sweeps(sweep: Any, iterations: int, carry: Any) -> Any:
     return jax.lax.fori_loop(0, iterations, lambda _, c: sweep(c), carry)
 
 
-def _raw_solve(prob: Problem, warm: tuple[Any, Any, Any], cfg: core.Config, mask: Any = None) -> core.Solution:
+def _raw_solve(
+    prob: Problem, warm: tuple[Any, Any, Any], cfg: core.Config, mask: Any = None
+) -> core.Solution:
     """Sanitise, equilibrate, iterate, unscale. Elements outside ``mask`` are not iterated."""
     clean, valid = core.sanitize(prob)
     scaled, scaling = equilibrate(clean, loop=_sweeps)
@@ -151,7 +153,9 @@ def _rows(mask: Any, like: Any) -> Any:
     return mask.reshape(mask.shape + (1,) * (like.ndim - 1))
 
 
-def _solve_impl(prob: Problem, warm: tuple[Any, Any, Any], cfg: core.Config, closest: bool, tol: float) -> tuple:
+def _solve_impl(
+    prob: Problem, warm: tuple[Any, Any, Any], cfg: core.Config, closest: bool, tol: float
+) -> tuple:
     """The full traceable solve (a tuple in :data:`_FIELDS` order).
 
     With ``closest``, the closest-feasible stage runs with masks on the whole batch: a loop of
@@ -178,9 +182,17 @@ def _solve_impl(prob: Problem, warm: tuple[Any, Any, Any], cfg: core.Config, clo
         sh = closest_shift(data, x_ls, tol)
         keep = todo & ((feas.status == _OK[0]) | (feas.status == _OK[1])) & sh.shifted
         sd = shifted_data(data, sh)
-        bounds = tuple(jnp.where(_rows(keep, old), new, old) for new, old in zip((sd.b, sd.l, sd.u), (prob.b, prob.l, prob.u)))
-        out = (*out[:4], jnp.where(keep, iters + feas.iterations.astype(iters.dtype), iters), *out[5:8],
-               jnp.where(_rows(keep, sh.s_eq), sh.s_eq, 0.0), jnp.where(_rows(keep, sh.s_in), sh.s_in, 0.0))
+        bounds = tuple(
+            jnp.where(_rows(keep, old), new, old)
+            for new, old in zip((sd.b, sd.l, sd.u), (prob.b, prob.l, prob.u), strict=True)
+        )
+        out = (
+            *out[:4],
+            jnp.where(keep, iters + feas.iterations.astype(iters.dtype), iters),
+            *out[5:8],
+            jnp.where(_rows(keep, sh.s_eq), sh.s_eq, 0.0),
+            jnp.where(_rows(keep, sh.s_in), sh.s_in, 0.0),
+        )
         return bounds, keep, out
 
     def no_stage(out: tuple) -> tuple:
@@ -190,13 +202,13 @@ def _solve_impl(prob: Problem, warm: tuple[Any, Any, Any], cfg: core.Config, clo
         k, bounds, mask, out = carry
         sol = _raw_solve(prob._replace(b=bounds[0], l=bounds[1], u=bounds[2]), warm, cfg, mask)
         first = (*sol, zeros_eq, zeros_in)
-        second = tuple(
-            jnp.where(_rows(mask, old), new.astype(old.dtype), old)
-            for new, old in zip(
-                (sol.x, sol.y, sol.z, closest_status(jnp, sol.status), sol.iterations + out[4], *sol[5:8]), out[:8]
-            )
-        ) + out[8:]
-        out = tuple(jnp.where(k == 0, a, b.astype(a.dtype)) for a, b in zip(first, second))
+        # Second pass: the shifted solve replaces the elements in ``mask`` (shifts set by stage()).
+        shifted = (sol.x, sol.y, sol.z, closest_status(jnp, sol.status), sol.iterations + out[4], *sol[5:8])
+        merged = (
+            jnp.where(_rows(mask, o), s.astype(o.dtype), o) for s, o in zip(shifted, out[:8], strict=True)
+        )
+        second = (*merged, *out[8:])
+        out = tuple(jnp.where(k == 0, a, b.astype(a.dtype)) for a, b in zip(first, second, strict=True))
         status = out[3]
         todo = (k == 0) & (status != _OK[0]) & (status != _OK[1]) & (status != int(Status.DUAL_INFEASIBLE))
         bounds, mask, out = jax.lax.cond(jnp.any(todo), stage, no_stage, out)
@@ -206,11 +218,21 @@ def _solve_impl(prob: Problem, warm: tuple[Any, Any, Any], cfg: core.Config, clo
         k, _, mask, _ = carry
         return (k == 0) | ((k == 1) & jnp.any(mask))
 
-    batch, p, m = prob.q.shape[0], prob.b.shape[1], prob.l.shape[1]
+    batch = prob.q.shape[0]
     count = jax.dtypes.canonicalize_dtype(jnp.int64)
     dt = prob.q.dtype
-    out0 = (jnp.zeros((batch, n), dt), zeros_eq, zeros_in, jnp.zeros(batch, count), jnp.zeros(batch, count),
-            jnp.zeros(batch, dt), jnp.zeros(batch, dt), jnp.zeros(batch, dt), zeros_eq, zeros_in)
+    out0 = (
+        jnp.zeros((batch, n), dt),
+        zeros_eq,
+        zeros_in,
+        jnp.zeros(batch, count),
+        jnp.zeros(batch, count),
+        jnp.zeros(batch, dt),
+        jnp.zeros(batch, dt),
+        jnp.zeros(batch, dt),
+        zeros_eq,
+        zeros_in,
+    )
     carry = (jnp.asarray(0, jnp.int32), (prob.b, prob.l, prob.u), jnp.ones(batch, bool), out0)
     return jax.lax.while_loop(cond, body, carry)[3]
 
@@ -266,8 +288,8 @@ def _problem(data: QPData) -> tuple[Problem, Any]:
         dtype = jnp.zeros((), dtype=float).dtype  # float64 with x64 enabled, else float32
     if dtype not in (jnp.float32, jnp.float64):
         raise ParameterError(
-            f"the jax backend solves in float32 or float64, not {dtype}; cast the data with .astype(jnp.float64) "
-            "(float64 needs jax.config.update('jax_enable_x64', True))"
+            f"the jax backend solves in float32 or float64, not {dtype}; cast the data with "
+            ".astype(jnp.float64) (float64 needs jax.config.update('jax_enable_x64', True))"
         )
     P, q, A, b, C, l, u = (a.astype(dtype) for a in arrays)
     if q.ndim != 2 or b.ndim != 2 or l.ndim != 2:
@@ -276,8 +298,14 @@ def _problem(data: QPData) -> tuple[Problem, Any]:
         )
     batch, n = q.shape
     p, m = b.shape[1], l.shape[1]
-    expected = {"P": (batch, n, n), "A": (batch, p, n), "C": (batch, m, n), "u": (batch, m), "b": (batch, p),
-                "l": (batch, m)}
+    expected = {
+        "P": (batch, n, n),
+        "A": (batch, p, n),
+        "C": (batch, m, n),
+        "u": (batch, m),
+        "b": (batch, p),
+        "l": (batch, m),
+    }
     for name, arr in (("P", P), ("A", A), ("b", b), ("C", C), ("l", l), ("u", u)):
         if tuple(arr.shape) != expected[name]:
             raise ParameterError(
@@ -298,7 +326,9 @@ def _warm(warm: WarmStart | None, prob: Problem) -> tuple[Any, Any, Any]:
             continue
         a = _array(a, f"warm_start.{name}").astype(like.dtype)
         if a.shape != like.shape:
-            raise ParameterError(f"warm_start.{name} has shape {tuple(a.shape)}, expected {tuple(like.shape)}")
+            raise ParameterError(
+                f"warm_start.{name} has shape {tuple(a.shape)}, expected {tuple(like.shape)}"
+            )
         out.append(a)
     return tuple(out)  # type: ignore[return-value]
 

@@ -220,7 +220,14 @@ class _Factorizer:
             cap = V.mT @ V
             diag = torch.where(used, sign * st.mu_in[lr, None], torch.ones_like(sign))
             cap.diagonal(dim1=-2, dim2=-1).add_(diag)
-            self.low_rank = (lr, V, torch.linalg.lu_factor(cap))
+            LU, pivots, info = torch.linalg.lu_factor_ex(cap)
+            bad = info != 0
+            if bool(bad.any()):  # a singular correction: refactorise those elements instead
+                ok = self._refactor(data, st, active, lr[bad], ok)
+                good = ~bad
+                lr, V, LU, pivots = lr[good], V[good], LU[good], pivots[good]
+            if lr.numel():
+                self.low_rank = (lr, V, (LU, pivots))
         return st.L, ok
 
     def _refactor(self, data: core.Data, st: core.State, active: Any, index: Any, ok: Any) -> Any:
