@@ -17,14 +17,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import _standard_form as sf
 from .backends import Backend, get_backend
 from .errors import ParameterError, SolverError
 from .qp import QPData, QPResult, Settings, Status
 
 __all__ = ["solve_qp"]
 
-_NAMES = ("P", "q", "A", "b", "C", "l", "u")
-_CORE_NDIM = {"P": 2, "q": 1, "A": 2, "b": 1, "C": 2, "l": 1, "u": 1}
+_NAMES = sf.NAMES
 _ON_FAILURE = ("raise", "nan", "ignore")
 _FAILED = int(Status.NUMERICAL_ERROR)
 _OK = (int(Status.SOLVED), int(Status.SOLVED_CLOSEST_FEASIBLE))
@@ -168,9 +168,9 @@ def _host_solve(
     cores = [a.shape[len(lead) :] for a in arrays]
     flat = [np.asarray(a).reshape(-1, *core) for a, core in zip(arrays, cores)]
     batch, n, m, p = flat[1].shape[0], flat[1].shape[1], flat[3].shape[1], flat[5].shape[1]
-    invalid = _invalid_elements(flat)
+    invalid = sf.invalid_elements(flat)
     if invalid and on_failure == "raise":
-        raise ParameterError(_invalid_message(invalid))
+        raise ParameterError(sf.invalid_message(invalid))
     keep = np.ones(batch, dtype=bool)
     keep[sorted({i for idx in invalid.values() for i in idx})] = False
     rows = np.flatnonzero(keep)
@@ -201,9 +201,9 @@ def _solve_in_jax(
     P, q, A, b, C, l, u = arrays
     concrete = not any(isinstance(a, jax.core.Tracer) for a in arrays)
     if concrete and on_failure == "raise":
-        invalid = _invalid_elements([np.asarray(a) for a in arrays])
+        invalid = sf.invalid_elements([np.asarray(a) for a in arrays])
         if invalid:
-            raise ParameterError(_invalid_message(invalid))
+            raise ParameterError(sf.invalid_message(invalid))
     valid = _valid_mask(arrays)
     data, _ = _sanitised(arrays, None, valid)
     res = solver.solve(data, settings)
@@ -227,7 +227,7 @@ def _solve_in_jax(
 def _raise_if_failed(status: np.ndarray, valid: np.ndarray) -> None:
     invalid = np.flatnonzero(~np.asarray(valid).reshape(-1)).tolist()
     if invalid:
-        raise ParameterError(_invalid_message({"non-finite data, NaN bounds or l > u": invalid}))
+        raise ParameterError(sf.invalid_message({"non-finite data, NaN bounds or l > u": invalid}))
     flat = np.asarray(status).reshape(-1)
     failed = [(i, Status(int(s))) for i, s in enumerate(flat) if int(s) not in _OK]
     if failed:
@@ -251,7 +251,7 @@ def _rows(mask: jax.Array, like: jax.Array) -> jax.Array:
 
 
 def _valid_mask(arrays: tuple[jax.Array, ...]) -> jax.Array:
-    """(B,) True where the element's data are valid (traceable version of _invalid_elements)."""
+    """(B,) True where the element's data are valid (traceable version of _standard_form.invalid_elements)."""
     P, q, A, b, C, l, u = arrays
 
     def every(x: jax.Array) -> jax.Array:
@@ -297,80 +297,25 @@ def _broadcast(args: dict[str, Any]) -> tuple[tuple[jax.Array, ...], bool]:
 
     Returns the seven ``(B, ...)`` arrays and whether any input had a batch dimension.
     """
-    if args["P"] is None or args["q"] is None:
-        raise ParameterError("P and q are required (pass a zero P for an LP)")
+    fill = sf.missing_groups({k: v is not None for k, v in args.items()})
     arrays = {k: None if v is None else jnp.asarray(v) for k, v in args.items()}
     dtypes = {a.dtype for a in arrays.values() if a is not None}
     if len(dtypes) > 1:
         raise ParameterError(
             f"all inputs must share one dtype, got {sorted(map(str, dtypes))}; convert them with .astype"
         )
-    dtype = arrays["q"].dtype
-    if dtype not in (jnp.float32, jnp.float64):
-        raise ParameterError(
-            f"inputs must be float32 or float64 (float64 needs jax.config.update('jax_enable_x64', True)), got {dtype}"
-        )
     q = arrays["q"]
-    n = q.shape[-1] if q.ndim else -1
-    for group in (("A", "b"), ("C", "l", "u")):
-        missing = [name for name in group if arrays[name] is None]
-        if len(missing) == len(group):
-            for name in group:
-                arrays[name] = jnp.zeros((0, n) if _CORE_NDIM[name] == 2 else (0,), dtype)
-        elif missing:
-            raise ParameterError(
-                f"{', '.join(missing)} is None but {', '.join(set(group) - set(missing))} is not; "
-                f"pass all of {', '.join(group)} or none of them"
-            )
-    m = arrays["b"].shape[-1] if arrays["b"].ndim else -1
-    p = arrays["l"].shape[-1] if arrays["l"].ndim else -1
-    core = {"P": (n, n), "q": (n,), "A": (m, n), "b": (m,), "C": (p, n), "l": (p,), "u": (p,)}
-    sizes = set()
-    batched = False
-    for name, shape in core.items():
-        a = arrays[name]
-        if a.ndim not in (len(shape), len(shape) + 1) or tuple(a.shape[-len(shape) :]) != shape:
-            raise ParameterError(
-                f"{name} has shape {tuple(a.shape)}; expected {shape} or (B, {', '.join(map(str, shape))}) "
-                f"(n={n} from q, m={m} from b, p={p} from l)"
-            )
-        if a.ndim == len(shape) + 1:
-            batched = True
-            if a.shape[0] != 1:
-                sizes.add(a.shape[0])
-    if len(sizes) > 1:
+    if q.dtype not in (jnp.float32, jnp.float64):
         raise ParameterError(
-            f"inputs have different batch sizes {sorted(sizes)}; use one batch size B (or 1, or none)"
+            f"inputs must be float32 or float64 (float64 needs jax.config.update('jax_enable_x64', True)), "
+            f"got {q.dtype}"
         )
-    batch = sizes.pop() if sizes else 1
+    n = q.shape[-1] if q.ndim else -1
+    for name in fill:
+        arrays[name] = jnp.zeros((0, n) if sf.CORE_NDIM[name] == 2 else (0,), q.dtype)
+    core, batch, batched = sf.core_shapes({k: tuple(a.shape) for k, a in arrays.items()})
     out = tuple(
         jnp.broadcast_to(a if a.ndim == len(core[k]) + 1 else a[None], (batch, *core[k]))
         for k, a in arrays.items()
     )
     return out, batched
-
-
-def _invalid_elements(arrays: list[np.ndarray]) -> dict[str, list[int]]:
-    """Batch indices of invalid elements of host arrays, by reason (empty when all are valid)."""
-    P, q, A, b, C, l, u = arrays
-
-    def rows(mask: np.ndarray) -> list[int]:
-        return np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1)).tolist()
-
-    reasons = {
-        f"{name} has NaN or Inf entries": rows(~np.isfinite(a)) for name, a in zip("PqAbC", (P, q, A, b, C))
-    }
-    reasons["l or u has NaN entries"] = rows(np.isnan(l) | np.isnan(u))
-    reasons["l has +inf or u has -inf entries"] = rows((l == np.inf) | (u == -np.inf))
-    reasons["l > u somewhere"] = rows(l > u)
-    return {reason: idx for reason, idx in reasons.items() if idx}
-
-
-def _invalid_message(invalid: dict[str, list[int]]) -> str:
-    bad = sorted({i for idx in invalid.values() for i in idx})
-    details = "; ".join(f"{reason} in batch elements {idx}" for reason, idx in invalid.items())
-    return (
-        f"invalid QP data in batch elements {bad}: {details}. P, q, A, b, C must be finite, l and u "
-        f"may hold -inf / +inf but never NaN, and l <= u; fix those elements, or pass on_failure='nan' "
-        f"to get NaN rows for them and solve the others"
-    )

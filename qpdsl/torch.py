@@ -14,14 +14,14 @@ import numpy as np
 import torch
 
 from ._array import to_numpy
+from . import _standard_form as sf
 from .backends import Backend, get_backend
 from .errors import ParameterError, SolverError
 from .qp import QPData, QPResult, Settings, Status, WarmStart
 
 __all__ = ["QPLayer", "solve_qp"]
 
-_NAMES = ("P", "q", "A", "b", "C", "l", "u")
-_CORE_NDIM = {"P": 2, "q": 1, "A": 2, "b": 1, "C": 2, "l": 1, "u": 1}
+_NAMES = sf.NAMES
 _ON_FAILURE = ("raise", "nan", "ignore")
 _FLOATS = (torch.float32, torch.float64)
 
@@ -222,9 +222,9 @@ def _forward(options: _Options, tensors: tuple[torch.Tensor, ...]) -> tuple[Outp
     P, q, A, b, C, l, u = tensors
     batch, n, m, p = q.shape[0], q.shape[1], b.shape[1], l.shape[1]
     dtype, device = q.dtype, q.device
-    invalid = _invalid_elements(*tensors)
+    invalid = sf.invalid_elements(tensors)
     if options.on_failure == "raise" and invalid:
-        raise ParameterError(_invalid_message(invalid))
+        raise ParameterError(sf.invalid_message(invalid))
     bad = sorted({i for idx in invalid.values() for i in idx})
     keep = torch.ones(batch, dtype=torch.bool)
     keep[bad] = False
@@ -341,9 +341,7 @@ def _broadcast(args: dict[str, torch.Tensor | None]) -> tuple[tuple[torch.Tensor
             raise ParameterError(
                 f"{name} must be a torch.Tensor, got {type(value).__name__}; wrap it with torch.as_tensor"
             )
-    P, q = args["P"], args["q"]
-    if P is None or q is None:
-        raise ParameterError("P and q are required (pass a zero P for an LP)")
+    fill = sf.missing_groups({k: v is not None for k, v in args.items()})
     dtypes = {v.dtype for v in args.values() if v is not None}
     devices = {v.device for v in args.values() if v is not None}
     if len(dtypes) > 1:
@@ -354,49 +352,18 @@ def _broadcast(args: dict[str, torch.Tensor | None]) -> tuple[tuple[torch.Tensor
         raise ParameterError(
             f"all inputs must be on one device, got {sorted(map(str, devices))}; move them with .to(device)"
         )
-    dtype, device = q.dtype, q.device
-    if dtype not in _FLOATS:
+    q = args["q"]
+    assert q is not None
+    if q.dtype not in _FLOATS:
         raise ParameterError(
-            f"inputs must be float32 or float64, got {dtype}; convert them with .to(torch.float64)"
+            f"inputs must be float32 or float64, got {q.dtype}; convert them with .to(torch.float64)"
         )
     n = q.shape[-1] if q.ndim else -1
-
-    def empty(name: str, rows: int) -> None:
-        args[name] = torch.zeros((rows, n) if _CORE_NDIM[name] == 2 else (rows,), dtype=dtype, device=device)
-
-    for group in (("A", "b"), ("C", "l", "u")):
-        missing = [name for name in group if args[name] is None]
-        if len(missing) == len(group):
-            for name in group:
-                empty(name, 0)
-        elif missing:
-            raise ParameterError(
-                f"{', '.join(missing)} is None but {', '.join(set(group) - set(missing))} is not; "
-                f"pass all of {', '.join(group)} or none of them"
-            )
-    m = args["b"].shape[-1] if args["b"].ndim else -1
-    p = args["l"].shape[-1] if args["l"].ndim else -1
-    core = {"P": (n, n), "q": (n,), "A": (m, n), "b": (m,), "C": (p, n), "l": (p,), "u": (p,)}
-    sizes = set()
-    batched = False
-    for name, shape in core.items():
-        t = args[name]
-        if t.ndim not in (len(shape), len(shape) + 1) or tuple(t.shape[-len(shape) :]) != shape:
-            raise ParameterError(
-                f"{name} has shape {tuple(t.shape)}; expected {shape} or (B, {', '.join(map(str, shape))}) "
-                f"(n={n} from q, m={m} from b, p={p} from l)"
-            )
-        if t.ndim == len(shape) + 1:
-            batched = True
-            if t.shape[0] != 1:
-                sizes.add(t.shape[0])
-    if len(sizes) > 1:
-        raise ParameterError(
-            f"inputs have different batch sizes {sorted(sizes)}; use one batch size B (or 1, or none)"
-        )
-    batch = sizes.pop() if sizes else 1
+    for name in fill:
+        args[name] = torch.zeros((0, n) if sf.CORE_NDIM[name] == 2 else (0,), dtype=q.dtype, device=q.device)
+    core, batch, batched = sf.core_shapes({k: tuple(v.shape) for k, v in args.items()})  # type: ignore[union-attr]
     out = tuple(
-        (t if t.ndim == len(core[name]) + 1 else t.unsqueeze(0)).expand(batch, *core[name])
+        (t if t.ndim == len(core[name]) + 1 else t.unsqueeze(0)).expand(batch, *core[name])  # type: ignore[union-attr]
         for name, t in args.items()
     )
     return out, batched
@@ -431,37 +398,3 @@ def _select_warm(warm: WarmStart | None, rows: torch.Tensor, dtype: torch.dtype)
     if warm is None:
         return None
     return WarmStart(*(None if w is None else w[rows].to(dtype) for w in (warm.x, warm.y, warm.z)))
-
-
-def _invalid_elements(
-    P: torch.Tensor,
-    q: torch.Tensor,
-    A: torch.Tensor,
-    b: torch.Tensor,
-    C: torch.Tensor,
-    l: torch.Tensor,
-    u: torch.Tensor,
-) -> dict[str, list[int]]:
-    """Batch indices of invalid elements, by reason (an empty dict when all are valid)."""
-
-    def rows(mask: torch.Tensor) -> list[int]:
-        return mask.reshape(mask.shape[0], -1).any(1).nonzero().squeeze(1).tolist()
-
-    reasons = {
-        f"{name} has NaN or Inf entries": rows(~torch.isfinite(t))
-        for name, t in zip("PqAbC", (P, q, A, b, C))
-    }
-    reasons["l or u has NaN entries"] = rows(torch.isnan(l) | torch.isnan(u))
-    reasons["l has +inf or u has -inf entries"] = rows((l == float("inf")) | (u == float("-inf")))
-    reasons["l > u somewhere"] = rows(l > u)
-    return {reason: idx for reason, idx in reasons.items() if idx}
-
-
-def _invalid_message(invalid: dict[str, list[int]]) -> str:
-    bad = sorted({i for idx in invalid.values() for i in idx})
-    details = "; ".join(f"{reason} in batch elements {idx}" for reason, idx in invalid.items())
-    return (
-        f"invalid QP data in batch elements {bad}: {details}. P, q, A, b, C must be finite, l and u "
-        f"may hold -inf / +inf but never NaN, and l <= u; fix those elements, or pass on_failure='nan' "
-        f"to get NaN rows for them and solve the others"
-    )
