@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import enum
 import itertools
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 import scipy.sparse as sp
 
 from ..errors import ModelError
+
+if TYPE_CHECKING:
+    from .constraints import Constraint
 
 Shape = tuple[int, ...]
 
