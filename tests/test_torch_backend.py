@@ -286,12 +286,14 @@ def test_exact_line_search_minimises_the_piecewise_quadratic_merit() -> None:
     steps = exact_step(*args).numpy()
     assert steps[5] == 0.0
     for i in range(batch):
-        f = lambda a: _merit_along(a, quad[i], lin[i], w[i], v[i], l[i], u[i], mu[i])  # noqa: E731
+        element = (quad[i], lin[i], w[i], v[i], l[i], u[i], mu[i])
+        at = _merit_along(steps[i], *element)
         grid = np.linspace(0.0, 2.0 * steps[i] + 1.0, 2001)
-        best = min(f(a) for a in grid)
-        assert f(steps[i]) <= best + 1e-12 * (1 + abs(best))
+        best = min(_merit_along(a, *element) for a in grid)
+        assert at <= best + 1e-12 * (1 + abs(best))
         h = 1e-7 * (1 + steps[i])
-        assert f(steps[i]) <= f(steps[i] + h) + 1e-13 and (steps[i] == 0 or f(steps[i]) <= f(steps[i] - h) + 1e-13)
+        assert at <= _merit_along(steps[i] + h, *element) + 1e-13
+        assert steps[i] == 0 or at <= _merit_along(steps[i] - h, *element) + 1e-13
 
 
 def test_batch_solve_matches_one_element_at_a_time() -> None:

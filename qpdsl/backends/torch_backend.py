@@ -197,7 +197,9 @@ class _Factorizer:
     def take(self, keep: Any) -> None:
         self.H_eq, self.mu_eq, self.base = self.H_eq[keep], self.mu_eq[keep], self.base[keep]
 
-    def __call__(self, data: core.Data, st: core.State, active: Any, need: Any, rho: float) -> tuple[Any, Any]:
+    def __call__(
+        self, data: core.Data, st: core.State, active: Any, need: Any, rho: float
+    ) -> tuple[Any, Any]:
         ok = torch.ones_like(need)
         self.low_rank = None
         n, p = data.P.shape[1], data.A.shape[1]
