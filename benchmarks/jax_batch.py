@@ -145,6 +145,7 @@ def bench_size(batch: int, n: int, n_eq: int, n_in: int, repeats: int, quick: bo
 
     rows = []
     for name, solve in solvers(quick).items():
+        print(f"  n={n}: {name} ...", file=sys.stderr, flush=True)
         row = bench_one(name, solve, args, v, repeats)
         row.update(n=n, n_eq=n_eq, n_in=n_in, batch=batch)
         row["x_err"] = float(np.max(np.abs(row.pop("x") - x_ref)))

@@ -20,7 +20,9 @@ import numpy as np
 from . import _standard_form as sf
 from .backends import Backend, get_backend
 from .errors import ParameterError, SolverError
-from .qp import QPData, QPResult, Settings, Status
+from .qp import QPData, QPResult, Settings, Status, register_jax_pytrees
+
+register_jax_pytrees()
 
 __all__ = ["solve_qp"]
 

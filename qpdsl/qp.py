@@ -186,3 +186,22 @@ def _host(a: Any) -> Any:
     from ._array import to_numpy
 
     return to_numpy(a)
+
+
+_PYTREES_REGISTERED = False
+
+
+def register_jax_pytrees() -> None:
+    """Register :class:`QPData`, :class:`WarmStart` and :class:`QPResult` as JAX pytrees.
+
+    Called by the modules that import JAX anyway (``qpdsl.jax``, the ``jax`` backend), so that
+    this module itself never imports a framework. Idempotent.
+    """
+    global _PYTREES_REGISTERED
+    if _PYTREES_REGISTERED:
+        return
+    import jax
+
+    for cls in (QPData, WarmStart, QPResult):
+        jax.tree_util.register_dataclass(cls, data_fields=[f.name for f in fields(cls)], meta_fields=[])
+    _PYTREES_REGISTERED = True

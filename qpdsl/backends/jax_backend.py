@@ -24,7 +24,7 @@ from typing import Any
 
 from .._array import framework
 from ..errors import ParameterError
-from ..qp import QPData, QPResult, Settings, Status, WarmStart
+from ..qp import QPData, QPResult, Settings, Status, WarmStart, register_jax_pytrees
 from . import Capabilities, register
 from .alm import core
 from .alm.scaling import Problem, Scaling, equilibrate
@@ -32,6 +32,8 @@ from .alm.scaling import Problem, Scaling, equilibrate
 try:
     import jax
     import jax.numpy as jnp
+
+    register_jax_pytrees()
 except Exception:  # registration must never raise, whatever breaks inside the package
     jax = None  # type: ignore[assignment]
     jnp = None  # type: ignore[assignment]
