@@ -81,7 +81,7 @@ class AffineMap:
             if fw == "torch":
                 out = (self._torch(sub, T) @ sub.T).T
             elif fw == "jax":
-                out = (self._jax(T) @ sub.T).T
+                out = _jax_sparse_apply(T, sub)
             else:
                 out = np.asarray(T @ np.ascontiguousarray(sub.T)).T
         if gather is not None and gather[1] is not None:
@@ -105,12 +105,15 @@ class AffineMap:
             self._cache[key] = t.to(device=like.device, dtype=like.dtype).coalesce()
         return self._cache[key]
 
-    def _jax(self, T: sp.csr_matrix) -> Any:
-        from jax.experimental import sparse as jsparse
 
-        if "jax" not in self._cache:
-            self._cache["jax"] = jsparse.BCOO.from_scipy_sparse(T)
-        return self._cache["jax"]
+
+def _jax_sparse_apply(T: sp.csr_matrix, sub: Any) -> Any:
+    """``(T @ sub.T).T`` in JAX as a scatter-add of numpy constants (safe to trace and to cache)."""
+    import jax.numpy as jnp
+
+    coo = T.tocoo()
+    out = jnp.zeros((sub.shape[0], T.shape[0]), dtype=sub.dtype)
+    return out.at[:, coo.row].add(sub[:, coo.col] * jnp.asarray(coo.data, dtype=sub.dtype))
 
 
 def _copy_runs(theta_aug: np.ndarray, runs: list[tuple[int, int, int]]) -> np.ndarray:
