@@ -19,7 +19,7 @@ Outputs, for each benchmark ``NAME`` that ran:
 Usage::
 
     OMP_NUM_THREADS=1 python benchmarks/run.py [--quick] [--only NAME[,NAME]] [--out DIR]
-        [--img DIR] [--label LABEL] [--replot]
+        [--img DIR] [--label LABEL] [--replot] [--timeout S]
         [--dense-batch B] [--dense-n N [N ...]] [--dense-peers P [P ...]] [--repeats R]
 
 ``--quick`` is the CI-sized run (each benchmark's own quick mode; ``dense_batch`` without the
@@ -36,6 +36,7 @@ import json
 import math
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -116,6 +117,43 @@ def _runner(name: str, args: argparse.Namespace) -> Callable[[], Any]:
     return lambda: module.run(args.quick)
 
 
+class BenchmarkTimeout(Exception):
+    """A benchmark ran past ``--timeout``."""
+
+
+def _timeout(args: argparse.Namespace) -> float:
+    """Seconds allowed per benchmark: ``--timeout``, else 300 with ``--quick``, else no limit (0)."""
+    if args.timeout is not None:
+        return args.timeout
+    return 300.0 if args.quick else 0.0
+
+
+class _alarm:
+    """Raise :class:`BenchmarkTimeout` in the main thread after ``seconds`` (0: never).
+
+    A Python signal handler runs as soon as the interpreter or a blocking call that checks
+    for signals (``jax.block_until_ready`` does) gets control back. A hang inside native
+    code that never checks is not interrupted; the work a timed-out benchmark leaves
+    running in native threads is abandoned, not stopped.
+    """
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds if hasattr(signal, "SIGALRM") else 0.0
+
+    def __enter__(self) -> None:
+        if self.seconds > 0:
+            self._previous = signal.signal(signal.SIGALRM, self._fire)
+            signal.setitimer(signal.ITIMER_REAL, self.seconds)
+
+    def _fire(self, signum: int, frame: Any) -> None:
+        raise BenchmarkTimeout(f"ran past --timeout {self.seconds:g} s")
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.seconds > 0:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self._previous)
+
+
 def run_one(name: str, args: argparse.Namespace, env: dict[str, Any]) -> dict[str, Any]:
     """Run one benchmark; a failure is recorded, not raised."""
     record: dict[str, Any] = {
@@ -128,8 +166,10 @@ def run_one(name: str, args: argparse.Namespace, env: dict[str, Any]) -> dict[st
         record["dense_peers"] = args.dense_peers or (list(QUICK_DENSE_PEERS) if args.quick else "all")
     print(f"\n=== {name} ({'quick' if args.quick else 'full'}) ===", flush=True)
     t0 = time.perf_counter()
+    timeout = _timeout(args)
     try:
-        result = _runner(name, args)()
+        with _alarm(timeout):
+            result = _runner(name, args)()
     except BaseException as exc:  # noqa: BLE001  (report and go on; Ctrl-C still stops the run)
         if isinstance(exc, KeyboardInterrupt):
             raise
@@ -205,6 +245,9 @@ def _bars(ax: Any, groups: list[str], series: dict[str, list[float | None]], yla
     ax.set_ylabel(ylabel)
     if log:
         ax.set_yscale("log")
+        finite = [v for vs in series.values() for v in vs if v is not None and math.isfinite(v) and v > 0]
+        if finite:  # room below the shortest bar and above the tallest for the legend
+            ax.set_ylim(min(finite) / 3, max(finite) * 30)
     ax.grid(axis="y", alpha=0.3)
 
 
@@ -244,8 +287,8 @@ def plot_dense_batch(record: dict[str, Any], path: Path) -> None:
         True,
     )
     axes[2].set_title("accuracy")
-    axes[2].legend(fontsize=7)
-    axes[0].legend(fontsize=7)
+    axes[2].legend(fontsize=7, loc="upper left")
+    axes[0].legend(fontsize=7, loc="upper left")
     fig.suptitle(_title(record, f"dense_batch: random dense QPs, batch {batch}"), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -361,7 +404,7 @@ def plot_compile(record: dict[str, Any], path: Path) -> None:
         True,
     )
     axes[0].set_title("lasso: compile and parameter application")
-    axes[0].legend(fontsize=7, loc="best", framealpha=0.6)
+    axes[0].legend(fontsize=7, loc="upper left")
     ns = [r["n"] for r in scaling]
     axes[1].plot(ns, [r["qpdsl_compile_s"] * 1e3 for r in scaling], marker="o", label="qpdsl compile")
     cv = [(r["n"], r["cvxpy_get_problem_data_s"] * 1e3) for r in scaling if "cvxpy_get_problem_data_s" in r]
@@ -419,6 +462,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=HERE / "results", help="folder of the JSON files")
     parser.add_argument("--img", type=Path, help="folder of the PNG plots (default: --out)")
     parser.add_argument("--label", default="", help="suffix of the file names: NAME_LABEL.json")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        help="seconds allowed per benchmark before it is recorded as failed (300 with --quick; 0: none)",
+    )
     parser.add_argument("--replot", action="store_true", help="only redraw the plots from the JSON in --out")
     parser.add_argument("--repeats", type=int, help="timed repeats (each benchmark's default otherwise)")
     parser.add_argument("--dense-batch", type=int, help="dense_batch: batch size")

@@ -291,13 +291,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument(
         "--models",
         default="",
         help="comma-separated model names (default: all): " + ", ".join(s.name for s in MODELS),
     )
-    ap.add_argument("--train-size", type=int, default=160)
+    ap.add_argument("--train-size", type=int, default=200)
     ap.add_argument("--test-size", type=int, default=100)
     ap.add_argument("--batch-size", type=int, default=10)
     ap.add_argument("--blanks", type=int, default=8, help="cells removed per puzzle (solution kept unique)")
