@@ -36,7 +36,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check qpdsl tests benchmarks examples
 
 bench: $(STAMP)
-	$(PY) benchmarks/dense_batch.py --quick
+	$(PY) benchmarks/run.py --quick
 
 clean-venv:
 	rm -rf $(VENV)
