@@ -19,24 +19,13 @@ DATA_KEYS = ("P", "q", "A", "b", "C", "l", "u")
 
 
 def random_dense_batch(batch: int, n: int, n_eq: int, n_in: int, seed: int = 0) -> Batch:
-    """Random feasible dense QPs: ``P = M M' + 1e-2 I``, ``b = A x0``, ``l, u = C x0 -/+ U(0, 1)``."""
-    rng = np.random.default_rng(seed)
-    M = rng.standard_normal((batch, n, n))
-    P = M @ M.transpose(0, 2, 1) + 1e-2 * np.eye(n)
-    A = rng.standard_normal((batch, n_eq, n))
-    C = rng.standard_normal((batch, n_in, n))
-    x0 = rng.standard_normal((batch, n))
-    Cx0 = np.einsum("bij,bj->bi", C, x0)
-    return {
-        "P": P,
-        "q": rng.standard_normal((batch, n)),
-        "A": A,
-        "b": np.einsum("bij,bj->bi", A, x0),
-        "C": C,
-        "l": Cx0 - rng.uniform(0.0, 1.0, (batch, n_in)),
-        "u": Cx0 + rng.uniform(0.0, 1.0, (batch, n_in)),
-        "v": rng.standard_normal((batch, n)),
-    }
+    """The issues' random feasible dense QPs (:func:`qpdsl.testing.random_feasible_qps`) plus a
+    loss direction ``v`` for ``sum(x * v)``."""
+    from qpdsl.testing import random_feasible_qps
+
+    out = dict(zip(DATA_KEYS, random_feasible_qps(batch, n, n_eq, n_in, seed)))
+    out["v"] = np.random.default_rng(seed + 1).standard_normal((batch, n))
+    return out
 
 
 def reference(data: Batch, active_tol: float = 1e-7) -> tuple[np.ndarray, dict[str, np.ndarray]]:

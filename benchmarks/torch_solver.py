@@ -19,22 +19,13 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
+from qpdsl.testing import random_feasible_qps  # noqa: E402
+
 EPS = 1e-9
 SIZES = ((50, 10, 50), (100, 20, 100))  # (n, n_eq, n_in)
 BATCHES = (1, 64, 256)
 
 
-def random_qps(batch: int, n: int, p: int, m: int, seed: int = 0) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    M = rng.standard_normal((batch, n, n))
-    P = M @ M.transpose(0, 2, 1) + 1e-2 * np.eye(n)
-    q = rng.standard_normal((batch, n))
-    A = rng.standard_normal((batch, p, n))
-    C = rng.standard_normal((batch, m, n))
-    x0 = rng.standard_normal((batch, n))
-    cx = np.einsum("bij,bj->bi", C, x0)
-    b = np.einsum("bij,bj->bi", A, x0)
-    return [P, q, A, b, C, cx - rng.uniform(size=(batch, m)), cx + rng.uniform(size=(batch, m))]
 
 
 def solve_proxsuite(arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -85,8 +76,8 @@ def run(quick: bool = False, repeat: int | None = None) -> list[dict]:
     print("-" * len(header))
     for n, p, m in SIZES:
         for batch in batches:
-            arrays = random_qps(batch, n, p, m, seed=batch + n)
-            solve_ours(random_qps(2, n, p, m, seed=1))  # warm up
+            arrays = random_feasible_qps(batch, n, p, m, seed=batch + n)
+            solve_ours(random_feasible_qps(2, n, p, m, seed=1))  # warm up
             t_ours, t_prox = [], []
             for _ in range(repeat):
                 dt, res = _timed(solve_ours, arrays)

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from qpdsl.testing import random_feasible_qps
+
 jax = pytest.importorskip("jax")
 proxsuite = pytest.importorskip("proxsuite")
 jax.config.update("jax_enable_x64", True)
@@ -30,18 +32,6 @@ SHAPE = (8, 10, 3, 12)  # batch, n, n_eq, n_in
 FIELDS = ("x", "y", "z", "shift_eq", "shift_in", "status", "iterations", "prim_res", "dual_res", "objective")
 
 
-def random_qp(batch: int, n: int, p: int, m: int, seed: int = 0, lp: bool = False) -> list[np.ndarray]:
-    """Feasible dense QPs: P = MM' + 1e-2 I (0 for LPs), b = A x0, l/u = C x0 -/+ U(0, 1)."""
-    rng = np.random.default_rng(seed)
-    M = rng.standard_normal((batch, n, n))
-    P = np.zeros((batch, n, n)) if lp else M @ M.transpose(0, 2, 1) + 1e-2 * np.eye(n)
-    q = rng.standard_normal((batch, n))
-    A = rng.standard_normal((batch, p, n))
-    C = rng.standard_normal((batch, m, n))
-    x0 = rng.standard_normal((batch, n))
-    cx = np.einsum("bij,bj->bi", C, x0)
-    b = np.einsum("bij,bj->bi", A, x0)
-    return [P, q, A, b, C, cx - rng.uniform(size=(batch, m)), cx + rng.uniform(size=(batch, m))]
 
 
 def to_data(arrays: list[np.ndarray], dtype=jnp.float64) -> QPData:
@@ -104,7 +94,7 @@ def worked_example(batch: int = 1) -> list[np.ndarray]:
 
 
 def test_random_qps_match_proxsuite() -> None:
-    arrays = random_qp(*SHAPE, seed=1)
+    arrays = random_feasible_qps(*SHAPE, seed=1)
     res = BACKEND.solve(to_data(arrays), Settings())
     assert isinstance(res.x, jax.Array) and res.x.dtype == jnp.float64
     assert all(s == Status.SOLVED for s in res.statuses())
@@ -120,7 +110,7 @@ def test_random_qps_match_proxsuite() -> None:
 
 def test_lps_match_proxsuite() -> None:
     batch, n, p, m = SHAPE
-    arrays = random_qp(batch, n, p, m - n, seed=3, lp=True)
+    arrays = random_feasible_qps(batch, n, p, m - n, seed=3, lp=True)
     # Box the variables so every LP is bounded (and keep SHAPE: m - n general rows + n box rows).
     arrays[4] = np.concatenate([arrays[4], np.broadcast_to(np.eye(n), (batch, n, n))], axis=1)
     arrays[5] = np.concatenate([arrays[5], -10 * np.ones((batch, n))], axis=1)
@@ -132,7 +122,7 @@ def test_lps_match_proxsuite() -> None:
 
 
 def test_float32_reaches_its_tolerance() -> None:
-    arrays = random_qp(*SHAPE, seed=5)
+    arrays = random_feasible_qps(*SHAPE, seed=5)
     res = BACKEND.solve(to_data(arrays, jnp.float32), Settings())
     assert res.x.dtype == jnp.float32
     assert all(s == Status.SOLVED for s in res.statuses())
@@ -141,7 +131,7 @@ def test_float32_reaches_its_tolerance() -> None:
 
 
 def test_infinite_bounds() -> None:
-    arrays = random_qp(*SHAPE, seed=7)
+    arrays = random_feasible_qps(*SHAPE, seed=7)
     rng = np.random.default_rng(0)
     arrays[5][rng.uniform(size=arrays[5].shape) < 0.4] = -np.inf
     arrays[6][rng.uniform(size=arrays[6].shape) < 0.4] = np.inf
@@ -155,7 +145,7 @@ def test_infinite_bounds() -> None:
 
 @pytest.mark.parametrize("p, m", [(3, 0), (0, 12)])
 def test_equality_only_and_inequality_only(p: int, m: int) -> None:
-    arrays = random_qp(SHAPE[0], SHAPE[1], p, m, seed=11)
+    arrays = random_feasible_qps(SHAPE[0], SHAPE[1], p, m, seed=11)
     res = BACKEND.solve(to_data(arrays), Settings())
     assert all(s == Status.SOLVED for s in res.statuses())
     assert res.y.shape == (SHAPE[0], p) and res.z.shape == (SHAPE[0], m)
@@ -166,7 +156,7 @@ def test_equality_only_and_inequality_only(p: int, m: int) -> None:
 def test_unbounded_lp_is_dual_infeasible() -> None:
     # Element 0: min -sum(x)  s.t.  0 = 0 (A = 0), x >= 0 on the first n rows, |0| <= 1 on the others:
     # unbounded along (1, ..., 1). The other elements are ordinary QPs of the same batch.
-    arrays = random_qp(*SHAPE, seed=13)
+    arrays = random_feasible_qps(*SHAPE, seed=13)
     batch, n, p, m = SHAPE
     arrays[0][0], arrays[1][0] = 0.0, -1.0
     arrays[2][0], arrays[3][0] = 0.0, 0.0
@@ -209,7 +199,7 @@ def test_worked_infeasible_example_under_jit_in_a_mixed_batch() -> None:
 
 
 def test_vmap_equals_batched_solve() -> None:
-    arrays = random_qp(*SHAPE, seed=17)
+    arrays = random_feasible_qps(*SHAPE, seed=17)
     batched = BACKEND.solve(to_data(arrays), Settings())
     stacked = [jnp.asarray(a.reshape(2, SHAPE[0] // 2, *a.shape[1:])) for a in arrays]
     fn = jax.vmap(lambda *a: as_tuple(BACKEND.solve(QPData(*a), Settings())))
@@ -220,7 +210,7 @@ def test_vmap_equals_batched_solve() -> None:
 
 
 def test_nan_element_is_isolated() -> None:
-    arrays = random_qp(*SHAPE, seed=19)
+    arrays = random_feasible_qps(*SHAPE, seed=19)
     arrays[1][2, 3] = np.nan
     arrays[4][5, 0, 0] = np.inf
     clean = [np.delete(a, [2, 5], axis=0) for a in arrays]
@@ -237,7 +227,7 @@ def test_nan_element_is_isolated() -> None:
 
 
 def test_warm_start_reduces_iterations() -> None:
-    arrays = random_qp(*SHAPE, seed=23)
+    arrays = random_feasible_qps(*SHAPE, seed=23)
     cold = BACKEND.solve(to_data(arrays), Settings())
     perturbed = to_data([arrays[0], arrays[1] + 1e-3, *arrays[2:]])
     cold_p = BACKEND.solve(perturbed, Settings())
@@ -253,7 +243,7 @@ def test_matches_torch_backend() -> None:
     torch = pytest.importorskip("torch")
     from qpdsl.backends.torch_backend import TorchBackend
 
-    arrays = random_qp(*SHAPE, seed=31)
+    arrays = random_feasible_qps(*SHAPE, seed=31)
     arrays[6][:, :3] = np.inf
     res = BACKEND.solve(to_data(arrays), Settings())
     ref = TorchBackend().solve(QPData(*[torch.as_tensor(a) for a in arrays]), Settings())
@@ -263,7 +253,7 @@ def test_matches_torch_backend() -> None:
 
 
 def test_rejects_bad_inputs_and_registers() -> None:
-    arrays = random_qp(2, 4, 1, 3)
+    arrays = random_feasible_qps(2, 4, 1, 3)
     bad = to_data(arrays)
     with pytest.raises(ParameterError, match="shape"):
         BACKEND.solve(QPData(bad.P[:, :3], bad.q, bad.A, bad.b, bad.C, bad.l, bad.u), Settings())
@@ -297,7 +287,7 @@ def test_module_imports_without_torch() -> None:
 def test_adapter_gradients_under_jit_match_proxsuite() -> None:
     import qpdsl.jax as qj
 
-    arrays = [jnp.asarray(a) for a in random_qp(4, 6, 2, 8, seed=37)]
+    arrays = [jnp.asarray(a) for a in random_feasible_qps(4, 6, 2, 8, seed=37)]
 
     def loss(backend: str):
         def f(q, b, u):
@@ -324,9 +314,10 @@ SHARDED = textwrap.dedent(
     from qpdsl.qp import QPData, Settings
     sys_path_test = __import__("sys").argv[1]
     __import__("sys").path.insert(0, sys_path_test)
-    from test_jax_backend import random_qp, SHAPE
+    from test_jax_backend import SHAPE
+    from qpdsl.testing import random_feasible_qps
     assert len(jax.devices()) == 2
-    arrays = random_qp(*SHAPE, seed=41)
+    arrays = random_feasible_qps(*SHAPE, seed=41)
     mesh = Mesh(np.array(jax.devices()), ("batch",))
     def put(a):
         spec = PartitionSpec("batch", *([None] * (a.ndim - 1)))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from qpdsl.testing import random_feasible_qps
+
 torch = pytest.importorskip("torch")
 proxsuite = pytest.importorskip("proxsuite")
 
@@ -15,25 +17,6 @@ from qpdsl.qp import QPData, Settings, Status, WarmStart  # noqa: E402
 BACKEND = TorchBackend()
 
 
-def random_qp(batch: int, n: int, p: int, m: int, seed: int = 0, lp: bool = False) -> list[np.ndarray]:
-    """Feasible dense QPs: P = MM' + 1e-2 I (0 for LPs), b = A x0, l/u = C x0 -/+ U(0, 1)."""
-    rng = np.random.default_rng(seed)
-    M = rng.standard_normal((batch, n, n))
-    P = np.zeros((batch, n, n)) if lp else M @ M.transpose(0, 2, 1) + 1e-2 * np.eye(n)
-    q = rng.standard_normal((batch, n))
-    A = rng.standard_normal((batch, p, n))
-    C = rng.standard_normal((batch, m, n))
-    x0 = rng.standard_normal((batch, n))
-    cx = np.einsum("bij,bj->bi", C, x0)
-    return [
-        P,
-        q,
-        A,
-        np.einsum("bij,bj->bi", A, x0),
-        C,
-        cx - rng.uniform(size=(batch, m)),
-        cx + rng.uniform(size=(batch, m)),
-    ]
 
 
 def to_data(arrays: list[np.ndarray], dtype: torch.dtype = torch.float64) -> QPData:
@@ -90,7 +73,7 @@ def check_kkt(data: QPData, res, tol: float) -> None:
 
 @pytest.mark.parametrize("n, p, m", [(8, 2, 8), (20, 5, 30)])
 def test_random_qps_match_proxsuite(n: int, p: int, m: int) -> None:
-    arrays = random_qp(16, n, p, m, seed=n)
+    arrays = random_feasible_qps(16, n, p, m, seed=n)
     data = to_data(arrays)
     res = BACKEND.solve(data, Settings())
     assert all(s == Status.SOLVED for s in res.statuses())
@@ -102,7 +85,7 @@ def test_random_qps_match_proxsuite(n: int, p: int, m: int) -> None:
 
 
 def test_lps_match_clarabel_objective() -> None:
-    arrays = random_qp(6, 15, 3, 40, seed=3, lp=True)
+    arrays = random_feasible_qps(6, 15, 3, 40, seed=3, lp=True)
     # Box the variables so every LP is bounded.
     box = np.broadcast_to(np.eye(15), (6, 15, 15))
     arrays[4] = np.concatenate([arrays[4], box], axis=1)
@@ -117,7 +100,7 @@ def test_lps_match_clarabel_objective() -> None:
 
 
 def test_float32_reaches_its_tolerance() -> None:
-    arrays = random_qp(8, 10, 3, 12, seed=5)
+    arrays = random_feasible_qps(8, 10, 3, 12, seed=5)
     data = to_data(arrays, torch.float32)
     res = BACKEND.solve(data, Settings())
     assert res.x.dtype == torch.float32
@@ -128,7 +111,7 @@ def test_float32_reaches_its_tolerance() -> None:
 
 
 def test_infinite_bounds_and_one_sided_rows() -> None:
-    arrays = random_qp(8, 12, 2, 20, seed=7)
+    arrays = random_feasible_qps(8, 12, 2, 20, seed=7)
     rng = np.random.default_rng(0)
     arrays[5][rng.uniform(size=arrays[5].shape) < 0.4] = -np.inf
     arrays[6][rng.uniform(size=arrays[6].shape) < 0.4] = np.inf
@@ -142,7 +125,7 @@ def test_infinite_bounds_and_one_sided_rows() -> None:
 
 @pytest.mark.parametrize("p, m", [(4, 0), (0, 10), (0, 0)])
 def test_equality_only_inequality_only_unconstrained(p: int, m: int) -> None:
-    arrays = random_qp(5, 10, p, m, seed=11)
+    arrays = random_feasible_qps(5, 10, p, m, seed=11)
     data = to_data(arrays)
     res = BACKEND.solve(data, Settings())
     assert all(s == Status.SOLVED for s in res.statuses())
@@ -152,7 +135,7 @@ def test_equality_only_inequality_only_unconstrained(p: int, m: int) -> None:
 
 
 def test_degenerate_duplicated_rows_and_rank_deficient_A() -> None:
-    P, q, A, b, C, l, u = random_qp(6, 12, 3, 10, seed=13)
+    P, q, A, b, C, l, u = random_feasible_qps(6, 12, 3, 10, seed=13)
     A = np.concatenate([A, A[:, :1], A[:, :1] + A[:, 1:2]], axis=1)  # repeated and dependent rows
     b = np.concatenate([b, b[:, :1], b[:, :1] + b[:, 1:2]], axis=1)
     C = np.concatenate([C, C[:, :3]], axis=1)
@@ -200,7 +183,7 @@ def test_worked_infeasible_example_gives_closest_feasible_qp() -> None:
 
 
 def test_nan_element_is_isolated() -> None:
-    arrays = random_qp(4, 10, 2, 10, seed=17)
+    arrays = random_feasible_qps(4, 10, 2, 10, seed=17)
     arrays[1][2, 3] = np.nan
     arrays[4][1, 0, 0] = np.inf
     res = BACKEND.solve(to_data(arrays), Settings())
@@ -218,7 +201,7 @@ def test_nan_element_is_isolated() -> None:
 
 
 def test_warm_start_reduces_iterations() -> None:
-    arrays = random_qp(8, 20, 4, 25, seed=19)
+    arrays = random_feasible_qps(8, 20, 4, 25, seed=19)
     data = to_data(arrays)
     cold = BACKEND.solve(data, Settings())
     perturbed = to_data([arrays[0], arrays[1] + 1e-3, *arrays[2:]])
@@ -232,12 +215,12 @@ def test_warm_start_reduces_iterations() -> None:
 
 
 def test_max_iter_status() -> None:
-    res = BACKEND.solve(to_data(random_qp(3, 20, 4, 30, seed=23)), Settings(max_iter=1))
+    res = BACKEND.solve(to_data(random_feasible_qps(3, 20, 4, 30, seed=23)), Settings(max_iter=1))
     assert all(s == Status.MAX_ITER for s in res.statuses())
 
 
 def test_rejects_non_torch_inputs_and_bad_shapes() -> None:
-    arrays = random_qp(2, 4, 1, 3)
+    arrays = random_feasible_qps(2, 4, 1, 3)
     with pytest.raises(ParameterError, match="torch tensors"):
         BACKEND.solve(QPData(*arrays), Settings())
     bad = to_data(arrays)
@@ -298,7 +281,7 @@ def test_exact_line_search_minimises_the_piecewise_quadratic_merit() -> None:
 
 def test_batch_solve_matches_one_element_at_a_time() -> None:
     """Compaction, partial refactorisation and low-rank factor updates do not change the answer."""
-    arrays = random_qp(12, 30, 6, 40, seed=11)
+    arrays = random_feasible_qps(12, 30, 6, 40, seed=11)
     batched = solve_raw(to_data(arrays), Settings())
     assert all(s == Status.SOLVED for s in batched.statuses())
     for i in range(0, 12, 3):
