@@ -9,6 +9,8 @@ the peers vmapped over the batch); the loss for the backward pass is ``sum(x * v
   forward+backward function (once per shape);
 - ``fwd_ms``, ``fwd_bwd_ms``: median wall time of the compiled functions;
 - ``x_err``: max |x - x_ref| against proxsuite (dense, eps_abs 1e-10);
+- two extra rows compare at matched accuracy: qpdsl stopped at qpax's default tolerance
+  (``eps_abs`` 1e-5) and qpax asked for ``solver_tol`` 1e-8;
 - ``grad_dist``: largest relative distance (:func:`common.grad_error`) of the peer's gradients
   from qpdsl's exact ones (qpax's are smoothed by its relaxation, target_kappa=1e-3); for qpdsl
   itself, from the gradients of the same layer on the ``proxsuite`` backend.
@@ -37,6 +39,8 @@ import numpy as np  # noqa: E402
 from common import DATA_KEYS, grad_error, median_time, random_dense_batch  # noqa: E402
 
 SIZES = ((50, 10, 50), (100, 20, 100))  # (n, n_eq, n_in)
+LOOSE_EPS = 1e-5  # qpax's default solver_tol
+TIGHT_QPAX_TOL = 1e-8  # qpax asked for about the accuracy of qpdsl's default
 
 
 def proxsuite_reference(data: dict[str, np.ndarray]) -> np.ndarray:
@@ -67,9 +71,13 @@ def solvers(quick: bool) -> dict[str, Callable[..., Any]]:
     import jax
 
     import qpdsl.jax as qj
+    from qpdsl import Settings
 
+    loose = Settings(eps_abs=LOOSE_EPS)
     out: dict[str, Callable[..., Any]] = {
         "qpdsl[jax]": lambda *a: qj.solve_qp(*a, backend="jax")[0],
+        # The same solver stopped at qpax's default tolerance, for a comparison at equal accuracy.
+        f"qpdsl[jax] eps {LOOSE_EPS:.0e}": lambda *a: qj.solve_qp(*a, backend="jax", settings=loose)[0],
     }
     try:
         import qpax
@@ -78,7 +86,12 @@ def solvers(quick: bool) -> dict[str, Callable[..., Any]]:
             G, h = _stack(C, l, u)
             return qpax.solve_qp_primal(P, q, A, b, G, h)  # defaults: solver_tol 1e-5, target_kappa 1e-3
 
+        def qpax_tight(P: Any, q: Any, A: Any, b: Any, C: Any, l: Any, u: Any) -> Any:
+            G, h = _stack(C, l, u)
+            return qpax.solve_qp_primal(P, q, A, b, G, h, solver_tol=TIGHT_QPAX_TOL)
+
         out["qpax"] = jax.vmap(qpax_one)
+        out[f"qpax tol {TIGHT_QPAX_TOL:.0e}"] = jax.vmap(qpax_tight)
     except ImportError:
         pass
     try:
@@ -182,13 +195,13 @@ def run(quick: bool = False) -> dict[str, Any]:
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     head = (
-        f"{'n':>4} {'solver':<12} {'compile fwd/fwd+bwd s':>22} {'fwd ms':>9} {'x':>6} "
+        f"{'n':>4} {'solver':<20} {'compile fwd/fwd+bwd s':>22} {'fwd ms':>9} {'x':>6} "
         f"{'fwd+bwd ms':>11} {'x':>6} {'max|x-x_ref|':>13} {'grad dist':>10}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
-            f"{r['n']:>4} {r['solver']:<12} {r['compile_fwd_s']:>10.1f} / {r['compile_fwd_bwd_s']:<9.1f} "
+            f"{r['n']:>4} {r['solver']:<20} {r['compile_fwd_s']:>10.1f} / {r['compile_fwd_bwd_s']:<9.1f} "
             f"{r['fwd_ms']:>9.1f} {r['fwd_ratio']:>6.2f} {r['fwd_bwd_ms']:>11.1f} {r['fwd_bwd_ratio']:>6.2f} "
             f"{r['x_err']:>13.1e} {r['grad_dist']:>10.1e}"
         )

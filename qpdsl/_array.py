@@ -120,3 +120,53 @@ def cho_solve(L: Any, rhs: Any) -> Any:
 
     pairs = zip(np.asarray(L), np.asarray(rhs), strict=True)
     return np.stack([scipy.linalg.cho_solve((Lk, True), r) for Lk, r in pairs])
+
+
+def lu_factor(matrices: Any) -> Any:
+    """Batched LU factorisation (with partial pivoting) of square matrices (B, n, n).
+
+    Returns an opaque factor for :func:`lu_solve`. Cheaper than an inverse by a factor of
+    about three, and as accurate.
+    """
+    fw = framework(matrices)
+    if fw == "torch":
+        import torch
+
+        return torch.linalg.lu_factor(matrices)
+    if fw == "jax":
+        import jax.scipy.linalg
+
+        return jax.scipy.linalg.lu_factor(matrices)
+    import scipy.linalg
+
+    return [scipy.linalg.lu_factor(M) for M in np.asarray(matrices)]
+
+
+def lu_solve(factor: Any, rhs: Any) -> Any:
+    """Solve ``K x = rhs`` (B, n) with a factor from :func:`lu_factor`; linear in ``rhs``."""
+    fw = framework(rhs)
+    if fw == "torch":
+        import torch
+
+        lu, pivots = factor
+        return torch.linalg.lu_solve(lu, pivots, rhs[..., None])[..., 0]
+    if fw == "jax":
+        import jax.scipy.linalg
+
+        return jax.scipy.linalg.lu_solve(factor, rhs[..., None])[..., 0]
+    import scipy.linalg
+
+    return np.stack([scipy.linalg.lu_solve(f, r) for f, r in zip(factor, np.asarray(rhs), strict=True)])
+
+
+def concrete_any(mask: Any) -> bool:
+    """``bool(any(mask))`` where the value is known now; True for a traced JAX array.
+
+    Lets shared math skip work that no batch element needs, without breaking ``jit``.
+    """
+    try:
+        return bool(namespace(mask).any(mask))
+    except Exception as err:  # jax.errors.ConcretizationTypeError and its relatives
+        if framework(mask) == "jax":
+            return True
+        raise err

@@ -20,7 +20,7 @@ import numpy as np
 from . import _standard_form as sf
 from .backends import Backend, get_backend
 from .errors import ParameterError, SolverError
-from .qp import QPData, QPResult, Settings, Status, register_jax_pytrees
+from .qp import QPData, QPResult, Settings, Status, WarmStart, register_jax_pytrees
 
 register_jax_pytrees()
 
@@ -46,6 +46,7 @@ def solve_qp(
     backend: str = "jax",
     settings: Settings | None = None,
     on_failure: str = "raise",
+    warm_start: WarmStart | None = None,
 ) -> Outputs:
     """Solve a batch of standard-form QPs, differentiably (forward and reverse mode) in every input.
 
@@ -70,6 +71,10 @@ def solve_qp(
         elements (non-finite data, ``l > u``) are never solved and get status
         ``NUMERICAL_ERROR`` and NaN rows; failed solves raise, become NaN, or are returned
         as given. Derivatives are zero on elements whose status is not ``ok``.
+    warm_start
+        A :class:`~qpdsl.qp.WarmStart` ``(x, y, z)`` (e.g. the previous call's outputs), each
+        ``(B, ·)``, unbatched, or None; used by backends that support warm starts, ignored by
+        the others. Not differentiated: the solution does not depend on it.
 
         With concrete inputs (no ``jit``), ``"raise"`` raises :class:`~qpdsl.errors.ParameterError`
         or :class:`~qpdsl.errors.SolverError` itself. Under ``jit`` (or ``vmap``) the check runs
@@ -95,8 +100,9 @@ def solve_qp(
         )
     arrays, batched = _broadcast(dict(zip(_NAMES, (P, q, A, b, C, l, u))))
     P_, *rest = arrays
+    warm = _broadcast_warm_start(warm_start, arrays) if solver.capabilities.warm_start else ()
     outputs = _differentiable_solve(solver, settings, on_failure)(
-        0.5 * (P_ + jnp.swapaxes(P_, -1, -2)), *rest
+        0.5 * (P_ + jnp.swapaxes(P_, -1, -2)), *rest, *warm
     )
     if not batched:
         outputs = tuple(o[0] for o in outputs)
@@ -107,6 +113,7 @@ def _differentiable_solve(solver: Backend, settings: Settings, on_failure: str) 
     """The custom-JVP solve for one backend and one set of options."""
 
     def primal(*arrays: jax.Array) -> Outputs:
+        # arrays: the seven data arrays, then optionally the warm start's x, y, z.
         if solver.capabilities.framework == "jax":
             return _solve_in_jax(solver, settings, on_failure, arrays)
         return _solve_by_callback(solver, settings, on_failure, arrays)
@@ -118,7 +125,7 @@ def _differentiable_solve(solver: Backend, settings: Settings, on_failure: str) 
         primals: tuple[jax.Array, ...], tangents: tuple[jax.Array, ...]
     ) -> tuple[Outputs, tuple[Any, ...]]:
         outputs = primal(*primals)
-        d_out = _tangent_map(tuple(primals), outputs, tuple(tangents))
+        d_out = _tangent_map(tuple(primals[:7]), outputs, tuple(tangents[:7]))
         return outputs, (*d_out, np.zeros(outputs[-1].shape, dtype=jax.dtypes.float0))
 
     return solve
@@ -146,7 +153,7 @@ def _solve_by_callback(
     solver: Backend, settings: Settings, on_failure: str, arrays: tuple[jax.Array, ...]
 ) -> Outputs:
     """Solve with a numpy backend: directly on concrete inputs, else through ``jax.pure_callback``."""
-    P, q, A, b, C, l, u = arrays
+    P, q, A, b, C, l, u = arrays[:7]
     dtype = q.dtype
 
     def host(*host_arrays: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -169,6 +176,7 @@ def _host_solve(
     lead = arrays[1].shape[:-1]
     cores = [a.shape[len(lead) :] for a in arrays]
     flat = [np.asarray(a).reshape(-1, *core) for a, core in zip(arrays, cores)]
+    flat, warm = flat[:7], flat[7:]
     batch, n, m, p = flat[1].shape[0], flat[1].shape[1], flat[3].shape[1], flat[5].shape[1]
     invalid = sf.invalid_elements(flat)
     if invalid and on_failure == "raise":
@@ -183,7 +191,8 @@ def _host_solve(
     if rows.size:
         solve_dtype = np.dtype(dtype) if np.dtype(dtype).name in solver.capabilities.dtypes else np.float64
         data = QPData(*(np.ascontiguousarray(a[rows], dtype=solve_dtype) for a in flat))
-        res = solver.solve(data, settings)
+        start = WarmStart(*(np.ascontiguousarray(w[rows], dtype=solve_dtype) for w in warm)) if warm else None
+        res = solver.solve(data, settings, start)
         for k in widths:
             out[k][rows] = np.asarray(getattr(res, k))
         status[rows] = np.asarray(res.status).reshape(-1)
@@ -200,6 +209,7 @@ def _solve_in_jax(
     solver: Backend, settings: Settings, on_failure: str, arrays: tuple[jax.Array, ...]
 ) -> Outputs:
     """Solve with a JAX backend, traceably; invalid elements are swapped for a trivial QP first."""
+    arrays, warm = arrays[:7], arrays[7:]
     P, q, A, b, C, l, u = arrays
     concrete = not any(isinstance(a, jax.core.Tracer) for a in arrays)
     if concrete and on_failure == "raise":
@@ -208,7 +218,8 @@ def _solve_in_jax(
             raise ParameterError(sf.invalid_message(invalid))
     valid = _valid_mask(arrays)
     data, _ = _sanitised(arrays, None, valid)
-    res = solver.solve(data, settings)
+    start = WarmStart(*(jnp.where(_rows(valid, w), w, 0) for w in warm)) if warm else None
+    res = solver.solve(data, settings, start)
     status = jnp.where(valid, jnp.asarray(res.status, jnp.int32), _FAILED)
     ok = (status == _OK[0]) | (status == _OK[1])
     hide = ~valid if on_failure == "ignore" else ~ok
@@ -321,3 +332,28 @@ def _broadcast(args: dict[str, Any]) -> tuple[tuple[jax.Array, ...], bool]:
         for k, a in arrays.items()
     )
     return out, batched
+
+
+def _broadcast_warm_start(warm: WarmStart | None, arrays: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+    """The warm start as three ``(B, ·)`` arrays in the data's dtype (zeros where absent); ``()`` for None.
+
+    Zeros are where the solvers start without a guess, so a partial warm start changes nothing else.
+    """
+    if warm is None:
+        return ()
+    q, b, l = arrays[1], arrays[3], arrays[5]
+    out = []
+    for name, value, like in (("x", warm.x, q), ("y", warm.y, b), ("z", warm.z, l)):
+        if value is None:
+            out.append(jnp.zeros_like(like))
+            continue
+        value = jnp.asarray(value, dtype=like.dtype)
+        if value.ndim == 1:
+            value = value[None]
+        if value.ndim != 2 or value.shape[1] != like.shape[1] or value.shape[0] not in (1, like.shape[0]):
+            raise ParameterError(
+                f"warm_start.{name} has shape {tuple(value.shape)}; expected "
+                f"({like.shape[0]}, {like.shape[1]}) or ({like.shape[1]},)"
+            )
+        out.append(jax.lax.stop_gradient(jnp.broadcast_to(value, like.shape)))
+    return tuple(out)

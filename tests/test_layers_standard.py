@@ -502,3 +502,26 @@ def test_jax_parameter_errors() -> None:
     if "torch" in available_backends():
         with pytest.raises(ParameterError, match="qpdsl.torch"):
             jax_solve_qp(*args, backend="torch")
+
+
+@pytest.mark.parametrize("backend", JAX_BACKENDS)
+def test_jax_warm_start_same_solution_and_gradients(backend: str) -> None:
+    """A warm start (eager and under jit) changes neither the solution nor its gradients."""
+    from qpdsl.qp import WarmStart
+
+    data, x_star = make_qp(13, batch=3)
+    args = jax_args(data)
+    x, y, z, *_ = jax_solve_qp(*args, backend=backend, settings=SETTINGS)
+    warm = WarmStart(x, y, z)
+    warm_x = jax_solve_qp(*args, backend=backend, settings=SETTINGS, warm_start=warm)[0]
+    jitted = jax.jit(lambda a, w: jax_solve_qp(*a, backend=backend, settings=SETTINGS, warm_start=w)[0])
+    np.testing.assert_allclose(warm_x, x_star, atol=1e-7)
+    np.testing.assert_allclose(jitted(args, WarmStart(x[0], None, None)), x_star, atol=1e-7)
+
+    def loss(a: list[jax.Array], w: WarmStart | None) -> jax.Array:
+        return jax_solve_qp(*a, backend=backend, settings=SETTINGS, warm_start=w)[0].sum()
+
+    for g_warm, g_cold in zip(jax.grad(loss)(args, warm), jax.grad(loss)(args, None), strict=True):
+        np.testing.assert_allclose(g_warm, g_cold, atol=1e-7)
+    with pytest.raises(ParameterError, match=r"warm_start\.y has shape"):
+        jax_solve_qp(*args, backend=backend, warm_start=WarmStart(x, jnp.zeros((3, y.shape[1] + 1)), z))

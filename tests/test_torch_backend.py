@@ -17,8 +17,6 @@ from qpdsl.qp import QPData, Settings, Status, WarmStart  # noqa: E402
 BACKEND = TorchBackend()
 
 
-
-
 def to_data(arrays: list[np.ndarray], dtype: torch.dtype = torch.float64) -> QPData:
     return QPData(*[torch.as_tensor(a, dtype=dtype) for a in arrays])
 
@@ -289,3 +287,52 @@ def test_batch_solve_matches_one_element_at_a_time() -> None:
         np.testing.assert_allclose(batched.x[i : i + 1].numpy(), single.x.numpy(), atol=1e-8)
         np.testing.assert_allclose(batched.z[i : i + 1].numpy(), single.z.numpy(), atol=1e-7)
     check_kkt(to_data(arrays), batched, 1e-9)
+
+
+def _gap(arrays: list[np.ndarray], res) -> np.ndarray:  # noqa: ANN001
+    """|x'Px + q'x + b'y + u'[z]_+ + l'[z]_-| per element (qpbenchmark's duality gap)."""
+    P, q, A, b, C, l, u = arrays
+    x, y, z = (np.asarray(a, dtype=np.float64) for a in (res.x, res.y, res.z))
+    support = np.where(z > 0, u * z, l * z)
+    quadratic = np.einsum("bi,bij,bj->b", x, P, x) + np.einsum("bi,bi->b", q, x)
+    return np.abs(quadratic + (b * y).sum(-1) + support.sum(-1))
+
+
+def test_solved_means_small_duality_gap_too() -> None:
+    """Large x and multipliers: residuals of 1e-9 do not bound the gap, which is tested on its own."""
+    arrays = random_feasible_qps(6, 20, 4, 25, seed=11)
+    P, q, A, b, C, l, u = arrays
+    arrays = [P, 1e4 * q, A, 1e3 * b, C, 1e3 * l, 1e3 * u]
+    res = solve_raw(to_data(arrays), Settings(eps_abs=1e-7))
+    assert (np.asarray(res.status) == int(Status.SOLVED)).all()
+    assert _gap(arrays, res).max() <= 1e-7 * 10  # our gap is computed in scaled space: allow rounding
+
+
+def test_failed_factorisation_backs_off_the_penalties(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Cholesky failure (ill-conditioned Hessian at small mu) raises that element's mu floor and
+    the solve goes on; only that element is affected and it still converges."""
+    from qpdsl.backends.alm import core
+
+    arrays = random_feasible_qps(3, 10, 2, 12, seed=5)
+    reference = solve_raw(to_data(arrays), Settings(eps_abs=1e-9))
+    real = core.newton
+    calls = {"n": 0}
+
+    def failing_once(data, st, ev, cfg, factorize=core.factorize_all, solve=None):  # noqa: ANN001, ANN202
+        def factorize_and_fail(data, st, active, need, rho):  # noqa: ANN001, ANN202
+            L, ok = factorize(data, st, active, need, rho)
+            # Fail element 1 once, after its penalties went below their initial values.
+            if not calls["n"] and ok.shape[0] == 3 and bool(need[1]) and float(st.mu_in[1]) < 0.5 * cfg.mu_in:
+                calls["n"] += 1
+                ok = ok.clone()
+                ok[1] = False
+            return L, ok
+
+        kwargs = {} if solve is None else {"solve": solve}
+        return real(data, st, ev, cfg, factorize_and_fail, **kwargs)
+
+    monkeypatch.setattr(core, "newton", failing_once)
+    res = solve_raw(to_data(arrays), Settings(eps_abs=1e-9))
+    assert calls["n"] == 1
+    assert (np.asarray(res.status) == int(Status.SOLVED)).all()
+    np.testing.assert_allclose(res.x.numpy(), reference.x.numpy(), atol=1e-7)

@@ -157,6 +157,7 @@ def _take_data(data: core.Data, index: Any) -> core.Data:
         inv_E=data.inv_E[index],
         inv_DC=data.inv_DC[index],
         v_scale=data.v_scale[index],
+        inv_c=data.inv_c[index],
     )
 
 

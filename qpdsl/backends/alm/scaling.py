@@ -74,12 +74,11 @@ def equilibrate(prob: Problem, iterations: int = 10, loop: Any = None) -> tuple[
 
     def sweep(carry: tuple[Any, ...]) -> tuple[Any, ...]:
         P, A, C, D, E_eq, E_in = carry
-        col = xp.maximum(
-            amax(xp, xp.abs(P), -2), xp.maximum(amax(xp, xp.abs(A), -2), amax(xp, xp.abs(C), -2))
-        )
+        abs_A, abs_C = xp.abs(A), xp.abs(C)
+        col = xp.maximum(amax(xp, xp.abs(P), -2), xp.maximum(amax(xp, abs_A, -2), amax(xp, abs_C, -2)))
         d = _inv_sqrt(xp, col)
-        e_eq = _inv_sqrt(xp, amax(xp, xp.abs(A), -1))
-        e_in = _inv_sqrt(xp, amax(xp, xp.abs(C), -1))
+        e_eq = _inv_sqrt(xp, amax(xp, abs_A, -1))
+        e_in = _inv_sqrt(xp, amax(xp, abs_C, -1))
         P = d[:, :, None] * P * d[:, None, :]
         A = e_eq[:, :, None] * A * d[:, None, :]
         C = e_in[:, :, None] * C * d[:, None, :]
