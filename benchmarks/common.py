@@ -7,6 +7,7 @@ scalar loss ``sum(x * v)`` whose gradients the benchmarks time and compare.
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -15,6 +16,13 @@ from typing import Any
 import numpy as np
 
 Batch = dict[str, np.ndarray]
+
+# XLA's multi-threaded Eigen pool on the CPU can wedge (a jitted call never returns, every worker
+# idle); it hit two long runs here. Single-threaded Eigen avoids it; every benchmark imports this
+# module before jax. See docs/layers.md.
+_NO_EIGEN_THREADS = "--xla_cpu_multi_thread_eigen=false"
+if _NO_EIGEN_THREADS not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_NO_EIGEN_THREADS}".strip()
 DATA_KEYS = ("P", "q", "A", "b", "C", "l", "u")
 
 

@@ -47,6 +47,10 @@ from typing import Any
 
 # Single-threaded BLAS/OpenMP unless the caller chose otherwise: set before numpy/torch load.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# XLA's multi-threaded Eigen pool on the CPU can wedge (a jitted call never returns); see
+# benchmarks/common.py and docs/layers.md.
+if "--xla_cpu_multi_thread_eigen" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_multi_thread_eigen=false".strip()
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

@@ -340,7 +340,7 @@ def test_sharded_batch_over_two_cpu_devices() -> None:
     here = Path(__file__).resolve().parent
     env = {
         **os.environ,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=2 --xla_cpu_multi_thread_eigen=false",
         "JAX_PLATFORMS": "cpu",
         "PYTHONPATH": str(here.parent),
     }

@@ -112,6 +112,7 @@ def _bucketed(data: QPData, settings: Settings, warm: WarmStart | None, full: in
 def _iterate(prob: Problem, scaling: Scaling, st: core.State, cfg: core.Config) -> core.State:
     """``core.step`` in a ``lax.while_loop`` until no element runs (or the iteration limit)."""
     limit = cfg.max_iter + 2  # step() itself retires an element after cfg.max_iter Newton steps
+    data = core.prepare(prob, scaling)  # once, outside the loop: it copies the data into one array
 
     def cond(carry: tuple[Any, core.State]) -> Any:
         k, st = carry
@@ -119,7 +120,7 @@ def _iterate(prob: Problem, scaling: Scaling, st: core.State, cfg: core.Config) 
 
     def body(carry: tuple[Any, core.State]) -> tuple[Any, core.State]:
         k, st = carry
-        return k + 1, core.step(prob, scaling, st, cfg, _factorize)
+        return k + 1, core.step(data, scaling, st, cfg, _factorize)
 
     _, st = jax.lax.while_loop(cond, body, (jnp.asarray(0, jnp.int32), st))
     return st

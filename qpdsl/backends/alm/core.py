@@ -32,6 +32,7 @@ from .linesearch import exact_step
 from .scaling import Problem, Scaling, amax, scale_duals, scale_primal, unscale_duals, unscale_primal
 
 RUNNING = -1
+GAP_ROUNDING = 10.0  # the duality gap counts as zero below this many ulps of its terms
 
 
 class Config(NamedTuple):
@@ -361,10 +362,12 @@ def residuals(data: Data, st: State, ev: Eval, cfg: Config) -> tuple[Any, Any, A
     else:
         p_scale = d_scale = xp.zeros_like(prim)
     gap, g_scale = duality_gap(data, st, ev)
+    # The gap is a sum of terms of size up to g_scale: below its rounding error it cannot improve.
+    gap_floor = GAP_ROUNDING * float(xp.finfo(st.x.dtype).eps) * g_scale
     ok = (
         (prim_comp <= cfg.eps_abs + cfg.eps_rel * p_scale)
         & (dual <= cfg.eps_abs + cfg.eps_rel * d_scale)
-        & (gap <= cfg.eps_abs + cfg.eps_rel * g_scale)
+        & (gap <= cfg.eps_abs + xp.maximum(cfg.eps_rel * g_scale, gap_floor))
     )
     return prim, dual, ok
 

@@ -1,0 +1,170 @@
+"""Large batches on a GPU: the ``torch`` backend on CUDA beside proxsuite on the CPU.
+
+The prepared device check of issue #4: random feasible dense QPs
+(:func:`qpdsl.testing.random_feasible_qps`, n = 100 with 20 equalities and 100 double-sided
+inequalities by default), float64, tolerance 1e-9, batches of 1024 and 4096. Timed, as medians:
+
+- ``torch`` backend forward (``qpdsl.torch.solve_qp(..., backend="torch")`` on device tensors)
+  and forward + backward of ``sum(x * v)``, with ``torch.cuda.synchronize()`` around each call;
+- ``proxsuite`` backend (C++, batches in parallel threads on every CPU core) forward and
+  forward + backward through the same torch front end on CPU tensors;
+- with ``--qplayer``, proxsuite's own QPLayer on the CPU (slow at these batch sizes).
+
+Accuracy: the largest ``|x_torch - x_proxsuite|`` and the largest relative distance between the
+two backends' gradients. Without CUDA the script runs on the CPU (``--device cpu``) so that it
+can be tried anywhere; the figures that matter are the CUDA ones.
+
+Usage::
+
+    python benchmarks/cuda_batch.py [--device cuda] [--batches 1024 4096] [--n 100]
+        [--repeats 3] [--dtype float64] [--qplayer] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path[:0] = [str(Path(__file__).resolve().parents[1])]
+
+import numpy as np  # noqa: E402
+
+from qpdsl.testing import random_feasible_qps  # noqa: E402
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _median(fn: Callable[[], Any], repeats: int, device: str) -> tuple[float, Any]:
+    """Median seconds of ``fn()`` over ``repeats`` calls after one warm-up call; and its last value."""
+    out = fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        out = fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def _step(solve: Callable[..., Any], arrays: list[Any], v: Any) -> tuple[Any, tuple[Any, ...]]:
+    """Forward and backward of ``sum(x * v)``; returns x and the gradients w.r.t. the seven inputs."""
+    import torch
+
+    inputs = [a.detach().clone().requires_grad_(True) for a in arrays]
+    x = solve(*inputs)
+    grads = torch.autograd.grad((x * v).sum(), inputs, allow_unused=True)
+    return x.detach(), grads
+
+
+def _grad_distance(a: tuple[Any, ...], b: tuple[Any, ...]) -> float:
+    worst = 0.0
+    for ga, gb in zip(a, b, strict=True):
+        if ga is None or gb is None:
+            continue
+        ga, gb = ga.double().cpu(), gb.double().cpu()
+        worst = max(worst, float((ga - gb).abs().max() / (1.0 + gb.abs().max())))
+    return worst
+
+
+def bench(batch: int, n: int, device: str, dtype: str, repeats: int, qplayer: bool) -> dict[str, Any]:
+    """One batch size: every method's median forward and forward+backward time, and accuracy."""
+    import torch
+
+    import qpdsl.torch as qt
+
+    p, m = n // 5, n
+    tdtype = getattr(torch, dtype)
+    host = [torch.as_tensor(a) for a in random_feasible_qps(batch, n, p, m, seed=batch)]
+    v_host = torch.as_tensor(np.random.default_rng(batch + 1).standard_normal((batch, n)))
+    dev = [a.to(device=device, dtype=tdtype) for a in host]
+    v_dev = v_host.to(device=device, dtype=tdtype)
+
+    def gpu_solve(*a: Any) -> Any:
+        return qt.solve_qp(*a, backend="torch")[0]
+
+    def cpu_solve(*a: Any) -> Any:
+        return qt.solve_qp(*a, backend="proxsuite")[0]
+
+    row: dict[str, Any] = {"batch": batch, "n": n, "n_eq": p, "n_in": m, "device": device, "dtype": dtype}
+    print(f"# batch {batch}, n {n}: torch on {device} ...", file=sys.stderr, flush=True)
+    row["torch_fwd_s"], x_dev = _median(lambda: gpu_solve(*dev), repeats, device)
+    row["torch_fwd_bwd_s"], (_, g_dev) = _median(lambda: _step(gpu_solve, dev, v_dev), repeats, device)
+    print(f"# batch {batch}, n {n}: proxsuite on the CPU ...", file=sys.stderr, flush=True)
+    row["proxsuite_fwd_s"], x_cpu = _median(lambda: cpu_solve(*host), repeats, "cpu")
+    row["proxsuite_fwd_bwd_s"], (_, g_cpu) = _median(lambda: _step(cpu_solve, host, v_host), repeats, "cpu")
+    if qplayer:
+        from proxsuite.torch.qplayer import QPFunction
+
+        fn = QPFunction(omp_parallel=True)
+        print(f"# batch {batch}, n {n}: proxsuite's QPLayer ...", file=sys.stderr, flush=True)
+        row["qplayer_fwd_bwd_s"], _ = _median(lambda: _step(lambda *a: fn(*a)[0], host, v_host), 1, "cpu")
+    row["max_abs_dx"] = float((x_dev.double().cpu() - x_cpu.double()).abs().max())
+    row["grad_distance"] = _grad_distance(g_dev, g_cpu)
+    row["fwd_ratio"] = row["torch_fwd_s"] / row["proxsuite_fwd_s"]
+    row["fwd_bwd_ratio"] = row["torch_fwd_bwd_s"] / row["proxsuite_fwd_bwd_s"]
+    return row
+
+
+def environment(device: str) -> dict[str, Any]:
+    import torch
+
+    env = {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "torch": torch.__version__,
+    }
+    if device.startswith("cuda") and torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name(0)
+    return env
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    import torch
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1024, 4096])
+    parser.add_argument("--n", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--dtype", choices=("float64", "float32"), default="float64")
+    parser.add_argument("--qplayer", action="store_true", help="also time proxsuite's QPLayer (slow)")
+    parser.add_argument("--json", default="", help="write the results here")
+    args = parser.parse_args(argv)
+
+    rows = [bench(b, args.n, args.device, args.dtype, args.repeats, args.qplayer) for b in args.batches]
+    head = (
+        f"{'batch':>6} {'torch fwd s':>11} {'proxsuite fwd s':>15} {'ratio':>6} | "
+        f"{'torch fwd+bwd s':>15} {'proxsuite fwd+bwd s':>19} {'ratio':>6} | {'max|dx|':>8} {'grad dist':>9}"
+    )
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(
+            f"{r['batch']:>6} {r['torch_fwd_s']:>11.3f} {r['proxsuite_fwd_s']:>15.3f} {r['fwd_ratio']:>6.2f} | "
+            f"{r['torch_fwd_bwd_s']:>15.3f} {r['proxsuite_fwd_bwd_s']:>19.3f} {r['fwd_bwd_ratio']:>6.2f} | "
+            f"{r['max_abs_dx']:>8.1e} {r['grad_distance']:>9.1e}"
+        )
+    result = {"benchmark": "cuda_batch", "environment": environment(args.device), "rows": rows}
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
