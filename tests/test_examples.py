@@ -124,3 +124,57 @@ def test_peer_layers_match_qpdsl_on_sudoku() -> None:
     ref = next(iter(xs.values()))
     for name, value in xs.items():
         assert torch.allclose(value, ref, atol=1e-4), name
+
+
+def test_simplex_projection_small() -> None:
+    pytest.importorskip("proxsuite")
+    simplex = _load("simplex_projection")
+    report = simplex.main(["--epochs", "1", "--train-size", "64", "--test-size", "64"])
+    assert report["check_value_error"] < 1e-8 and report["check_grad_error"] < 1e-8
+    assert report["max_projection_error"] < 1e-8
+    assert _finite(report["train_loss"]) and len(report["train_loss"]) == 1
+    assert 0.0 <= report["test_accuracy"][-1] <= 1.0
+
+
+def test_simplex_projection_sort_formula() -> None:
+    import numpy as np
+
+    simplex = _load("simplex_projection")
+    y = np.random.default_rng(0).normal(scale=2.0, size=(50, 6))
+    p = simplex.project_simplex_sort(y)
+    assert np.allclose(p.sum(1), 1.0) and (p >= 0).all()
+    for yi, pi in zip(y, p, strict=True):  # p = max(y - tau, 0) with one threshold tau per row
+        tau = (yi - pi)[pi > 0]
+        assert np.ptp(tau) < 1e-12 and (yi[pi == 0] <= tau[0] + 1e-12).all()
+
+
+def test_constrained_regression_small() -> None:
+    pytest.importorskip("proxsuite")
+    regression = _load("constrained_regression")
+    report = regression.main(["--curves", "3", "--knots", "15", "--samples", "20", "--steps", "5"])
+    assert report["fd_rel_error_lam"] < 1e-5 and report["fd_rel_error_y"] < 1e-5
+    monotone = report["results"]["monotone"]
+    assert monotone["monotone_fits"] == 3
+    assert _finite([monotone["lam"], monotone["validation_mse"], monotone["true_rmse"]])
+
+
+def test_denoising_small() -> None:
+    pytest.importorskip("proxsuite")
+    denoising = _load("denoising")
+    report = denoising.main(["--n", "40", "--signals", "2", "--jumps", "3", "--max-iter", "6", "--grid", "5"])
+    table = report["table"]
+    assert _finite([r[k] for r in table.values() for k in ("lam", "train_mse", "test_mse")])
+    assert table["learned lam"]["train_mse"] < table["initial lam"]["train_mse"]
+    assert table["learned lam"]["train_mse"] <= 1.01 * table["grid-search lam"]["train_mse"]
+
+
+def test_portfolio_jax_small() -> None:
+    pytest.importorskip("jax")
+    pytest.importorskip("proxsuite")
+    import numpy as np
+
+    portfolio = _load("portfolio_jax")
+    report = portfolio.main(["--assets", "4", "--scenarios", "6", "--w-max", "0.6"])
+    assert report["weight_error"] < 1e-7
+    assert report["grad_rel_error"] < 1e-5
+    assert np.allclose(report["weights"].sum(1), 1.0) and np.isfinite(report["grad"]).all()
