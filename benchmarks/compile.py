@@ -7,9 +7,12 @@ Three measurements, each a median over repeats:
    ``Problem(...)`` build + compile (a fresh problem each time, since compiling is cached)
    against cvxpy's first ``problem.get_problem_data(cp.CLARABEL)`` on a fresh problem, and,
    with ``--cvxpylayers``, building a ``cvxpylayers.torch.CvxpyLayer`` once.
-2. **Apply parameters**: qpdsl ``qp.apply(theta)`` for a batch of 64 parameter sets (numpy)
-   against cvxpy re-applying ONE parameter set (a second ``get_problem_data`` after changing
-   the values, which reuses cvxpy's cached parameter program).
+2. **Apply parameters**: qpdsl ``qp.apply(theta)`` for a batch of 64 parameter sets (numpy),
+   into new arrays and into the arrays of the previous batch (``qp.apply(theta, out=previous)``),
+   against cvxpy re-applying ONE parameter set (setting drawn values and a second
+   ``get_problem_data``, which reuses cvxpy's cached parameter program). Alongside, the memory
+   floor: copying theta (64 x 500 501 numbers, about the volume of the values of A) into a
+   new array and into an existing one.
 3. **Scaling** with sparse structure: total-variation denoising
    ``minimize 1/2 sum_squares(x - b) + lam * norm1(D x)`` s.t. ``-1 <= x <= 1`` with ``D`` a
    scipy.sparse difference operator, ``b`` and ``lam`` Parameters, n = 1e3, 1e4, 1e5: compile
@@ -171,32 +174,51 @@ def bench_apply(n: int, repeats: int) -> dict[str, Any]:
     qp = prob.compile()
     theta = rng.standard_normal((BATCH, qp.n_theta))
     theta[:, -1] = np.abs(theta[:, -1])  # lam >= 0
-    t_qd, _ = median_time(lambda: qp.apply(theta), repeats)
+    t_qd, previous = median_time(lambda: qp.apply(theta), repeats)
+    t_reuse, _ = median_time(lambda: qp.apply(theta, out=previous), repeats)
     out: dict[str, Any] = {
         "problem": "lasso",
         "n": n,
         "batch": BATCH,
         "qpdsl_apply_batch_s": t_qd,
         "qpdsl_apply_per_set_s": t_qd / BATCH,
+        "qpdsl_apply_batch_reuse_s": t_reuse,
+        "floor_write_fresh_s": _time_write(theta, fresh=True, repeats=repeats),
+        "floor_write_reuse_s": _time_write(theta, fresh=False, repeats=repeats),
     }
     if _cvxpy_available():
         import cvxpy as cp
 
         prob_cp, h = lasso_cvxpy(n, rng)
+        m = n // 2
+        # the values are drawn beforehand: only setting them and re-applying is timed
+        sets = [(rng.standard_normal((m, n)), rng.standard_normal(m)) for _ in range(2)]
+        calls = iter(range(10**9))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             prob_cp.get_problem_data(cp.CLARABEL)  # first call: builds and caches the parameter program
-            m = n // 2
 
             def reapply() -> Any:
-                h["A"].value = rng.standard_normal((m, n))
-                h["b"].value = rng.standard_normal(m)
+                h["A"].value, h["b"].value = sets[next(calls) % 2]
                 return prob_cp.get_problem_data(cp.CLARABEL)
 
             t_cp, _ = median_time(reapply, repeats)
         out["cvxpy_reapply_one_s"] = t_cp
         out["apply_ratio_cvxpy_one_over_qpdsl_batch"] = t_cp / t_qd
+        out["apply_ratio_cvxpy_one_over_qpdsl_batch_reuse"] = t_cp / t_reuse
     return out
+
+
+def _time_write(theta: np.ndarray, fresh: bool, repeats: int) -> float:
+    """The memory floor of applying the lasso's parameters: copying theta into a (fresh or reused) array."""
+    buffer = np.empty_like(theta)
+
+    def copy() -> np.ndarray:
+        target = np.empty_like(theta) if fresh else buffer
+        np.copyto(target, theta)
+        return target
+
+    return median_time(copy, repeats)[0]
 
 
 def bench_scaling(sizes: list[int], repeats: int, with_cvxpy: bool) -> list[dict[str, Any]]:
@@ -204,7 +226,7 @@ def bench_scaling(sizes: list[int], repeats: int, with_cvxpy: bool) -> list[dict
     rows = []
     for n in sizes:
         reps = repeats if n <= 10_000 else max(1, min(repeats, 3))
-        t_qd, prob = median_time(lambda: tv_qpdsl(n), reps)
+        t_qd, prob = median_time(lambda n=n: tv_qpdsl(n), reps)
         qp = prob.compile()
         row: dict[str, Any] = {
             "problem": "tv",
@@ -217,7 +239,7 @@ def bench_scaling(sizes: list[int], repeats: int, with_cvxpy: bool) -> list[dict
         row["T_nnz_per_n"] = row["T_nnz"] / n
         theta = rng.standard_normal((BATCH, qp.n_theta))
         theta[:, -1] = np.abs(theta[:, -1])
-        row["qpdsl_apply_batch_s"], _ = median_time(lambda: qp.apply(theta), reps)
+        row["qpdsl_apply_batch_s"], _ = median_time(lambda qp=qp, theta=theta: qp.apply(theta), reps)
         if with_cvxpy and _cvxpy_available() and n > CVXPY_MAX_N:
             # cvxpy 1.9's quadratic coefficient extractor densifies an (n, n_theta) array here
             # (74.5 GiB at n = 1e5), so it is not run
@@ -229,7 +251,7 @@ def bench_scaling(sizes: list[int], repeats: int, with_cvxpy: bool) -> list[dict
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     t_cp, _ = median_time(
-                        lambda: tv_cvxpy(n, rng).get_problem_data(cp.CLARABEL), reps, warmup=0
+                        lambda n=n: tv_cvxpy(n, rng).get_problem_data(cp.CLARABEL), reps, warmup=0
                     )
                 row["cvxpy_get_problem_data_s"] = t_cp
                 row["compile_speedup"] = t_cp / t_qd
@@ -284,9 +306,15 @@ def print_table(res: dict[str, Any]) -> None:
         f"  qpdsl qp.apply, batch of {a['batch']}          {_ms(a['qpdsl_apply_batch_s'])} ms "
         f"({_ms(a['qpdsl_apply_per_set_s']).strip()} ms per set)"
     )
+    print(f"  qpdsl qp.apply(out=previous), 64       {_ms(a.get('qpdsl_apply_batch_reuse_s'))} ms")
+    print(
+        f"  floor: copy theta, new / reused array  {_ms(a.get('floor_write_fresh_s'))} ms / "
+        f"{_ms(a.get('floor_write_reuse_s')).strip()} ms"
+    )
     print(
         f"  cvxpy get_problem_data, one set        {_ms(a.get('cvxpy_reapply_one_s'))} ms   "
-        f"ratio (cvxpy one / qpdsl {a['batch']}) {_x(a.get('apply_ratio_cvxpy_one_over_qpdsl_batch'))}"
+        f"ratio (cvxpy one / qpdsl {a['batch']}) {_x(a.get('apply_ratio_cvxpy_one_over_qpdsl_batch'))}, "
+        f"reusing arrays {_x(a.get('apply_ratio_cvxpy_one_over_qpdsl_batch_reuse')).strip()}"
     )
     print("\nscaling: TV denoising with a sparse difference operator")
     print(

@@ -994,3 +994,39 @@ def test_parameters_by_name_and_default_values() -> None:
     sol = prob.solve({"c": [2.0, 4.0, 6.0]}, backend=backend)  # w = 2 from its default value
     np.testing.assert_allclose(sol[x], [1.0, 2.0, 3.0], atol=1e-6)
     assert abs(sol.objective + 28.0) < 1e-7
+
+
+def test_apply_matches_parametric_maps() -> None:
+    """``ParametricQP.apply`` (numpy: new or reused arrays; torch) equals ``T @ [theta; 1] + offset``."""
+    rng = np.random.default_rng(3)
+    n, m = 80, 40
+    x = qd.Variable(n, name="x")
+    A, b = qd.Parameter((m, n), name="A"), qd.Parameter(m, name="b")
+    c, d = qd.Parameter(n, name="c"), qd.Parameter(n, name="d")
+    lam, ub = qd.Parameter(nonneg=True, name="lam"), qd.Parameter(3, name="ub")
+    objective = qd.sum_squares(A @ x - b) + lam * qd.norm1(x) + (c + 2 * d) @ x - c[:5] @ x[:5]
+    cons = [x <= 1, x[:3] <= ub, -2 <= x, qd.sum(x) == 0]
+    qp = qd.Problem(qd.Minimize(objective), cons).compile()
+    theta = rng.standard_normal((5, qp.n_theta))
+    theta_aug = np.hstack([theta, np.ones((5, 1))])
+    fresh, with_ones = qp.apply(theta), qp.apply(theta_aug)
+    previous = qp.apply(theta)
+    reused = qp.apply(2 * theta, out=previous)
+    torch = pytest.importorskip("torch")
+    from_torch = qp.apply(torch.as_tensor(theta))
+    for key, amap in qp.maps.items():
+        want = np.asarray(amap.T @ theta_aug.T).T + (0 if amap.offset is None else amap.offset)
+        want2 = np.asarray(amap.T @ np.hstack([2 * theta, np.ones((5, 1))]).T).T
+        want2 = want2 + (0 if amap.offset is None else amap.offset)
+        for data, expected in ((fresh, want), (with_ones, want), (reused, want2), (from_torch, want)):
+            got = getattr(data, key)
+            got = got.values if isinstance(got, qd.qp.SparseBatch) else got
+            got = np.asarray(got).reshape(5, -1)
+            np.testing.assert_allclose(got, expected.reshape(5, -1), rtol=1e-12, atol=1e-12, err_msg=key)
+    assert reused.A.values is previous.A.values  # written in place
+    kinds = {k: (len(p.runs), p.multi_pos.size, len(p.const_runs)) for k, p in _plans(qp).items()}
+    assert kinds["A"][0] >= 1 and kinds["q"][0] >= 1 and kinds["q"][1] > 0 and kinds["C"][2] >= 1
+
+
+def _plans(qp: Any) -> dict[str, Any]:
+    return {k: m._cache["plan"] for k, m in qp.maps.items()}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -15,13 +17,30 @@ from .parametric import AffineMap, ConstraintRows, ParametricQP, VariableSlice
 __all__ = ["AffineMap", "ParametricQP", "compile_problem"]
 
 
-def _theta_col(theta: np.ndarray, n_theta: int) -> np.ndarray:
-    return np.where(theta == NONE, n_theta, theta)
+@dataclass
+class _Terms:
+    """Terms ``val * theta[col]`` at entry ``row`` (and column ``var``) of a data item.
+
+    ``col`` is a column of ``[theta; 1]``: ``n_theta`` stands for the constant 1.
+    """
+
+    row: np.ndarray
+    var: np.ndarray
+    col: np.ndarray
+    val: np.ndarray
+
+    @staticmethod
+    def of(row: np.ndarray, var: np.ndarray, theta: np.ndarray, val: np.ndarray, n_theta: int) -> _Terms:
+        return _Terms(row, var, np.where(theta == NONE, n_theta, theta), val)
 
 
-def _vector_map(index: np.ndarray, theta: np.ndarray, val: np.ndarray, size: int, n_theta: int,
-                offset: np.ndarray | None = None) -> AffineMap:
-    T = sp.csr_matrix((val, (index, _theta_col(theta, n_theta))), shape=(size, n_theta + 1))
+def _index_dtype(bound: int) -> type:
+    """int32 for indices below ``bound`` when they fit (half the memory to write), else int64."""
+    return np.int32 if bound < 2**31 else np.int64
+
+
+def _vector_map(t: _Terms, size: int, n_theta: int, offset: np.ndarray | None = None) -> AffineMap:
+    T = sp.csr_matrix((t.val, (t.row, t.col)), shape=(size, n_theta + 1))
     return AffineMap(T, (size,), offset=offset)
 
 
@@ -49,104 +68,176 @@ def _unique_inverse(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return pattern, inverse
 
 
-def _matrix_map(row: np.ndarray, col: np.ndarray, theta: np.ndarray, val: np.ndarray, shape: tuple[int, int],
-                n_theta: int) -> AffineMap:
-    key = row * shape[1] + col
+def _matrix_map(t: _Terms, shape: tuple[int, int], n_theta: int) -> AffineMap:
+    """The map of a sparse matrix item from its terms (entry ``(t.row, t.var)``).
+
+    When no entry repeats (the usual case), the pattern keeps the terms' order and T is written
+    down as CSR directly. Terms come grouped by constraint and, inside a block such as
+    ``A @ x``, in the order of the parameter's entries in theta, so the values of a parameter
+    block stay contiguous runs of theta, which :meth:`AffineMap.apply` copies as slices.
+    """
+    key = t.row.astype(np.int64) * shape[1] + t.var
     if shape[0] * shape[1] <= 4 * key.size + 100_000:  # dense marking beats sorting
         present = np.zeros(shape[0] * shape[1], dtype=bool)
         present[key] = True
+        if np.count_nonzero(present) == key.size:
+            return _unique_matrix_map(t, shape, n_theta)
         pattern = np.flatnonzero(present)
-        position = np.cumsum(present) - 1
-        inverse = position[key]
+        inverse = (np.cumsum(present) - 1)[key]
     else:
         pattern, inverse = _unique_inverse(key)
-    T = sp.csr_matrix((val, (inverse, _theta_col(theta, n_theta))), shape=(pattern.size, n_theta + 1))
+        if pattern.size == key.size:
+            return _unique_matrix_map(t, shape, n_theta)
+    T = sp.csr_matrix((t.val, (inverse, t.col)), shape=(pattern.size, n_theta + 1))
     return AffineMap(T, shape, rows=pattern // shape[1], cols=pattern % shape[1])
 
 
-def compile_problem(objective: Expression, constraints: list[Constraint], variables: list[Variable],
-                    parameters: list[Parameter]) -> ParametricQP:
+def _unique_matrix_map(t: _Terms, shape: tuple[int, int], n_theta: int) -> AffineMap:
+    """:func:`_matrix_map` when every term has its own entry: value i is term i, T one entry per row."""
+    nnz = t.row.size
+    index_dtype = _index_dtype(max(nnz, n_theta + 1))
+    indptr = np.arange(nnz + 1, dtype=index_dtype)
+    T = sp.csr_matrix((t.val, t.col.astype(index_dtype, copy=False), indptr), shape=(nnz, n_theta + 1))
+    return AffineMap(T, shape, rows=t.row, cols=t.var)
+
+
+def _stack(parts: list[tuple[Affine, int]], shape: tuple[int, int], n_theta: int) -> tuple[_Terms, _Terms]:
+    """Sum of row blocks ``(affine, first row)`` of a ``shape`` matrix, as (variable terms, constant terms).
+
+    Each index array is written once, in its final dtype, with the row offsets added and the
+    theta indices turned into columns on the way; only parts that mix both kinds of term are
+    split with masks.
+    """
+    with_var: list[tuple[Affine, int]] = []
+    without: list[tuple[Affine, int]] = []
+    for aff, start in parts:
+        if aff.nnz == 0:
+            continue
+        lo, hi = int(aff.var.min()), int(aff.var.max())
+        if lo != NONE:
+            with_var.append((aff, start))
+        elif hi == NONE:
+            without.append((aff, start))
+        else:
+            has = aff.var != NONE
+            with_var.append(
+                (Affine(aff.size, aff.row[has], aff.var[has], aff.theta[has], aff.val[has]), start)
+            )
+            without.append(
+                (Affine(aff.size, aff.row[~has], aff.var[~has], aff.theta[~has], aff.val[~has]), start)
+            )
+    index_dtype = _index_dtype(max(shape[0], shape[1], n_theta + 1))
+    return _concat_terms(with_var, n_theta, index_dtype), _concat_terms(without, n_theta, index_dtype)
+
+
+def _concat_terms(parts: list[tuple[Affine, int]], n_theta: int, index_dtype: type) -> _Terms:
+    total = sum(aff.nnz for aff, _ in parts)
+    row, var, col = (np.empty(total, dtype=index_dtype) for _ in range(3))
+    val = np.empty(total)
+    pos = 0
+    for aff, start in parts:
+        end = pos + aff.nnz
+        np.add(aff.row, start, out=row[pos:end])
+        var[pos:end], col[pos:end], val[pos:end] = aff.var, aff.theta, aff.val
+        pos = end
+    np.putmask(col, col == NONE, n_theta)
+    return _Terms(row, var, col, val)
+
+
+def compile_problem(
+    objective: Expression,
+    constraints: list[Constraint],
+    variables: list[Variable],
+    parameters: list[Parameter],
+) -> ParametricQP:
     """Compile ``minimize objective s.t. constraints`` (already checked for convexity)."""
     ctx = Context(variables, parameters)
     obj = ctx.canon(objective)
     for c in constraints:
         ctx.add_constraint(c, c)
     n_theta = ctx.n_theta
+    n = ctx.n_var  # slots are numbered apart (canon.SLOT_BASE): the QP's variables are 0..n-1
+    if n == 0:
+        raise ModelError("the problem has no variables")
 
     rest, qa, qb, qtheta, qval = quadratic_terms(ctx, obj)
-
-    # compact the variable space: slots are not variables of the QP
-    is_var = ~ctx.is_slot_mask(np.arange(ctx.n_var))
-    new_index = np.cumsum(is_var) - 1
-    n = int(is_var.sum())
-
-    # one gather: index -1 (no variable) reads the appended NONE
-    lookup = np.append(new_index, NONE).astype(np.int64)
-
-    def renumber(v: np.ndarray) -> np.ndarray:
-        return lookup[v]
-
-    qa, qb = renumber(qa), renumber(qb)
     both = (qa != NONE) & (qb != NONE)
     one = (qa != NONE) ^ (qb != NONE)
     none = (qa == NONE) & (qb == NONE)
     maps: dict[str, AffineMap] = {}
-    maps["P"] = _matrix_map(qa[both], qb[both], qtheta[both], 2.0 * qval[both], (n, n), n_theta)
-    rvar = renumber(rest.var)
-    lin = rvar != NONE
-    maps["q"] = _vector_map(np.concatenate([rvar[lin], np.maximum(qa, qb)[one]]),
-                            np.concatenate([rest.theta[lin], qtheta[one]]),
-                            np.concatenate([rest.val[lin], qval[one]]), n, n_theta)
-    maps["r"] = _vector_map(np.zeros(int((~lin).sum() + none.sum()), dtype=np.int64),
-                            np.concatenate([rest.theta[~lin], qtheta[none]]),
-                            np.concatenate([rest.val[~lin], qval[none]]), 1, n_theta)
+    maps["P"] = _matrix_map(
+        _Terms.of(qa[both], qb[both], qtheta[both], 2.0 * qval[both], n_theta), (n, n), n_theta
+    )
+    lin = rest.var != NONE
+    q_index = np.concatenate([rest.var[lin], np.maximum(qa, qb)[one]])
+    maps["q"] = _vector_map(
+        _Terms.of(
+            q_index,
+            q_index,
+            np.concatenate([rest.theta[lin], qtheta[one]]),
+            np.concatenate([rest.val[lin], qval[one]]),
+            n_theta,
+        ),
+        n,
+        n_theta,
+    )
+    r_index = np.zeros(int((~lin).sum() + none.sum()), dtype=np.int64)
+    maps["r"] = _vector_map(
+        _Terms.of(
+            r_index,
+            r_index,
+            np.concatenate([rest.theta[~lin], qtheta[none]]),
+            np.concatenate([rest.val[~lin], qval[none]]),
+            n_theta,
+        ),
+        1,
+        n_theta,
+    )
 
     rows_of: dict[Constraint, ConstraintRows] = {}
-    blocks: dict[str, list[Affine]] = {"eq": [], "in": []}
+    blocks: dict[str, list[tuple[Affine, int]]] = {"eq": [], "in": []}
     counts = {"eq": 0, "in": 0}
-    lower_rows: list[np.ndarray] = []  # rows of C bounded below (from "ge" constraints)
+    lower_rows: list[tuple[int, int]] = []  # rows of C bounded below (from "ge" constraints)
     for cc in ctx.constraints:
         group = "eq" if cc.kind == "eq" else "in"
         start = counts[group]
-        r = cc.rows
-        blocks[group].append(Affine(r.size, r.row + start if start else r.row, r.var, r.theta, r.val))
-        counts[group] += r.size
+        blocks[group].extend((part, start) for part in cc.parts)
+        counts[group] += cc.size
         if cc.kind == "ge":
-            lower_rows.append(np.arange(start, counts[group]))
+            lower_rows.append((start, counts[group]))
         if cc.origin is not None:
-            rows_of[cc.origin] = ConstraintRows(group, start, counts[group], cc.origin.shape,
-                                                -1.0 if cc.kind == "ge" else 1.0)
+            rows_of[cc.origin] = ConstraintRows(
+                group, start, counts[group], cc.origin.shape, -1.0 if cc.kind == "ge" else 1.0
+            )
     n_eq, n_in = counts["eq"], counts["in"]
     is_lower = np.zeros(n_in, dtype=bool)
-    if lower_rows:
-        is_lower[np.concatenate(lower_rows)] = True
+    for a, b in lower_rows:
+        is_lower[a:b] = True
     for group, mat, vec in (("eq", "A", "b"), ("in", "C", "u")):
-        rows = Affine.concat(blocks[group], counts[group])
-        var = renumber(rows.var)
-        has_var = var != NONE
         m = counts[group]
-        with_var = np.flatnonzero(has_var)
-        if with_var.size == has_var.size:  # no constant terms: no copies
-            maps[mat] = _matrix_map(rows.row, var, rows.theta, rows.val, (m, n), n_theta)
-            without = with_var[:0]
-        else:
-            maps[mat] = _matrix_map(rows.row[with_var], var[with_var], rows.theta[with_var], rows.val[with_var],
-                                    (m, n), n_theta)
-            without = np.flatnonzero(~has_var)
+        terms, consts = _stack(blocks[group], (m, n), n_theta)
+        maps[mat] = _matrix_map(terms, (m, n), n_theta)
+        consts.val = -consts.val  # the constants move to the right-hand side
         if group == "eq":
-            maps[vec] = _vector_map(rows.row[without], rows.theta[without], -rows.val[without], m, n_theta)
+            maps[vec] = _vector_map(consts, m, n_theta)
             continue
         # each inequality row has one finite side: u for "<=" rows, l for ">=" rows
-        lower = is_lower[rows.row[without]]
-        up, lo = without[~lower], without[lower]
-        maps["u"] = _vector_map(rows.row[up], rows.theta[up], -rows.val[up], m, n_theta,
-                                offset=np.where(is_lower, np.inf, 0.0) if is_lower.any() else None)
-        maps["l"] = _vector_map(rows.row[lo], rows.theta[lo], -rows.val[lo], m, n_theta,
-                                offset=np.where(is_lower, 0.0, -np.inf))
+        lower = is_lower[consts.row]
+        upper = ~lower
+        maps["u"] = _vector_map(
+            _Terms(consts.row[upper], consts.var, consts.col[upper], consts.val[upper]),
+            m,
+            n_theta,
+            offset=np.where(is_lower, np.inf, 0.0) if is_lower.any() else None,
+        )
+        maps["l"] = _vector_map(
+            _Terms(consts.row[lower], consts.var, consts.col[lower], consts.val[lower]),
+            m,
+            n_theta,
+            offset=np.where(is_lower, 0.0, -np.inf),
+        )
 
-    if n == 0:
-        raise ModelError("the problem has no variables")
-    var_slices = {v: VariableSlice(int(new_index[ctx.var_offset[v]]), v.shape) for v in variables}
+    var_slices = {v: VariableSlice(int(ctx.var_offset[v]), v.shape) for v in variables}
     return ParametricQP(
         parameters=list(parameters),
         param_offsets=dict(ctx.param_offset),

@@ -9,8 +9,8 @@ coefficient on each slot later turns into entries of P, q and r.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import scipy.sparse as sp
@@ -32,27 +32,49 @@ class Slots:
     theta: list[np.ndarray] = field(default_factory=list)
     val: list[np.ndarray] = field(default_factory=list)
 
-    def add(self, slot: np.ndarray, va: np.ndarray, vb: np.ndarray, theta: np.ndarray, val: np.ndarray) -> None:
-        for name, arr in zip(("slot", "va", "vb", "theta", "val"), (slot, va, vb, theta, val)):
+    def add(
+        self, slot: np.ndarray, va: np.ndarray, vb: np.ndarray, theta: np.ndarray, val: np.ndarray
+    ) -> None:
+        for name, arr in zip(("slot", "va", "vb", "theta", "val"), (slot, va, vb, theta, val), strict=True):
             getattr(self, name).append(np.asarray(arr))
 
     def arrays(self) -> tuple[np.ndarray, ...]:
         def cat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
             return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
 
-        return (cat(self.slot, np.int64), cat(self.va, np.int64), cat(self.vb, np.int64),
-                cat(self.theta, np.int64), cat(self.val, float))
+        return (
+            cat(self.slot, np.int64),
+            cat(self.va, np.int64),
+            cat(self.vb, np.int64),
+            cat(self.theta, np.int64),
+            cat(self.val, float),
+        )
 
 
 @dataclass
 class CanonConstraint:
-    kind: str  # "eq" (rows == 0), "le" (rows <= 0) or "ge" (rows >= 0)
-    rows: Affine
+    """``sum(parts) (kind) 0`` row by row, where kind is "eq" (==), "le" (<=) or "ge" (>=).
+
+    The parts (affines of ``size`` rows) are summed by concatenation only once, when the
+    compiler stacks every constraint into A or C.
+    """
+
+    kind: str
+    parts: tuple[Affine, ...]
+    size: int
     origin: Constraint | None
 
 
+SLOT_BASE = 1 << 40  # slots are numbered from here, apart from the QP's variables 0, 1, ...
+
+
 class Context:
-    """State of one canonicalisation: variable and parameter indices, constraints, slots."""
+    """State of one canonicalisation: variable and parameter indices, constraints, slots.
+
+    QP variables (user and auxiliary) are numbered 0, 1, ... in order of creation; quadratic
+    slots get indices from :data:`SLOT_BASE` on, so the QP's variable numbering needs no
+    compaction once the slots are gone.
+    """
 
     def __init__(self, variables: list[ex.Variable], parameters: list[ex.Parameter]):
         self.param_offset: dict[ex.Parameter, int] = {}
@@ -63,8 +85,7 @@ class Context:
         self.n_theta = offset
         self.var_offset: dict[ex.Variable, int] = {}
         self.n_var = 0
-        self.slot_vars: list[tuple[int, int]] = []  # (first index, count) of slot blocks
-        self._slot_lookup: np.ndarray | None = None
+        self.n_slots = 0
         self.slots = Slots()
         self.constraints: list[CanonConstraint] = []
         self.cache: dict[int, Affine] = {}
@@ -81,21 +102,14 @@ class Context:
         return self.var_offset[v]
 
     def new_slots(self, count: int) -> np.ndarray:
-        first = self.n_var
-        self.n_var += count
-        self.slot_vars.append((first, count))
+        first = SLOT_BASE + self.n_slots
+        self.n_slots += count
         return np.arange(first, first + count, dtype=np.int64)
 
-    def is_slot_mask(self, var: np.ndarray) -> np.ndarray:
+    @staticmethod
+    def is_slot_mask(var: np.ndarray) -> np.ndarray:
         """Which entries of ``var`` (variable indices, -1 for none) are quadratic slots."""
-        if not self.slot_vars:
-            return np.zeros(var.shape, dtype=bool)
-        if self._slot_lookup is None or self._slot_lookup.size != self.n_var + 1:
-            lookup = np.zeros(self.n_var + 1, dtype=bool)  # the last entry answers for index -1
-            for first, count in self.slot_vars:
-                lookup[first:first + count] = True
-            self._slot_lookup = lookup
-        return self._slot_lookup[var]
+        return var >= SLOT_BASE
 
     # ------------------------------------------------------------ canonicalisation
     def canon(self, expr: ex.Expression) -> Affine:
@@ -111,14 +125,16 @@ class Context:
 
     def add_constraint(self, constraint: Constraint, origin: Constraint | None) -> None:
         rows = self.canon(constraint.expr)
-        if np.any(self.is_slot_mask(rows.var)):
-            raise ModelError(f"constraint {constraint.describe()}: quadratic terms are only allowed in the objective")
+        if rows.nnz and int(rows.var.max()) >= SLOT_BASE:
+            raise ModelError(
+                f"constraint {constraint.describe()}: quadratic terms are only allowed in the objective"
+            )
         assert isinstance(constraint, (Equality, Inequality))
         kind = "eq" if isinstance(constraint, Equality) else "le"
         if kind == "le" and constraint.rhs.has_variables and not constraint.lhs.has_variables:
             # ``lo <= expr`` (e.g. x >= 0) becomes the lower bound of the row +expr, not -expr <= -lo
             rows, kind = rows.scale(-1.0), "ge"
-        self.constraints.append(CanonConstraint(kind, rows, origin))
+        self.constraints.append(CanonConstraint(kind, (rows,), rows.size, origin))
 
     def aux(self, shape: tuple[int, ...], name: str) -> ex.Variable:
         v = ex.Variable(shape, name=f"_{name}")
@@ -216,8 +232,15 @@ def _matmul(e: ex.MatMul, ctx: Context) -> Affine:
                 return Affine.param_times(aff, ctx.param_offset[base], base.shape, left, transposed, m, k, n)
     i, l, j = np.meshgrid(np.arange(m), np.arange(k), np.arange(n), indexing="ij")
     out = (i * n + j).reshape(-1)
-    return Affine.bilinear(ctx.canon(lhs), ctx.canon(rhs), out, (i * k + l).reshape(-1), (l * n + j).reshape(-1),
-                           m * n, e.describe())
+    return Affine.bilinear(
+        ctx.canon(lhs),
+        ctx.canon(rhs),
+        out,
+        (i * k + l).reshape(-1),
+        (l * n + j).reshape(-1),
+        m * n,
+        e.describe(),
+    )
 
 
 @rule(ex.Index)
@@ -275,7 +298,7 @@ def _concatenate(e: ex.Concatenate, ctx: Context) -> Affine:
     positions = np.arange(e.size).reshape(e.shape)
     splits = np.cumsum([s[e.axis] for s in e.arg_shapes])[:-1]
     blocks = np.split(positions, splits, axis=e.axis)
-    parts = [ctx.canon(a).remap(block.reshape(-1), e.size) for a, block in zip(e.args, blocks)]
+    parts = [ctx.canon(a).remap(block.reshape(-1), e.size) for a, block in zip(e.args, blocks, strict=True)]
     return Affine.concat(parts, e.size)
 
 
@@ -370,10 +393,12 @@ def _param_free(ctx: Context, x: ex.Expression, name: str) -> Affine:
     if not x.has_parameters:
         return ctx.canon(x)
     w = ctx.aux(x.shape, name)
-    # the rows of w - x == 0, built in one concatenation (x's own sum is never materialised)
+    # the rows of x - w == 0 as separate parts (x's own sum is never materialised); written
+    # as x - w rather than w - x so that x's parameter entries keep their sign in A, which
+    # lets applying the parameters copy them instead of negating them
     terms = x.args if isinstance(x, ex.Add) and x.id not in ctx.cache else (x,)
-    parts = [ctx.canon(w)] + [_broadcast(ctx.canon(t), t.shape, x.shape).scale(-1.0) for t in terms]
-    ctx.constraints.append(CanonConstraint("eq", Affine.concat(parts, x.size), None))
+    parts = [_broadcast(ctx.canon(t), t.shape, x.shape) for t in terms] + [ctx.canon(w).scale(-1.0)]
+    ctx.constraints.append(CanonConstraint("eq", tuple(parts), x.size, None))
     return ctx.canon(w)
 
 
@@ -450,6 +475,11 @@ def quadratic_terms(ctx: Context, objective: Affine) -> tuple[np.ndarray, ...]:
             "a quadratic term with a parameter matrix (quad_form with a Parameter) is scaled by a "
             "parameter; the QP data would not be affine in the parameters. Fold the scale into the matrix"
         )
-    rest = Affine(objective.size, objective.row[~slot_mask], objective.var[~slot_mask],
-                  objective.theta[~slot_mask], objective.val[~slot_mask])
+    rest = Affine(
+        objective.size,
+        objective.row[~slot_mask],
+        objective.var[~slot_mask],
+        objective.theta[~slot_mask],
+        objective.val[~slot_mask],
+    )
     return rest, s_va[item], s_vb[item], np.maximum(ct, st), coef_val[owner] * s_val[item]

@@ -12,6 +12,7 @@ from .._array import framework
 from ..expressions.constraints import Constraint
 from ..expressions.expression import Parameter, Variable
 from ..qp import QPData, SparseBatch
+from .numpy_apply import fill, make_plan
 
 
 @dataclass
@@ -19,8 +20,9 @@ class AffineMap:
     """``values = T @ [theta; 1] + offset`` for one data item.
 
     For a matrix item, value i is entry ``(rows[i], cols[i])`` of a ``shape`` matrix (a fixed
-    pattern, no repeats); for a vector item, value i is entry i. ``offset`` holds constants
-    that are not finite numbers (the ±inf of absent bounds) and is None when zero.
+    pattern, no repeats, in no particular order); for a vector item, value i is entry i.
+    ``offset`` holds constants that are not finite numbers (the ±inf of absent bounds) and is
+    None when zero.
     """
 
     T: sp.csr_matrix
@@ -34,13 +36,19 @@ class AffineMap:
     def nnz(self) -> int:
         return int(self.T.shape[0])
 
+    @property
+    def n_theta(self) -> int:
+        return int(self.T.shape[1]) - 1
+
     def _gather(self) -> tuple[np.ndarray, np.ndarray | None] | None:
-        """(column, coefficient) when every value is one entry of theta times a number: a gather, no matmul."""
+        """(column, coefficient) when every value is one entry of theta times a number: a gather."""
         if "gather" not in self._cache:
             T = self.T.tocsr()
-            T.sum_duplicates()
+            if not T.has_canonical_format:
+                T = T.copy()
+                T.sum_duplicates()
             single = T.nnz == T.shape[0] and bool(np.all(np.diff(T.indptr) == 1))
-            coef = None if not single or np.all(T.data == 1.0) else T.data.copy()
+            coef = None if not single or np.all(T.data == 1.0) else T.data
             self._cache["gather"] = (T.indices.astype(np.int64), coef) if single else None
         return self._cache["gather"]
 
@@ -52,47 +60,32 @@ class AffineMap:
             self._cache["compact"] = (used, T[:, used].tocsr())
         return self._cache["compact"]
 
-    def _runs(self) -> list[tuple[int, int, int]] | None:
-        """For a gather whose columns form few contiguous runs: (start, stop, first column) per run."""
-        if "runs" not in self._cache:
-            runs = None
-            gather = self._gather()
-            if gather is not None and gather[0].size:
-                cols = gather[0]
-                starts = np.concatenate([[0], np.flatnonzero(np.diff(cols) != 1) + 1])
-                if starts.size * 16 <= cols.size:
-                    stops = np.concatenate([starts[1:], [cols.size]])
-                    runs = [(int(a), int(b), int(cols[a])) for a, b in zip(starts, stops)]
-            self._cache["runs"] = runs
-        return self._cache["runs"]
+    def apply(self, theta_aug: Any, out: np.ndarray | None = None) -> Any:
+        """Values for a batch ``theta_aug`` (B, n_theta + 1) of numpy, torch or jax arrays.
 
-    def apply(self, theta_aug: Any) -> Any:
-        """Values for a batch ``theta_aug`` (B, n_theta + 1) of numpy, torch or jax arrays."""
+        numpy arrays may also be (B, n_theta) (the constant column is never read); their values
+        are written into ``out`` (B, nnz) where possible (see :func:`~.numpy_apply.fill`).
+        """
         fw = framework(theta_aug)
+        if fw == "numpy":
+            return self._apply_numpy(theta_aug, out)
         gather = self._gather()
-        runs = self._runs() if fw == "numpy" else None  # autograd frameworks gather in one op
-        if runs is not None:
-            out = _copy_runs(theta_aug, runs)
-        elif gather is not None:
+        if gather is not None:
             out = theta_aug[:, _like(gather[0], theta_aug, index=True)]
         else:
             used, T = self._compact()
             sub = theta_aug[:, _like(used, theta_aug, index=True)]
-            if fw == "torch":
-                out = (self._torch(sub, T) @ sub.T).T
-            elif fw == "jax":
-                out = _jax_sparse_apply(T, sub)
-            else:
-                out = np.asarray(T @ np.ascontiguousarray(sub.T)).T
+            out = (self._torch(sub, T) @ sub.T).T if fw == "torch" else _jax_sparse_apply(T, sub)
         if gather is not None and gather[1] is not None:
-            coef = gather[1]
-            if fw == "numpy" and runs is not None and np.all(coef == -1.0):
-                np.negative(out, out=out)
-            else:
-                out = out * _like(coef, theta_aug)
+            out = out * _like(gather[1], theta_aug)
         if self.offset is not None:
             out = out + _like(self.offset, theta_aug)
         return out
+
+    def _apply_numpy(self, theta: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+        if "plan" not in self._cache:
+            self._cache["plan"] = make_plan(self.T, self.offset)
+        return fill(self._cache["plan"], theta, out)
 
     def _torch(self, like: Any, T: sp.csr_matrix) -> Any:
         import torch
@@ -106,7 +99,6 @@ class AffineMap:
         return self._cache[key]
 
 
-
 def _jax_sparse_apply(T: sp.csr_matrix, sub: Any) -> Any:
     """``(T @ sub.T).T`` in JAX as a scatter-add of numpy constants (safe to trace and to cache)."""
     import jax.numpy as jnp
@@ -114,14 +106,6 @@ def _jax_sparse_apply(T: sp.csr_matrix, sub: Any) -> Any:
     coo = T.tocoo()
     out = jnp.zeros((sub.shape[0], T.shape[0]), dtype=sub.dtype)
     return out.at[:, coo.row].add(sub[:, coo.col] * jnp.asarray(coo.data, dtype=sub.dtype))
-
-
-def _copy_runs(theta_aug: np.ndarray, runs: list[tuple[int, int, int]]) -> np.ndarray:
-    """Columns of theta_aug copied run by run (contiguous slices copy far faster than a gather)."""
-    out = np.empty((theta_aug.shape[0], runs[-1][1]), dtype=theta_aug.dtype)
-    for start, stop, col in runs:
-        out[:, start:stop] = theta_aug[:, col: col + stop - start]
-    return out
 
 
 def _like(values: np.ndarray, ref: Any, index: bool = False) -> Any:
@@ -217,19 +201,25 @@ class ParametricQP:
 
             return jnp.concatenate(parts + [jnp.ones((batch, 1), dtype=parts[0].dtype)], axis=1)
         out = np.empty((batch, self.n_theta + 1), dtype=parts[0].dtype if parts else float)
-        for p, part in zip(self.parameters, parts):
+        for p, part in zip(self.parameters, parts, strict=True):
             start = self.param_offsets[p]
-            out[:, start: start + p.size] = part
+            out[:, start : start + p.size] = part
         out[:, -1] = 1.0
         return out
 
-    def apply(self, theta: Any) -> QPData:
+    def apply(self, theta: Any, out: QPData | None = None) -> QPData:
         """QP data (P, A, C as :class:`SparseBatch`) for a batch of stacked parameters.
 
         ``theta`` is (B, n_theta) or, as :meth:`stack_theta` returns it, (B, n_theta + 1) with a
         last column of ones. Differentiable in theta under torch and jax.
+
+        With numpy arrays, ``out`` (a QPData returned by an earlier call, of the same batch size
+        and dtype) has its arrays overwritten instead of new ones allocated: for loops that apply
+        many batches, this skips the operating system's zeroing of fresh memory.
         """
         fw = framework(theta)
+        if fw == "numpy":
+            return self._apply_numpy(np.asarray(theta), out)
         batch = theta.shape[0]
         theta_aug = theta
         if theta.shape[1] == self.n_theta:
@@ -238,19 +228,33 @@ class ParametricQP:
 
                 ones = torch.ones((batch, 1), dtype=theta.dtype, device=theta.device)
                 theta_aug = torch.cat([theta, ones], dim=1)
-            elif fw == "jax":
+            else:
                 import jax.numpy as jnp
 
                 theta_aug = jnp.concatenate([theta, jnp.ones((batch, 1), dtype=theta.dtype)], axis=1)
-            else:
-                theta_aug = np.concatenate([theta, np.ones((batch, 1), dtype=theta.dtype)], axis=1)
+        return self._wrap({key: m.apply(theta_aug) for key, m in self.maps.items()})
+
+    def _apply_numpy(self, theta: np.ndarray, out: QPData | None) -> QPData:
+        if theta.shape[1] not in (self.n_theta, self.n_theta + 1):
+            raise ValueError(f"theta has {theta.shape[1]} columns; expected {self.n_theta} (or one more)")
+        values = {}
+        for key, m in self.maps.items():
+            previous = None
+            if out is not None:
+                item = getattr(out, key)
+                previous = item.values if isinstance(item, SparseBatch) else item
+                if key == "r" and previous is not None:
+                    previous = previous[:, None]
+            values[key] = m.apply(theta, out=previous if isinstance(previous, np.ndarray) else None)
+        return self._wrap(values)
+
+    def _wrap(self, values: dict[str, Any]) -> QPData:
         out: dict[str, Any] = {}
         for key, m in self.maps.items():
-            values = m.apply(theta_aug)
             if m.rows is not None:
-                out[key] = SparseBatch(m.rows, m.cols, values, m.shape)  # type: ignore[arg-type]
+                out[key] = SparseBatch(m.rows, m.cols, values[key], m.shape)  # type: ignore[arg-type]
             elif key == "r":
-                out[key] = values[:, 0]
+                out[key] = values[key][:, 0]
             else:
-                out[key] = values
+                out[key] = values[key]
         return QPData(**out)
