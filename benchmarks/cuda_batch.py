@@ -156,7 +156,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print("-" * len(head))
     for r in rows:
         print(
-            f"{r['batch']:>6} {r['torch_fwd_s']:>11.3f} {r['proxsuite_fwd_s']:>15.3f} {r['fwd_ratio']:>6.2f} | "
+            f"{r['batch']:>6} {r['torch_fwd_s']:>11.3f} {r['proxsuite_fwd_s']:>15.3f} "
+            f"{r['fwd_ratio']:>6.2f} | "
             f"{r['torch_fwd_bwd_s']:>15.3f} {r['proxsuite_fwd_bwd_s']:>19.3f} {r['fwd_bwd_ratio']:>6.2f} | "
             f"{r['max_abs_dx']:>8.1e} {r['grad_distance']:>9.1e}"
         )

@@ -109,9 +109,14 @@ def load(path: str) -> dict[str, np.ndarray]:
     eq = lo == up
     ineq = ~eq & ~(np.isinf(lo) & np.isinf(up))
     return {
-        "P": 0.5 * (P + P.T), "q": q, "r": r,
-        "A": M[eq], "b": lo[eq],
-        "C": M[ineq], "l": lo[ineq], "u": up[ineq],
+        "P": 0.5 * (P + P.T),
+        "q": q,
+        "r": r,
+        "A": M[eq],
+        "b": lo[eq],
+        "C": M[ineq],
+        "l": lo[ineq],
+        "u": up[ineq],
     }
 
 
@@ -154,8 +159,9 @@ def solve(solver: str, prob: dict[str, np.ndarray], eps: float, time_limit: floa
     arrays = {k: np.asarray(prob[k])[None] for k in ("P", "q", "A", "b", "C", "l", "u")}
     arrays["r"] = np.array([prob["r"]])
     options = {"num_threads": 1} if solver == "proxsuite" else {}
-    settings = Settings(eps_abs=eps, eps_rel=0.0, max_iter=MAX_ITER[solver], closest_feasible=False,
-                        options=options)
+    settings = Settings(
+        eps_abs=eps, eps_rel=0.0, max_iter=MAX_ITER[solver], closest_feasible=False, options=options
+    )
     if solver == "torch":
         import torch
 
@@ -173,8 +179,11 @@ def solve(solver: str, prob: dict[str, np.ndarray], eps: float, time_limit: floa
     except _Timeout:
         return {"status": "time_limit", "time_s": time.perf_counter() - t0, "iterations": None}
     except Exception as exc:  # a crash is a failure of that solve, recorded, not of the benchmark
-        return {"status": f"error: {type(exc).__name__}: {exc}"[:200], "time_s": time.perf_counter() - t0,
-                "iterations": None}
+        return {
+            "status": f"error: {type(exc).__name__}: {exc}"[:200],
+            "time_s": time.perf_counter() - t0,
+            "iterations": None,
+        }
     finally:
         if use_alarm:
             signal.setitimer(signal.ITIMER_REAL, 0)
@@ -186,7 +195,9 @@ def solve(solver: str, prob: dict[str, np.ndarray], eps: float, time_limit: floa
         return a.astype(np.float64)[0]
 
     return {
-        "x": host(res.x), "y": host(res.y), "z": host(res.z),
+        "x": host(res.x),
+        "y": host(res.y),
+        "z": host(res.z),
         "status": Status(int(host(res.status))).label,
         "iterations": int(host(res.iterations)),
         "time_s": elapsed,
@@ -207,25 +218,38 @@ def summarize(result: dict[str, Any]) -> None:
                 continue
             ok = [r for r in rows if r["success"]]
             said = [r for r in rows if r["status"] == "solved"]
-            print(f"\n{solver} eps={key}: {len(ok)}/{len(rows)} solved "
-                  f"(status 'solved' reported on {len(said)}; time total {sum(r['time_s'] or 0 for r in rows):.1f} s)")
+            total = sum(r["time_s"] or 0 for r in rows)
+            print(
+                f"\n{solver} eps={key}: {len(ok)}/{len(rows)} solved "
+                f"(status 'solved' reported on {len(said)}; time total {total:.1f} s)"
+            )
             bad = [r for r in rows if not r["success"]]
             if bad:
-                print(f"  {'problem':<10} {'status':<16} {'prim':>7} {'dual':>7} {'gap':>7} {'iters':>6} {'time_s':>7}")
+                head = ("problem", "status", "prim", "dual", "gap", "iters", "time_s")
+                print("  {:<10} {:<16} {:>7} {:>7} {:>7} {:>6} {:>7}".format(*head))
                 for r in bad:
                     it = "-" if r["iterations"] is None else str(r["iterations"])
-                    print(f"  {r['problem']:<10} {r['status'][:16]:<16} {_fmt(r['prim'])} {_fmt(r['dual'])} "
-                          f"{_fmt(r['gap'])} {it:>6} {r['time_s'] if r['time_s'] is None else round(r['time_s'], 2)!s:>7}")
+                    t = r["time_s"] if r["time_s"] is None else round(r["time_s"], 2)
+                    print(
+                        f"  {r['problem']:<10} {r['status'][:16]:<16} {_fmt(r['prim'])} {_fmt(r['dual'])} "
+                        f"{_fmt(r['gap'])} {it:>6} {t!s:>7}"
+                    )
 
 
 def _finite(v: float) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def run(quick: bool = False, only: list[str] | None = None, data: str | None = None,
-        eps_list: tuple[float, ...] = EPS_LIST, solvers: tuple[str, ...] = SOLVERS,
-        json_path: str | None = None, skip_after: float = SKIP_AFTER_S,
-        time_limit: float | None = TIME_LIMIT_S) -> dict:
+def run(
+    quick: bool = False,
+    only: list[str] | None = None,
+    data: str | None = None,
+    eps_list: tuple[float, ...] = EPS_LIST,
+    solvers: tuple[str, ...] = SOLVERS,
+    json_path: str | None = None,
+    skip_after: float = SKIP_AFTER_S,
+    time_limit: float | None = TIME_LIMIT_S,
+) -> dict:
     """Solve and score the set; print the tables; return (and with ``json_path`` write) the results."""
     folder = data_folder(data)
     if not os.path.isdir(folder) or not glob.glob(os.path.join(folder, "*.mat")):
@@ -241,16 +265,29 @@ def run(quick: bool = False, only: list[str] | None = None, data: str | None = N
         problems = [p for p in problems if p["name"].upper() in wanted]
     if quick:
         problems = problems[:QUICK_COUNT]
-    print(f"maros_meszaros: {kept} problems with n, m <= {MAX_N} in {folder}; running {len(problems)}"
-          f"{' (quick: the smallest)' if quick else ''}; eps_abs {', '.join(f'{e:g}' for e in eps_list)}, eps_rel 0")
+    eps_text = ", ".join(f"{e:g}" for e in eps_list)
+    print(
+        f"maros_meszaros: {kept} problems with n, m <= {MAX_N} in {folder}; running {len(problems)}"
+        f"{' (quick: the smallest)' if quick else ''}; eps_abs {eps_text}, eps_rel 0"
+    )
     result: dict[str, Any] = {
-        "data": folder, "kept": kept, "quick": quick, "eps": list(eps_list), "solvers": list(solvers),
-        "max_iter": {s: MAX_ITER[s] for s in solvers}, "skip_after_s": skip_after, "time_limit_s": time_limit,
+        "data": folder,
+        "kept": kept,
+        "quick": quick,
+        "eps": list(eps_list),
+        "solvers": list(solvers),
+        "max_iter": {s: MAX_ITER[s] for s in solvers},
+        "skip_after_s": skip_after,
+        "time_limit_s": time_limit,
         "scoring": "absolute (eps_rel = 0): prim, dual, gap <= eps, from x, y, z on the original data",
-        "problems": [], "rows": [],
+        "problems": [],
+        "rows": [],
     }
-    print(f"{'problem':<10} {'n':>5} {'neq':>5} {'nin':>5} {'solver':<10} {'eps':>6} {'status':<12} "
-          f"{'prim':>7} {'dual':>7} {'gap':>7} {'iters':>6} {'time_s':>7} ok", flush=True)
+    print(
+        f"{'problem':<10} {'n':>5} {'neq':>5} {'nin':>5} {'solver':<10} {'eps':>6} {'status':<12} "
+        f"{'prim':>7} {'dual':>7} {'gap':>7} {'iters':>6} {'time_s':>7} ok",
+        flush=True,
+    )
     for info in problems:
         prob = load(info["path"])
         n, neq, nin = prob["q"].size, prob["b"].size, prob["l"].size
@@ -259,34 +296,57 @@ def run(quick: bool = False, only: list[str] | None = None, data: str | None = N
             prox_time = None
             for solver in solvers:
                 if solver != "proxsuite" and prox_time is not None and prox_time > skip_after:
-                    out = {"status": f"skipped (proxsuite {prox_time:.0f} s)", "time_s": None, "iterations": None}
+                    out = {
+                        "status": f"skipped (proxsuite {prox_time:.0f} s)",
+                        "time_s": None,
+                        "iterations": None,
+                    }
                 else:
                     out = solve(solver, prob, eps, None if solver == "proxsuite" else time_limit)
                 if solver == "proxsuite":
                     prox_time = out["time_s"]
-                s = score(prob, out["x"], out["y"], out["z"]) if "x" in out else {
-                    "prim": math.inf, "dual": math.inf, "gap": math.inf}
+                s = (
+                    score(prob, out["x"], out["y"], out["z"])
+                    if "x" in out
+                    else {"prim": math.inf, "dual": math.inf, "gap": math.inf}
+                )
                 success = s["prim"] <= eps and s["dual"] <= eps and s["gap"] <= eps
-                row = {"problem": info["name"], "solver": solver, "eps": eps, "status": out["status"],
-                       "iterations": out["iterations"], "time_s": out["time_s"],
-                       "prim": _finite(s["prim"]), "dual": _finite(s["dual"]), "gap": _finite(s["gap"]),
-                       "success": bool(success)}
+                row = {
+                    "problem": info["name"],
+                    "solver": solver,
+                    "eps": eps,
+                    "status": out["status"],
+                    "iterations": out["iterations"],
+                    "time_s": out["time_s"],
+                    "prim": _finite(s["prim"]),
+                    "dual": _finite(s["dual"]),
+                    "gap": _finite(s["gap"]),
+                    "success": bool(success),
+                }
                 result["rows"].append(row)
                 t = "-" if out["time_s"] is None else f"{out['time_s']:.2f}"
                 it = "-" if out["iterations"] is None else str(out["iterations"])
-                print(f"{info['name']:<10} {n:>5} {neq:>5} {nin:>5} {solver:<10} {eps:>6.0e} {out['status'][:12]:<12} "
-                      f"{_fmt(row['prim'])} {_fmt(row['dual'])} {_fmt(row['gap'])} {it:>6} {t:>7} "
-                      f"{'yes' if success else 'NO'}", flush=True)
+                print(
+                    f"{info['name']:<10} {n:>5} {neq:>5} {nin:>5} {solver:<10} {eps:>6.0e} "
+                    f"{out['status'][:12]:<12} "
+                    f"{_fmt(row['prim'])} {_fmt(row['dual'])} {_fmt(row['gap'])} {it:>6} {t:>7} "
+                    f"{'yes' if success else 'NO'}",
+                    flush=True,
+                )
         if json_path:
             _write(json_path, result)
     result["summary"] = {
         f"{solver} {eps:g}": {
             "solved": sum(r["success"] for r in result["rows"] if r["solver"] == solver and r["eps"] == eps),
             "total": sum(1 for r in result["rows"] if r["solver"] == solver and r["eps"] == eps),
-            "failures": {r["problem"]: r["status"] for r in result["rows"]
-                         if r["solver"] == solver and r["eps"] == eps and not r["success"]},
+            "failures": {
+                r["problem"]: r["status"]
+                for r in result["rows"]
+                if r["solver"] == solver and r["eps"] == eps and not r["success"]
+            },
         }
-        for solver in solvers for eps in eps_list
+        for solver in solvers
+        for eps in eps_list
     }
     if json_path:
         _write(json_path, result)
@@ -310,9 +370,23 @@ if __name__ == "__main__":
     parser.add_argument("--eps", type=float, nargs="+", default=list(EPS_LIST))
     parser.add_argument("--solvers", nargs="+", default=list(SOLVERS), choices=SOLVERS)
     parser.add_argument("--json", default=DEFAULT_JSON, help="output JSON ('' for none)")
-    parser.add_argument("--skip-after", type=float, default=SKIP_AFTER_S,
-                        help="skip torch on a problem/eps where proxsuite took longer (s)")
-    parser.add_argument("--time-limit", type=float, default=TIME_LIMIT_S, help="abandon a torch solve after (s)")
+    parser.add_argument(
+        "--skip-after",
+        type=float,
+        default=SKIP_AFTER_S,
+        help="skip torch on a problem/eps where proxsuite took longer (s)",
+    )
+    parser.add_argument(
+        "--time-limit", type=float, default=TIME_LIMIT_S, help="abandon a torch solve after (s)"
+    )
     args = parser.parse_args()
-    run(args.quick, args.only.split(",") if args.only else None, args.data, tuple(args.eps), tuple(args.solvers),
-        args.json or None, args.skip_after, args.time_limit)
+    run(
+        args.quick,
+        args.only.split(",") if args.only else None,
+        args.data,
+        tuple(args.eps),
+        tuple(args.solvers),
+        args.json or None,
+        args.skip_after,
+        args.time_limit,
+    )

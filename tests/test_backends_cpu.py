@@ -354,7 +354,9 @@ def test_closest_stage_runs_on_torch_and_jax_arrays(fw):
 
 
 def test_registry(monkeypatch):
-    monkeypatch.setattr(backends, "_MODULES", {"proxsuite": "proxsuite_backend", "qpsolvers": "qpsolvers_backend"})
+    monkeypatch.setattr(
+        backends, "_MODULES", {"proxsuite": "proxsuite_backend", "qpsolvers": "qpsolvers_backend"}
+    )
     monkeypatch.setattr(backends, "_loaded", set())
     assert isinstance(backends.get_backend("proxsuite"), ProxsuiteBackend)
     assert backends.get_backend("cpu") is backends.get_backend("proxsuite")

@@ -70,7 +70,7 @@ def make_qp(
         u, l = Cx + rng.uniform(0.5, 1.5, p), Cx - rng.uniform(0.5, 1.5, p)
         u[:n_upper] = Cx[:n_upper]
         l[n_upper : n_upper + n_lower] = Cx[n_upper : n_upper + n_lower]
-        for k, v in zip(NAMES, (P, -(P @ x + A.T @ y + C.T @ z), A, A @ x, C, l, u)):
+        for k, v in zip(NAMES, (P, -(P @ x + A.T @ y + C.T @ z), A, A @ x, C, l, u), strict=False):
             data[k].append(v)
         xs.append(x)
     return {k: np.stack(v) for k, v in data.items()}, np.stack(xs)
@@ -122,7 +122,7 @@ def test_torch_worked_example_closest_feasible(backend: str) -> None:
     np.testing.assert_allclose(x.item(), 4.0, atol=1e-7)
     np.testing.assert_allclose([se.item(), si.item()], [-1.0, 1.0], atol=1e-7)
     x.sum().backward()
-    grads = {k: a.grad.item() for k, a in zip(NAMES, args)}
+    grads = {k: a.grad.item() for k, a in zip(NAMES, args, strict=False)}
     np.testing.assert_allclose(
         [grads["b"], grads["u"], grads["l"], grads["q"]], [0.5, 0.5, 0.0, 0.0], atol=1e-6
     )
@@ -143,7 +143,7 @@ def test_torch_batch_matches_single_solves_and_broadcasts(backend: str) -> None:
     for i in range(3):
         single = solve_qp(*torch_args({k: v[i] for k, v in data.items()}), backend=backend, settings=SETTINGS)
         assert single[0].shape == (4,) and single[5].shape == ()
-        for o, s in zip(out, single):
+        for o, s in zip(out, single, strict=False):
             np.testing.assert_allclose(o[i].numpy(), s.numpy(), atol=1e-8)
 
     # P and C shared without a batch dim, A with batch size 1; q, b, l, u batched.
@@ -226,10 +226,10 @@ def test_torch_on_failure_modes(backend: str, corrupt: object) -> None:
             assert int(out[5][1]) == Status.NUMERICAL_ERROR
         if mode == "nan" or corrupt is _corrupt_invalid:
             assert torch.isnan(out[0][1]).all()
-        for o, r in zip(out, ref):
+        for o, r in zip(out, ref, strict=False):
             np.testing.assert_allclose(o[good_rows].detach().numpy(), r.detach().numpy(), atol=1e-8)
         torch.nan_to_num(out[0][good_rows]).sum().backward()
-        for a, r in zip(args, ref_args):
+        for a, r in zip(args, ref_args, strict=False):
             assert torch.equal(a.grad[1], torch.zeros_like(a.grad[1]))
             np.testing.assert_allclose(a.grad[good_rows].numpy(), r.grad.numpy(), atol=1e-7)
 
@@ -268,7 +268,7 @@ def test_torch_on_failure_modes(backend: str, corrupt: object) -> None:
 )
 def test_torch_parameter_errors(change: object, message: str) -> None:
     data, _ = make_qp(4)
-    args = dict(zip(NAMES, torch_args(data)))
+    args = dict(zip(NAMES, torch_args(data), strict=False))
     change(args)  # type: ignore[operator]
     with pytest.raises(ParameterError, match=message):
         solve_qp(*args.values(), backend="proxsuite", settings=SETTINGS)
@@ -308,7 +308,7 @@ def test_torch_float32(backend: str) -> None:
     x.sum().backward()
     ref = torch_args(data, grad=True)
     solve_qp(*ref, backend=backend, settings=SETTINGS)[0].sum().backward()
-    for a, r in zip(args, ref):
+    for a, r in zip(args, ref, strict=False):
         assert a.grad.dtype == torch.float32
         np.testing.assert_allclose(a.grad.numpy(), r.grad.numpy(), atol=1e-2, rtol=1e-2)
 
@@ -397,7 +397,7 @@ def test_jax_jit_vmap_match_eager(backend: str) -> None:
     np.testing.assert_allclose(eager[0], x_star, atol=1e-7)
     jitted = jax.jit(lambda *a: jax_solve_qp(*a, backend=backend, settings=SETTINGS))(*args)
     per_element = jax.vmap(lambda *a: jax_solve_qp(*a, backend=backend, settings=SETTINGS))(*args)
-    for e, j, v in zip(eager, jitted, per_element):
+    for e, j, v in zip(eager, jitted, per_element, strict=False):
         np.testing.assert_allclose(j, e, atol=1e-9)
         np.testing.assert_allclose(v, e, atol=1e-9)
 
@@ -427,7 +427,7 @@ def test_jax_grad_matches_torch_and_works_under_jit_and_vmap(backend: str) -> No
     grads = jax.grad(loss, argnums)(*jax_args(data))
     jitted = jax.jit(jax.grad(loss, argnums))(*jax_args(data))
     per_element = jax.vmap(jax.grad(loss, argnums))(*jax_args(data))
-    for g, j, v, t in zip(grads, jitted, per_element, targs):
+    for g, j, v, t in zip(grads, jitted, per_element, targs, strict=False):
         np.testing.assert_allclose(g, t.grad.numpy(), atol=1e-7)
         np.testing.assert_allclose(j, g, atol=1e-9)
         np.testing.assert_allclose(v, g, atol=1e-9)
@@ -444,7 +444,7 @@ def test_jax_worked_example_grad(backend: str) -> None:
     out = jax_solve_qp(*args, backend=backend, settings=SETTINGS)
     assert int(out[5]) == Status.SOLVED_CLOSEST_FEASIBLE
     np.testing.assert_allclose([out[0][0], out[3][0], out[4][0]], [4.0, -1.0, 1.0], atol=1e-7)
-    grads = dict(zip(NAMES, jax.grad(x_of, argnums=tuple(range(7)))(*args)))
+    grads = dict(zip(NAMES, jax.grad(x_of, argnums=tuple(range(7)))(*args), strict=False))
     np.testing.assert_allclose([grads["b"][0], grads["u"][0], grads["l"][0]], [0.5, 0.5, 0.0], atol=1e-6)
     fwd = jax.jvp(
         x_of,
@@ -463,7 +463,7 @@ def test_jax_on_failure(backend: str) -> None:
     ref = jax_solve_qp(*jax_args({k: v[[0, 2]] for k, v in data.items()}), backend=backend, settings=SETTINGS)
     out = jax_solve_qp(*jax_args(bad), backend=backend, settings=SETTINGS, on_failure="nan")
     assert int(out[5][1]) == Status.NUMERICAL_ERROR and np.isnan(out[0][1]).all()
-    for o, r in zip(out, ref):
+    for o, r in zip(out, ref, strict=False):
         np.testing.assert_allclose(o[np.array([0, 2])], r, atol=1e-8)
     grads = jax.grad(
         lambda q: jnp.nansum(

@@ -27,8 +27,11 @@ def t(values: list[float] | float) -> torch.Tensor:
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_worked_example_unbatched(backend: str) -> None:
     prob, s = worked_problem()
-    layer = prob.to_torch(parameters=[s["b"], s["u"]], variables=[s["x"], qd.Shift(s["eq"]), qd.Shift(s["upper"])],
-                          backend=backend)
+    layer = prob.to_torch(
+        parameters=[s["b"], s["u"]],
+        variables=[s["x"], qd.Shift(s["eq"]), qd.Shift(s["upper"])],
+        backend=backend,
+    )
     b, u = t([5.0]), t([3.0])
     x, shift_eq, shift_up = layer(b, u)
     assert x.shape == (1,)
@@ -41,7 +44,9 @@ def test_worked_example_unbatched(backend: str) -> None:
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_worked_example_batched_mixes_feasible_and_infeasible(backend: str) -> None:
     prob, s = worked_problem()
-    layer = prob.to_torch(parameters=[s["b"], s["u"]], variables=[s["x"], qd.Shift(s["lower"])], backend=backend)
+    layer = prob.to_torch(
+        parameters=[s["b"], s["u"]], variables=[s["x"], qd.Shift(s["lower"])], backend=backend
+    )
     b = t([[5.0], [1.0], [-5.0]])
     u = t([3.0])  # unbatched: broadcast, its gradient summed over the batch
     x, shift_low = layer(b, u)
@@ -71,11 +76,15 @@ def test_gradcheck_through_a_modelled_problem(backend: str) -> None:
     F = qd.Parameter((m, n), name="F")
     g = qd.Parameter(m, name="g")
     c = qd.Parameter(n, name="c")
-    prob = qd.Problem(qd.Minimize(0.5 * qd.sum_squares(F @ x - g) + 0.5 * qd.sum_squares(x) + c @ x),
-                      [x <= 0.3, qd.sum(x) == 0.2])
+    prob = qd.Problem(
+        qd.Minimize(0.5 * qd.sum_squares(F @ x - g) + 0.5 * qd.sum_squares(x) + c @ x),
+        [x <= 0.3, qd.sum(x) == 0.2],
+    )
     layer = prob.to_torch(parameters=[F, g, c], variables=[x], backend=backend, eps_abs=1e-12)
-    args = [torch.tensor(rng.standard_normal(shape), dtype=torch.float64, requires_grad=True)
-            for shape in ((2, m, n), (m,), (2, n))]
+    args = [
+        torch.tensor(rng.standard_normal(shape), dtype=torch.float64, requires_grad=True)
+        for shape in ((2, m, n), (m,), (2, n))
+    ]
     assert torch.autograd.gradcheck(lambda *a: layer(*a)[0], args, eps=1e-6, atol=1e-5, rtol=1e-4)
 
 

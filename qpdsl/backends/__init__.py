@@ -8,8 +8,9 @@ factory and its :class:`Capabilities`. Backends whose packages are missing still
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from ..errors import BackendNotFound
 from ..qp import QPData, QPResult, Settings, WarmStart
@@ -76,7 +77,9 @@ _MODULES = {  # backend name (or prefix) -> the module that registers it, import
 _loaded: set[str] = set()
 
 
-def register(name: str, factory: Callable[[str], Backend], capabilities: Capabilities, prefix: bool = False) -> None:
+def register(
+    name: str, factory: Callable[[str], Backend], capabilities: Capabilities, prefix: bool = False
+) -> None:
     """Register a backend. With ``prefix=True``, ``name`` matches ``"name:<anything>"``."""
     (_PREFIXES if prefix else _REGISTRY)[name] = _Entry(factory, capabilities)
 
@@ -100,7 +103,7 @@ def _load_all() -> None:
 
 
 def get_backend(name: str) -> Backend:
-    """Return the backend registered as ``name`` (aliases ``cpu``, ``gpu`` and ``qpsolvers:<solver>`` included).
+    """Return the backend registered as ``name`` (aliases ``cpu``, ``gpu``, ``qpsolvers:<solver>`` included).
 
     Raises
     ------
@@ -130,7 +133,7 @@ def available_backends() -> dict[str, Capabilities]:
     out = {name: e.capabilities for name, e in sorted(_REGISTRY.items()) if e.capabilities.installed}
     for prefix, e in _PREFIXES.items():
         lister: Any = getattr(e.factory, "available", None)
-        for sub in (lister() if lister else []):
+        for sub in lister() if lister else []:
             out[f"{prefix}:{sub}"] = e.capabilities
     return out
 

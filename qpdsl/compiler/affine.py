@@ -42,22 +42,22 @@ class Affine:
 
     # ------------------------------------------------------------ constructors
     @staticmethod
-    def empty(size: int) -> "Affine":
+    def empty(size: int) -> Affine:
         z = np.zeros(0, dtype=np.int64)
         return Affine(size, z, z, z, np.zeros(0))
 
     @staticmethod
-    def variable(offset: int, size: int) -> "Affine":
+    def variable(offset: int, size: int) -> Affine:
         r = np.arange(size, dtype=np.int64)
         return Affine(size, r, r + offset, np.full(size, NONE, dtype=np.int64), np.ones(size))
 
     @staticmethod
-    def parameter(offset: int, size: int) -> "Affine":
+    def parameter(offset: int, size: int) -> Affine:
         r = np.arange(size, dtype=np.int64)
         return Affine(size, r, np.full(size, NONE, dtype=np.int64), r + offset, np.ones(size))
 
     @staticmethod
-    def constant(values: np.ndarray) -> "Affine":
+    def constant(values: np.ndarray) -> Affine:
         flat = np.asarray(values, dtype=float).reshape(-1)
         r = np.flatnonzero(flat).astype(np.int64)
         none = np.full(r.size, NONE, dtype=np.int64)
@@ -94,7 +94,7 @@ class Affine:
         return out
 
     # ------------------------------------------------------------ elementary operations
-    def _by_row(self) -> tuple["Affine", np.ndarray, np.ndarray]:
+    def _by_row(self) -> tuple[Affine, np.ndarray, np.ndarray]:
         if self.nnz < 2 or bool(np.all(self.row[1:] >= self.row[:-1])):
             s = self
         else:
@@ -104,7 +104,7 @@ class Affine:
         starts = np.cumsum(counts) - counts
         return s, counts, starts
 
-    def linear(self, L: sp.spmatrix) -> "Affine":
+    def linear(self, L: sp.spmatrix) -> Affine:
         """Rows of ``L @ self`` for a constant sparse matrix ``L`` (m_out x size)."""
         L = sp.coo_matrix(L)
         if L.shape[1] != self.size:
@@ -114,18 +114,18 @@ class Affine:
         owner, item = _expand(starts[lc], counts[lc])
         return Affine(L.shape[0], lr[owner], s.var[item], s.theta[item], lv[owner] * s.val[item])
 
-    def select(self, index: np.ndarray) -> "Affine":
+    def select(self, index: np.ndarray) -> Affine:
         """Row r of the result is row ``index[r]`` of self (rows may repeat)."""
         index = np.asarray(index, dtype=np.int64).reshape(-1)
         s, counts, starts = self._by_row()
         owner, item = _expand(starts[index], counts[index])
         return Affine(index.size, owner.astype(np.int64), s.var[item], s.theta[item], s.val[item])
 
-    def remap(self, new_row: np.ndarray, size: int) -> "Affine":
+    def remap(self, new_row: np.ndarray, size: int) -> Affine:
         """Move row i to ``new_row[i]`` in a result of ``size`` rows (injective, other rows zero)."""
         return Affine(size, np.asarray(new_row, dtype=np.int64)[self.row], self.var, self.theta, self.val)
 
-    def scale(self, factor: np.ndarray | float) -> "Affine":
+    def scale(self, factor: np.ndarray | float) -> Affine:
         """Multiply row i by ``factor[i]`` (or a scalar)."""
         f = np.asarray(factor, dtype=float)
         if f.ndim == 0 or f.size == 1:
@@ -142,7 +142,7 @@ class Affine:
         return Affine(self.size, self.row[keep], self.var[keep], self.theta[keep], val[keep])
 
     @staticmethod
-    def concat(parts: list["Affine"], size: int) -> "Affine":
+    def concat(parts: list[Affine], size: int) -> Affine:
         """Sum of affines of the same size (entries are concatenated, not yet coalesced)."""
         if not parts:
             return Affine.empty(size)
@@ -154,7 +154,7 @@ class Affine:
             np.concatenate([p.val for p in parts]),
         )
 
-    def coalesce(self) -> "Affine":
+    def coalesce(self) -> Affine:
         """Sum duplicate (row, var, theta) entries and drop zeros."""
         if self.nnz == 0:
             return self
@@ -169,8 +169,9 @@ class Affine:
         return Affine(self.size, row[idx], var[idx], theta[idx], summed[keep])
 
     @staticmethod
-    def bilinear(left: "Affine", right: "Affine", out: np.ndarray, a: np.ndarray, b: np.ndarray, size: int,
-                 what: str) -> "Affine":
+    def bilinear(
+        left: Affine, right: Affine, out: np.ndarray, a: np.ndarray, b: np.ndarray, size: int, what: str
+    ) -> Affine:
         """Sum over pairs p of ``left[a[p]] * right[b[p]]`` into row ``out[p]``.
 
         At most one factor of each product may hold a variable and at most one a parameter;
@@ -191,8 +192,16 @@ class Affine:
         return Affine(size, out[pair], np.maximum(lv, rv), np.maximum(lt, rt), ls.val[li] * rs.val[ri])
 
     @staticmethod
-    def param_times(other: "Affine", offset: int, shape: tuple[int, int], param_left: bool, transposed: bool,
-                    m: int, k: int, n: int) -> "Affine":
+    def param_times(
+        other: Affine,
+        offset: int,
+        shape: tuple[int, int],
+        param_left: bool,
+        transposed: bool,
+        m: int,
+        k: int,
+        n: int,
+    ) -> Affine:
         """``P @ other`` (``param_left``) or ``other @ P`` for a Parameter P at ``offset`` of theta.
 
         A fast path of :meth:`bilinear` for the common ``A @ x``: no index pairs are searched,
@@ -220,7 +229,7 @@ class Affine:
         return Affine(m * n, row, np.repeat(other.var, n), theta.reshape(-1), np.repeat(other.val, n))
 
     @staticmethod
-    def row_products(left: "Affine", right: "Affine", out: np.ndarray, size: int) -> tuple[np.ndarray, ...]:
+    def row_products(left: Affine, right: Affine, out: np.ndarray, size: int) -> tuple[np.ndarray, ...]:
         """Quadratic terms ``sum_i left_i * right_i`` grouped into ``out[i]``: (slot, va, vb, theta, val).
 
         Both factors may hold variables (this builds quadratic forms); at most one may hold

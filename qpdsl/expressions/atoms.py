@@ -10,7 +10,8 @@ quadratic of a non-affine expression is not QP-representable).
 from __future__ import annotations
 
 import builtins
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -82,7 +83,10 @@ class Atom(Expression):
             if c.is_affine:
                 continue
             mono = self.monotonicity(i) * (1 if self.convex else -1)
-            if not ((c == Curvature.CONVEX and mono == INCREASING) or (c == Curvature.CONCAVE and mono == DECREASING)):
+            if not (
+                (c == Curvature.CONVEX and mono == INCREASING)
+                or (c == Curvature.CONCAVE and mono == DECREASING)
+            ):
                 return Curvature.UNKNOWN
         return own
 
@@ -144,8 +148,10 @@ class QuadForm(_Scalar):
         elif isinstance(Q, Constant):
             dense = Q.dense().reshape(n, n)
             if not np.allclose(dense, dense.T, atol=1e-10 * builtins.max(1.0, np.abs(dense).max())):
-                raise ModelError(f"quad_form({x.describe()}, {Q.describe()}): Q is not symmetric; "
-                                 "pass (Q + Q.T) / 2, which gives the same quadratic form")
+                raise ModelError(
+                    f"quad_form({x.describe()}, {Q.describe()}): Q is not symmetric; "
+                    "pass (Q + Q.T) / 2, which gives the same quadratic form"
+                )
             lam_min = np.linalg.eigvalsh(dense).min() if n <= 4000 else 0.0
             if lam_min < -1e-8 * builtins.max(1.0, np.abs(dense).max()):
                 raise ModelError(
@@ -180,8 +186,10 @@ class Huber(_Elementwise):
         if M.has_variables or M.size != 1:
             raise ModelError(f"{what}: the threshold M must be a scalar constant or parameter")
         if not M.sign.nonneg:
-            raise ModelError(f"{what}: the threshold M must be nonnegative (a nonnegative number, "
-                             "or a Parameter declared nonneg=True)")
+            raise ModelError(
+                f"{what}: the threshold M must be nonnegative (a nonnegative number, "
+                "or a Parameter declared nonneg=True)"
+            )
         super().__init__(x, M)
 
     @property

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import enum
 import itertools
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -29,7 +30,7 @@ class Curvature(enum.Enum):
     CONCAVE = "concave"
     UNKNOWN = "unknown"
 
-    def flip(self) -> "Curvature":
+    def flip(self) -> Curvature:
         return {Curvature.CONVEX: Curvature.CONCAVE, Curvature.CONCAVE: Curvature.CONVEX}.get(self, self)
 
     @property
@@ -51,7 +52,7 @@ class Sign(enum.Enum):
     ZERO = "zero"
     UNKNOWN = "unknown"
 
-    def flip(self) -> "Sign":
+    def flip(self) -> Sign:
         return {Sign.NONNEG: Sign.NONPOS, Sign.NONPOS: Sign.NONNEG}.get(self, self)
 
     @property
@@ -122,7 +123,7 @@ class Expression:
     __array_priority__ = 100.0
     _ids = itertools.count()
 
-    def __init__(self, args: Sequence["Expression"] = ()):
+    def __init__(self, args: Sequence[Expression] = ()):
         self.args: tuple[Expression, ...] = tuple(args)
         self.id = next(Expression._ids)
 
@@ -170,7 +171,7 @@ class Expression:
     def is_affine(self) -> bool:
         return self.curvature.is_affine
 
-    def leaves(self) -> Iterator["Expression"]:
+    def leaves(self) -> Iterator[Expression]:
         """Leaves in order of first appearance (each once)."""
         seen: set[int] = set()
         stack: list[Expression] = [self]
@@ -185,10 +186,10 @@ class Expression:
             stack.extend(reversed(node.args))
         return iter(order)
 
-    def variables(self) -> list["Variable"]:
+    def variables(self) -> list[Variable]:
         return [leaf for leaf in self.leaves() if isinstance(leaf, Variable)]
 
-    def parameters(self) -> list["Parameter"]:
+    def parameters(self) -> list[Parameter]:
         return [leaf for leaf in self.leaves() if isinstance(leaf, Parameter)]
 
     def __str__(self) -> str:
@@ -203,31 +204,31 @@ class Expression:
     __hash__ = object.__hash__
 
     # ---- operators ----
-    def __add__(self, other: Any) -> "Expression":
+    def __add__(self, other: Any) -> Expression:
         return Add([self, as_expr(other)])
 
-    def __radd__(self, other: Any) -> "Expression":
+    def __radd__(self, other: Any) -> Expression:
         return Add([as_expr(other), self])
 
-    def __sub__(self, other: Any) -> "Expression":
+    def __sub__(self, other: Any) -> Expression:
         return Add([self, Neg(as_expr(other))])
 
-    def __rsub__(self, other: Any) -> "Expression":
+    def __rsub__(self, other: Any) -> Expression:
         return Add([as_expr(other), Neg(self)])
 
-    def __neg__(self) -> "Expression":
+    def __neg__(self) -> Expression:
         return Neg(self)
 
-    def __pos__(self) -> "Expression":
+    def __pos__(self) -> Expression:
         return self
 
-    def __mul__(self, other: Any) -> "Expression":
+    def __mul__(self, other: Any) -> Expression:
         return Multiply(self, as_expr(other))
 
-    def __rmul__(self, other: Any) -> "Expression":
+    def __rmul__(self, other: Any) -> Expression:
         return Multiply(as_expr(other), self)
 
-    def __truediv__(self, other: Any) -> "Expression":
+    def __truediv__(self, other: Any) -> Expression:
         other = as_expr(other)
         if not isinstance(other, Constant):
             raise ModelError(
@@ -238,56 +239,60 @@ class Expression:
             raise ModelError(f"division of {self.describe()} by zero")
         return Multiply(self, Constant(1.0 / other.value))
 
-    def __matmul__(self, other: Any) -> "Expression":
+    def __matmul__(self, other: Any) -> Expression:
         return MatMul(self, as_expr(other))
 
-    def __rmatmul__(self, other: Any) -> "Expression":
+    def __rmatmul__(self, other: Any) -> Expression:
         return MatMul(as_expr(other), self)
 
-    def __getitem__(self, key: Any) -> "Expression":
+    def __getitem__(self, key: Any) -> Expression:
         return Index(self, key)
 
-    def __eq__(self, other: Any) -> "Constraint":  # type: ignore[override]
+    def __eq__(self, other: Any) -> Constraint:  # type: ignore[override]
         from .constraints import Equality
 
         return Equality(self, as_expr(other))
 
-    def __le__(self, other: Any) -> "Constraint":
+    def __le__(self, other: Any) -> Constraint:
         from .constraints import Inequality
 
         return Inequality(self, as_expr(other))
 
-    def __ge__(self, other: Any) -> "Constraint":
+    def __ge__(self, other: Any) -> Constraint:
         from .constraints import Inequality
 
         return Inequality(as_expr(other), self)
 
     def __lt__(self, other: Any) -> Any:
-        raise ModelError(f"{self.describe()} < {_describe_any(other)}: strict inequalities are not supported; "
-                         "use <= instead")
+        raise ModelError(
+            f"{self.describe()} < {_describe_any(other)}: strict inequalities are not supported; "
+            "use <= instead"
+        )
 
     def __gt__(self, other: Any) -> Any:
-        raise ModelError(f"{self.describe()} > {_describe_any(other)}: strict inequalities are not supported; "
-                         "use >= instead")
+        raise ModelError(
+            f"{self.describe()} > {_describe_any(other)}: strict inequalities are not supported; "
+            "use >= instead"
+        )
 
     def __bool__(self) -> bool:
         raise ModelError(f"the truth value of an expression ({self.describe()}) is undefined")
 
     @property
-    def T(self) -> "Expression":
+    def T(self) -> Expression:
         return Transpose(self) if self.ndim == 2 else self
 
-    def sum(self, axis: int | None = None) -> "Expression":
+    def sum(self, axis: int | None = None) -> Expression:
         return Sum(self, axis)
 
-    def mean(self, axis: int | None = None) -> "Expression":
+    def mean(self, axis: int | None = None) -> Expression:
         count = self.size if axis is None else self.shape[axis]
         return Sum(self, axis) * (1.0 / count)
 
-    def reshape(self, shape: int | Shape) -> "Expression":
+    def reshape(self, shape: int | Shape) -> Expression:
         return Reshape(self, shape)
 
-    def flatten(self) -> "Expression":
+    def flatten(self) -> Expression:
         return Reshape(self, (self.size,))
 
 
@@ -301,7 +306,9 @@ def _normalise_shape(shape: int | Sequence[int] | None) -> Shape:
         shape = (int(shape),)
     shape = tuple(int(s) for s in shape)
     if len(shape) > 2:
-        raise ModelError(f"shape {shape}: qpdsl supports scalars, vectors and matrices (at most 2 dimensions)")
+        raise ModelError(
+            f"shape {shape}: qpdsl supports scalars, vectors and matrices (at most 2 dimensions)"
+        )
     if any(s <= 0 for s in shape):
         raise ModelError(f"shape {shape} has a non-positive dimension")
     return shape
@@ -370,7 +377,9 @@ class Parameter(Leaf):
     ):
         super().__init__(shape, name, "param")
         if psd and (len(self._shape) != 2 or self._shape[0] != self._shape[1]):
-            raise ModelError(f"parameter {self.name}: psd=True needs a square matrix shape, got {self._shape}")
+            raise ModelError(
+                f"parameter {self.name}: psd=True needs a square matrix shape, got {self._shape}"
+            )
         self.psd = psd
         self.nonneg = nonneg
         self.value = None if value is None else np.asarray(value, dtype=float)
@@ -399,7 +408,9 @@ class Constant(Leaf):
             value = np.asarray(value, dtype=float)
             shape = value.shape
             if not np.all(np.isfinite(value)):
-                raise ModelError("constants must be finite (no NaN or Inf); use a Parameter for data that varies")
+                raise ModelError(
+                    "constants must be finite (no NaN or Inf); use a Parameter for data that varies"
+                )
         if len(shape) > 2:
             raise ModelError(f"constant of shape {shape}: at most 2 dimensions are supported")
         super().__init__(None, name, "const")
@@ -580,7 +591,6 @@ class MatMul(_Product):
         return self._shape
 
 
-
 class Index(AffineOp):
     """``expr[key]`` with NumPy basic and integer-array indexing."""
 
@@ -589,7 +599,9 @@ class Index(AffineOp):
         try:
             self.flat_index = np.arange(arg.size).reshape(arg.shape)[key]
         except IndexError as exc:
-            raise ModelError(f"index {key!r} is out of range for {arg.describe()} of shape {arg.shape}") from exc
+            raise ModelError(
+                f"index {key!r} is out of range for {arg.describe()} of shape {arg.shape}"
+            ) from exc
         self._shape = tuple(self.flat_index.shape)
         if len(self._shape) > 2:
             raise ModelError(f"indexing {arg.describe()} with {key!r} gives {len(self._shape)} dimensions")
