@@ -17,16 +17,21 @@ the peers vmapped over the batch); the loss for the backward pass is ``sum(x * v
 
 Run with ``OMP_NUM_THREADS=1`` on a shared machine and read the ratios.
 
+Every solver runs in a child process with a time limit (``--time-limit``, 600 s): a solver
+that hangs is reported as failed instead of stopping the benchmark.
+
 Usage::
 
-    python benchmarks/jax_batch.py [--quick] [--json PATH]
+    python benchmarks/jax_batch.py [--quick] [--json PATH] [--time-limit S]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -41,6 +46,9 @@ from common import DATA_KEYS, grad_error, median_time, random_dense_batch  # noq
 SIZES = ((50, 10, 50), (100, 20, 100))  # (n, n_eq, n_in)
 LOOSE_EPS = 1e-5  # qpax's default solver_tol
 TIGHT_QPAX_TOL = 1e-8  # qpax asked for about the accuracy of qpdsl's default
+# Per solver and size. qpax at n=100 hung in XLA twice here (every thread idle); a child process
+# with a time limit keeps such a hang from stopping the benchmark.
+TIME_LIMIT_S = 600.0
 
 
 def proxsuite_reference(data: dict[str, np.ndarray]) -> np.ndarray:
@@ -142,7 +150,61 @@ def bench_one(name: str, solve: Callable[..., Any], args: tuple, v: Any, repeats
     }
 
 
-def bench_size(batch: int, n: int, n_eq: int, n_in: int, repeats: int, quick: bool) -> list[dict[str, Any]]:
+def _solve_in_child(
+    name: str, batch: int, n: int, n_eq: int, n_in: int, repeats: int, quick: bool, folder: Path, limit: float
+) -> dict[str, Any]:
+    """Time one solver in a child process (``--one``), so that a hung XLA computation cannot stop
+    the benchmark: after ``limit`` seconds the child is killed and the row says so."""
+    out = folder / f"{abs(hash(name))}_{n}.npz"
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--one",
+        name,
+        "--size",
+        str(batch),
+        str(n),
+        str(n_eq),
+        str(n_in),
+        "--repeats",
+        str(repeats),
+        "--npz",
+        str(out),
+    ] + (["--quick"] if quick else [])
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=limit)
+    except subprocess.TimeoutExpired:
+        return {"solver": name, "failed": f"no result within {limit:.0f} s (killed)"}
+    if proc.returncode != 0 or not out.exists():
+        return {
+            "solver": name,
+            "failed": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "crashed",
+        }
+    row = json.loads(proc.stdout.strip().splitlines()[-1])
+    saved = np.load(out)
+    row["x"] = saved["x"]
+    row["grads"] = {k: saved[k] for k in DATA_KEYS}
+    return row
+
+
+def _one(name: str, batch: int, n: int, n_eq: int, n_in: int, repeats: int, quick: bool, npz: Path) -> None:
+    """The child's side of :func:`_solve_in_child`: time ``name`` and save its solution and gradients."""
+    import jax
+    import jax.numpy as jnp
+
+    jax.config.update("jax_enable_x64", True)
+    data = random_dense_batch(batch, n, n_eq, n_in, seed=n)
+    args = tuple(jnp.asarray(data[k]) for k in DATA_KEYS)
+    row = bench_one(name, solvers(quick)[name], args, jnp.asarray(data["v"]), repeats)
+    np.savez(npz, x=row.pop("x"), **row.pop("grads"))
+    print(json.dumps(row))
+
+
+def bench_size(
+    batch: int, n: int, n_eq: int, n_in: int, repeats: int, quick: bool, limit: float
+) -> list[dict[str, Any]]:
+    import tempfile
+
     import jax
     import jax.numpy as jnp
 
@@ -157,33 +219,42 @@ def bench_size(batch: int, n: int, n_eq: int, n_in: int, repeats: int, quick: bo
     ref_grads = {k: np.asarray(g) for k, g in zip(DATA_KEYS, ref_grad, strict=True)}
 
     rows = []
-    for name, solve in solvers(quick).items():
-        print(f"  n={n}: {name} ...", file=sys.stderr, flush=True)
-        row = bench_one(name, solve, args, v, repeats)
-        row.update(n=n, n_eq=n_eq, n_in=n_in, batch=batch)
-        row["x_err"] = float(np.max(np.abs(row.pop("x") - x_ref)))
-        rows.append(row)
-    ours = rows[0]["grads"]
+    with tempfile.TemporaryDirectory() as folder:
+        for name in solvers(quick):
+            print(f"  n={n}: {name} ...", file=sys.stderr, flush=True)
+            row = _solve_in_child(name, batch, n, n_eq, n_in, repeats, quick, Path(folder), limit)
+            row.update(n=n, n_eq=n_eq, n_in=n_in, batch=batch)
+            if "x" in row:
+                row["x_err"] = float(np.max(np.abs(row.pop("x") - x_ref)))
+            rows.append(row)
+    ours = rows[0].get("grads")
+    base = rows[0]
     for row in rows:
+        if "failed" in row:
+            continue
         grads = row.pop("grads")
         target = ref_grads if row["solver"] == "qpdsl[jax]" else ours
-        row["grad_dist"] = grad_error(grads, target)
-        row["grad_dist_by_item"] = {k: grad_error({k: grads[k]}, {k: target[k]}) for k in DATA_KEYS}
-        base = rows[0]
-        row["fwd_ratio"] = row["fwd_ms"] / base["fwd_ms"]
-        row["fwd_bwd_ratio"] = row["fwd_bwd_ms"] / base["fwd_bwd_ms"]
+        if target is not None:
+            row["grad_dist"] = grad_error(grads, target)
+            row["grad_dist_by_item"] = {k: grad_error({k: grads[k]}, {k: target[k]}) for k in DATA_KEYS}
+        if "failed" not in base:
+            row["fwd_ratio"] = row["fwd_ms"] / base["fwd_ms"]
+            row["fwd_bwd_ratio"] = row["fwd_bwd_ms"] / base["fwd_bwd_ms"]
     return rows
 
 
-def run(quick: bool = False) -> dict[str, Any]:
-    """Benchmark every size; ``quick``: batch 16, n=50 only, 3 repeats, jaxopt capped at 1000 iterations."""
+def run(quick: bool = False, limit: float = TIME_LIMIT_S) -> dict[str, Any]:
+    """Benchmark every size; ``quick``: batch 16, n=50 only, 3 repeats, jaxopt capped at 1000 iterations.
+
+    Each solver runs in a child process given ``limit`` seconds (compilation and every repeat).
+    """
     import jax
 
     jax.config.update("jax_enable_x64", True)
     batch, sizes, repeats = (16, SIZES[:1], 3) if quick else (64, SIZES, 5)
     rows = []
     for n, n_eq, n_in in sizes:
-        rows.extend(bench_size(batch, n, n_eq, n_in, repeats, quick))
+        rows.extend(bench_size(batch, n, n_eq, n_in, repeats, quick, limit))
     return {
         "benchmark": "jax_batch",
         "quick": quick,
@@ -200,10 +271,14 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     )
     lines = [head, "-" * len(head)]
     for r in rows:
+        if "failed" in r:
+            lines.append(f"{r['n']:>4} {r['solver']:<20} failed: {r['failed']}")
+            continue
         lines.append(
             f"{r['n']:>4} {r['solver']:<20} {r['compile_fwd_s']:>10.1f} / {r['compile_fwd_bwd_s']:<9.1f} "
-            f"{r['fwd_ms']:>9.1f} {r['fwd_ratio']:>6.2f} {r['fwd_bwd_ms']:>11.1f} {r['fwd_bwd_ratio']:>6.2f} "
-            f"{r['x_err']:>13.1e} {r['grad_dist']:>10.1e}"
+            f"{r['fwd_ms']:>9.1f} {r.get('fwd_ratio', math.nan):>6.2f} {r['fwd_bwd_ms']:>11.1f} "
+            f"{r.get('fwd_bwd_ratio', math.nan):>6.2f} {r['x_err']:>13.1e} "
+            f"{r.get('grad_dist', math.nan):>10.1e}"
         )
     return "\n".join(lines)
 
@@ -212,8 +287,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small batch, n=50 only")
     parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--time-limit", type=float, default=TIME_LIMIT_S, help="seconds per solver and size")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=int, nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--repeats", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--npz", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    res = run(quick=args.quick)
+    if args.one:
+        _one(args.one, *args.size, args.repeats, args.quick, args.npz)
+        return
+    res = run(quick=args.quick, limit=args.time_limit)
     print(format_table(res["rows"]))
     print("ratios: time / qpdsl[jax] time; grad dist: qpdsl vs its proxsuite backend, peers vs qpdsl")
     if args.json:

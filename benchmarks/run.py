@@ -368,13 +368,26 @@ def plot_torch_solver(record: dict[str, Any], path: Path) -> None:
             color=line.get_color(),
             label=f"proxsuite loop, n={n}",
         )
-        axes[1].plot(b, [r["ratio"] for r in rs], marker="o", label=f"n={n}")
+        if all(r.get("qplayer_fwd_bwd_ms") for r in rs):
+            (fb,) = axes[0].plot(
+                b, [r["ours_fwd_bwd_ms"] for r in rs], marker="^", ls="-.", label=f"qpdsl torch fwd+bwd, n={n}"
+            )
+            axes[0].plot(
+                b,
+                [r["qplayer_fwd_bwd_ms"] for r in rs],
+                marker="v",
+                ls=":",
+                color=fb.get_color(),
+                label=f"QPLayer fwd+bwd, n={n}",
+            )
+            axes[1].plot(b, [r["fwd_bwd_ratio"] for r in rs], marker="^", ls="-.", label=f"fwd+bwd / QPLayer, n={n}")
+        axes[1].plot(b, [r["ratio"] for r in rs], marker="o", label=f"forward / proxsuite, n={n}")
         axes[2].plot(b, [r["max_dx"] for r in rs], marker="o", label=f"|x - x_proxsuite|, n={n}")
         axes[2].plot(b, [r["max_res"] for r in rs], marker="x", ls=":", label=f"max residual, n={n}")
-    axes[0].set(xscale="log", yscale="log", xlabel="batch size", ylabel="forward ms per batch (median)")
-    axes[0].set_title("forward solve time")
+    axes[0].set(xscale="log", yscale="log", xlabel="batch size", ylabel="ms per batch (median)")
+    axes[0].set_title("forward, and forward+backward through the layers")
     axes[1].axhline(1.0, color="grey", lw=0.8)
-    axes[1].set(xscale="log", xlabel="batch size", ylabel="qpdsl torch / proxsuite")
+    axes[1].set(xscale="log", xlabel="batch size", ylabel="qpdsl torch / peer")
     axes[1].set_title("time ratio (< 1: torch backend faster)")
     axes[2].set(xscale="log", yscale="log", xlabel="batch size", ylabel="max over batch")
     axes[2].set_title("accuracy (eps_abs 1e-9)")
@@ -382,7 +395,7 @@ def plot_torch_solver(record: dict[str, Any], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(
-        _title(record, "torch_solver: torch backend forward vs proxsuite dense in a loop"), fontsize=9
+        _title(record, "torch_solver: torch backend vs proxsuite (forward) and QPLayer (forward+backward)"), fontsize=9
     )
     fig.tight_layout()
     fig.savefig(path, dpi=110)

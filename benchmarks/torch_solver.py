@@ -39,20 +39,25 @@ SIZES = ((50, 10, 50), (100, 20, 100))  # (n, n_eq, n_in)
 BATCHES = (1, 4, 16, 64, 256, 1024)
 
 
-def solve_proxsuite(arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """proxsuite dense, one element at a time (what proxsuite's QPLayer does in its forward)."""
+def solve_proxsuite(arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, int]:
+    """proxsuite dense, one element at a time (what proxsuite's QPLayer does in its forward).
+
+    Returns the solutions, iteration counts and the number of elements proxsuite did not solve.
+    """
     import proxsuite
 
     P, q, A, b, C, l, u = arrays
     batch, n = q.shape
     xs, iters = np.empty((batch, n)), np.empty(batch)
+    failed = 0
     for i in range(batch):
         qp = proxsuite.proxqp.dense.QP(n, b.shape[1], l.shape[1])
         qp.settings.eps_abs, qp.settings.eps_rel = EPS, 0.0
         qp.init(P[i], q[i], A[i], b[i], C[i], l[i], u[i])
         qp.solve()
         xs[i], iters[i] = qp.results.x, qp.results.info.iter
-    return xs, iters
+        failed += qp.results.info.status != proxsuite.proxqp.QPSolverOutput.PROXQP_SOLVED
+    return xs, iters, failed
 
 
 def solve_ours(arrays: list[np.ndarray]):
@@ -123,7 +128,7 @@ def run(quick: bool = False, repeat: int | None = None) -> list[dict]:
             for _ in range(reps):
                 dt, res = _timed(solve_ours, arrays)
                 t_ours.append(dt)
-                dt, (x_px, it_px) = _timed(solve_proxsuite, arrays)
+                dt, (x_px, it_px, px_failed) = _timed(solve_proxsuite, arrays)
                 t_prox.append(dt)
                 for name, solve in steps.items():
                     t_step[name].append(_timed(layer_step, solve, arrays, v)[0])
@@ -141,6 +146,7 @@ def run(quick: bool = False, repeat: int | None = None) -> list[dict]:
                 max_res=float(torch.maximum(res.prim_res, res.dual_res).max()),
                 max_dx=float(np.abs(x - x_px).max()),
                 solved=bool((res.status == 0).all()),
+                proxsuite_failed=int(px_failed),
             )
             row["ratio"] = row["ours_ms"] / row["proxsuite_ms"]
             for name, times in t_step.items():

@@ -20,6 +20,8 @@ from ..qp import QPData, QPResult, Status
 
 # Refinement steps of the regularised KKT solve against the unregularised matrix.
 REFINE_STEPS = 5
+# ... stopped once the residual is within this many rounding units of |rhs| + |K| |w|.
+REFINE_TOL = 1e3
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,7 @@ class Linearization:
         for _ in range(REFINE_STEPS):
             r = rhs - matvec(self.K, w)
             scale = xp.max(xp.abs(rhs), axis=1) + self.K_norm * xp.max(xp.abs(w), axis=1)
-            tol = 16.0 * eps * scale[:, None]
+            tol = REFINE_TOL * eps * scale[:, None]
             # Stop once every element is exact to rounding (never under jit: a tracer counts as not yet).
             if not concrete_any(xp.abs(r) > tol):
                 break
@@ -153,7 +155,7 @@ def linearize(data: QPData, result: QPResult, active_tol: float | None = None) -
         s_in=s_in * viol_f,
         K=K,
         K_reg_lu=K_reg_lu,
-        K_norm=xp.max(xp.abs(K), axis=(1, 2)),
+        K_norm=scale,  # max |K_ij|: the largest entry of P, A, C, or the 1 of an inactive row
         M_pinv=M_pinv,
         Pi=Pi,
         rows_f=rows_f,
