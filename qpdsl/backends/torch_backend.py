@@ -158,6 +158,7 @@ def _take_data(data: core.Data, index: Any) -> core.Data:
         inv_DC=data.inv_DC[index],
         v_scale=data.v_scale[index],
         inv_c=data.inv_c[index],
+        row_norm=data.row_norm[index],
     )
 
 

@@ -239,6 +239,12 @@ class Expression:
             raise ModelError(f"division of {self.describe()} by zero")
         return Multiply(self, Constant(1.0 / other.value))
 
+    def __rtruediv__(self, other: Any) -> Expression:
+        raise ModelError(
+            f"division by {self.describe()} is not affine in the parameters; "
+            "divide only by numeric constants (multiply by a parameter holding 1/value instead)"
+        )
+
     def __matmul__(self, other: Any) -> Expression:
         return MatMul(self, as_expr(other))
 

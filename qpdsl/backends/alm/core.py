@@ -51,7 +51,7 @@ class Config(NamedTuple):
     eps_in_min: float = 1e-12
     max_inner: int = 100
     eps_primal_inf: float = 1e-4
-    eps_dual_inf: float = 1e-4
+    eps_dual_inf: float = 1e-7
     stall: float = 1e-14
     alpha_bcl: float = 0.1
     beta_bcl: float = 0.9
@@ -112,6 +112,7 @@ class Data(NamedTuple):
     inv_DC: Any  # (B, n) 1 / (c D): scaled to original dual residuals
     v_scale: Any  # (B, k) [E_eq; E_in] / c: scaled to original multipliers
     inv_c: Any  # (B,) 1 / c: scaled to original objective values
+    row_norm: Any  # (B, k) max |G_ij| over j: the scale of each constraint row
 
 
 def prepare(prob: Problem, scaling: Scaling) -> Data:
@@ -135,6 +136,7 @@ def prepare(prob: Problem, scaling: Scaling) -> Data:
         inv_DC=1.0 / (scaling.D * scaling.c[:, None]),
         v_scale=E / scaling.c[:, None],
         inv_c=1.0 / scaling.c,
+        row_norm=amax(xp, xp.abs(K[:, n:, :]), -1),
     )
 
 
@@ -415,7 +417,11 @@ def certificates_of(data: Data, st: Any, cfg: Config) -> tuple[Any, Any]:
     tol_d = _col(cfg.eps_dual_inf * size_x)
     KD = matvec(data.K, dx)
     Gdx = KD[:, n:]
-    cone_ok = ((Gdx <= tol_d) | (data.hi == float("inf"))) & ((Gdx >= -tol_d) | (data.lo == float("-inf")))
+    # Per row, relative to the row's size: a row with small coefficients must not let a
+    # direction that violates it pass as a recession direction.
+    tol_rows = tol_d * data.row_norm
+    below = (Gdx <= tol_rows) | (data.hi == float("inf"))
+    cone_ok = below & ((Gdx >= -tol_rows) | (data.lo == float("-inf")))
     cone = xp.all(cone_ok, axis=-1) if cone_ok.shape[1] else xp.ones_like(primal)
     dual = (size_x > 0) & (_norm(xp, KD[:, :n]) <= tol_d[:, 0]) & cone & (_dot(xp, data.q, dx) < -tol_d[:, 0])
     return primal, dual
