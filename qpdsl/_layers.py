@@ -8,8 +8,9 @@ reads variables, duals and shifts back in the user's shapes. Frameworks are impo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -19,7 +20,7 @@ from .errors import ModelError, ParameterError
 from .expressions.constraints import Constraint
 from .expressions.expression import Parameter, Variable
 from .qp import QPData, Settings, WarmStart
-from .validation import check_parameter_values
+from .validation import check_parameter_values, invalid_parameter_elements
 
 
 class Shift:
@@ -70,37 +71,73 @@ def check_layer_parameters(problem_parameters: list[Parameter], parameters: Sequ
 
 def broadcast_arguments(
     qp: ParametricQP, parameters: Sequence[Parameter], args: Sequence[Any], convert: Callable[[Any], Any],
-    validate: bool = True,
-) -> tuple[Any, int, bool]:
+    validate: bool = True, on_failure: str = "raise",
+) -> tuple[Any, int, bool, list[int]]:
     """Stack layer arguments (and fixed parameter values) into theta (B, n_theta).
 
-    Each argument may carry a leading batch dimension; unbatched ones broadcast.
+    Each argument may carry a leading batch dimension; unbatched ones broadcast. Invalid values
+    (NaN/Inf, a negative ``nonneg`` or a non-PSD ``psd`` parameter) raise :class:`ParameterError`
+    with ``on_failure="raise"``; otherwise the indices of the invalid batch elements are returned
+    (last item) for the caller to mark as failed. An invalid value shared by the whole batch
+    (no batch dimension) always raises.
     """
     if len(args) != len(parameters):
         raise ParameterError(f"the layer takes {len(parameters)} arguments "
                              f"({', '.join(p.name for p in parameters)}), got {len(args)}")
     given = {p.id: a for p, a in zip(parameters, args)}
     values: dict[Parameter, Any] = {}
-    batch, batched = 1, False
+    batch, batched, batch_from = 1, False, ""
+    shared: set[int] = set()
     for p in qp.parameters:
         v = given[p.id] if p.id in given else convert(p.value)
         if tuple(v.shape) == p.shape:
-            pass
+            shared.add(p.id)
         elif v.ndim == len(p.shape) + 1 and tuple(v.shape[1:]) == p.shape:
             if batched and v.shape[0] != batch:
-                raise ParameterError(f"parameter {p.name}: batch size {v.shape[0]} differs from {batch}")
-            batch, batched = int(v.shape[0]), True
+                raise ParameterError(
+                    f"parameter {p.name}: batch size {v.shape[0]} differs from the batch size {batch} of "
+                    f"parameter {batch_from}; give every batched argument the same leading dimension "
+                    "(or none, to share one value across the batch)")
+            batch, batched, batch_from = int(v.shape[0]), True, p.name
         else:
             raise ParameterError(f"parameter {p.name}: expected shape {p.shape} (or (batch, *{p.shape})), "
                                  f"got {tuple(v.shape)}")
         values[p] = v
+    if batch == 0:
+        raise ParameterError(f"parameter {batch_from} has batch size 0; pass at least one batch element")
+    invalid: set[int] = set()
     for p, v in values.items():
         if tuple(v.shape) == p.shape:
             v = v.reshape(1, *p.shape)
             values[p] = _expand(v, batch)
         if validate and not _is_tracer(values[p]):
-            check_parameter_values(p, values[p])
-    return qp.stack_theta(values, batch), batch, batched
+            if on_failure == "raise" or p.id in shared:
+                check_parameter_values(p, values[p], batched=p.id not in shared)
+            else:
+                for idx in invalid_parameter_elements(p, values[p]).values():
+                    invalid.update(idx)
+    return qp.stack_theta(values, batch), batch, batched, sorted(invalid)
+
+
+def mark_invalid(data: QPData, invalid: list[int]) -> QPData:
+    """``data`` with NaN in ``q`` for the batch elements ``invalid``: the standard-form layers then
+    treat them as invalid (never solved, status ``numerical_error``, NaN rows, zero gradients)."""
+    if not invalid:
+        return data
+    q = data.q
+    if framework(q) == "torch":
+        import torch
+
+        mask = torch.zeros(q.shape[0], dtype=torch.bool, device=q.device)
+        mask[invalid] = True
+        q = torch.where(mask[:, None], torch.full_like(q, float("nan")), q)
+    else:
+        import jax.numpy as jnp
+
+        mask = np.zeros(q.shape[0], dtype=bool)
+        mask[invalid] = True
+        q = jnp.where(jnp.asarray(mask)[:, None], jnp.nan, q)
+    return replace(data, q=q)
 
 
 def _expand(v: Any, batch: int) -> Any:
@@ -166,8 +203,7 @@ def make_torch_layer(problem: Any, parameters: Sequence[Parameter], outputs: Seq
             self.last_status: Any = None
 
         def forward(self, *args: Any) -> tuple[Any, ...]:
-            tensors = [a if isinstance(a, torch.Tensor) else torch.as_tensor(np.asarray(a, dtype=float))
-                       for a in args]
+            tensors = _torch_arguments(self.parameters_in, args)
             ref = next((t for t in tensors if t.is_floating_point()), None)
             dtype = ref.dtype if ref is not None else torch.float64
             device = ref.device if ref is not None else torch.device("cpu")
@@ -176,8 +212,10 @@ def make_torch_layer(problem: Any, parameters: Sequence[Parameter], outputs: Seq
             def convert(value: Any) -> Any:
                 return torch.as_tensor(value, dtype=dtype, device=device)
 
-            theta, batch, batched = broadcast_arguments(qp, self.parameters_in, tensors, convert)
-            data = dense_data(qp, theta)
+            theta, batch, batched, invalid = broadcast_arguments(
+                qp, self.parameters_in, tensors, convert, on_failure=self.on_failure
+            )
+            data = mark_invalid(dense_data(qp, theta), invalid)
             ws = self._previous if self.warm_start and self._previous is not None \
                 and self._previous.x is not None and self._previous.x.shape[0] == batch else None
             x, y, z, s_eq, s_in, status = qtorch.solve_qp(
@@ -208,21 +246,74 @@ def make_jax_function(problem: Any, parameters: Sequence[Parameter], outputs: Se
     backend_name = backend or ("jax" if "jax" in _names() else default_backend())
 
     def solve(*args: Any) -> tuple[Any, ...]:
-        arrays = [jnp.asarray(a) for a in args]
+        arrays = _jax_arguments(parameters, args)
         dtype = next((a.dtype for a in arrays if jnp.issubdtype(a.dtype, jnp.floating)), jnp.zeros(()).dtype)
+        if dtype not in (jnp.float32, jnp.float64):
+            raise ParameterError(f"the layer computes in float32 or float64, not {dtype}; convert the "
+                                 "arguments with .astype(jnp.float32) (or float64 with jax_enable_x64)")
         arrays = [a.astype(dtype) for a in arrays]
 
         def convert(value: Any) -> Any:
             return jnp.asarray(value, dtype=dtype)
 
-        theta, _, batched = broadcast_arguments(qp, parameters, arrays, convert)
-        data = dense_data(qp, theta)
+        theta, _, batched, invalid = broadcast_arguments(
+            qp, parameters, arrays, convert, on_failure=on_failure
+        )
+        data = mark_invalid(dense_data(qp, theta), invalid)
         results = qjax.solve_qp(data.P, data.q, data.A, data.b, data.C, data.l, data.u,
                                 backend=backend_name, settings=settings, on_failure=on_failure)
         return read_outputs(specs, results[:5], batched)
 
     solve.__doc__ = f"Solve the qpdsl problem for ({', '.join(p.name for p in parameters)})."
     return solve
+
+
+def _argument_error(p: Parameter, value: Any, exc: Exception | None = None) -> ParameterError:
+    why = f" ({exc})" if exc is not None else ""
+    return ParameterError(f"argument for parameter {p.name}: a {type(value).__name__} that is not a real "
+                          f"numeric array{why}; pass a float tensor or array of shape {p.shape} "
+                          f"(or (batch, *{p.shape}))")
+
+
+def _torch_arguments(parameters: Sequence[Parameter], args: Sequence[Any]) -> list[Any]:
+    """The layer arguments as real floating tensors on one device (numbers and numpy arrays converted)."""
+    import torch
+
+    out = []
+    for p, a in zip(parameters, args, strict=False):
+        if not isinstance(a, torch.Tensor):
+            try:
+                a = torch.as_tensor(np.asarray(a, dtype=float))
+            except (TypeError, ValueError) as exc:
+                raise _argument_error(p, a, exc) from exc
+        if a.is_complex():
+            raise _argument_error(p, a)
+        if a.is_floating_point() and a.dtype not in (torch.float32, torch.float64):
+            raise ParameterError(f"argument for parameter {p.name} is {a.dtype}; the layer computes in "
+                                 "float32 or float64: convert it with .float() or .double()")
+        out.append(a)
+    devices = {str(t.device) for t in out}
+    if len(devices) > 1:
+        where = ", ".join(f"{p.name} on {t.device}" for p, t in zip(parameters, out, strict=True))
+        raise ParameterError(f"the layer's arguments are on different devices ({where}); move them to one "
+                             "device with .to(device)")
+    return out + list(args[len(out):])
+
+
+def _jax_arguments(parameters: Sequence[Parameter], args: Sequence[Any]) -> list[Any]:
+    """The layer arguments as real JAX arrays."""
+    import jax.numpy as jnp
+
+    out = []
+    for p, a in zip(parameters, args, strict=False):
+        try:
+            arr = jnp.asarray(a)
+        except TypeError as exc:
+            raise _argument_error(p, a, exc) from exc
+        if jnp.iscomplexobj(arr):
+            raise _argument_error(p, a)
+        out.append(arr)
+    return out + [jnp.asarray(a) for a in args[len(out):]]
 
 
 def _names() -> dict[str, Any]:

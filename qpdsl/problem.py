@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -200,7 +201,7 @@ class Problem:
         backend: str | None = None,
         warm_start: WarmStart | None = None,
         **settings: Any,
-    ) -> "Solution":
+    ) -> Solution:
         """Solve for one parameter set or a batch (a leading batch dimension on any value).
 
         Parameters
@@ -232,7 +233,7 @@ class Problem:
 
 def _check_on_failure(on_failure: str) -> str:
     if on_failure not in ("raise", "nan", "ignore"):
-        raise ValueError(f"on_failure must be 'raise', 'nan' or 'ignore', not {on_failure!r}")
+        raise ParameterError(f"on_failure must be 'raise', 'nan' or 'ignore', not {on_failure!r}")
     return on_failure
 
 
@@ -281,6 +282,8 @@ def collect_parameter_values(
             continue
         raise ParameterError(f"parameter {p.name}: expected shape {p.shape} (or (batch, *{p.shape})), "
                              f"got {v.shape}")
+    if batched and batch == 0:
+        raise ParameterError(f"parameter {batch_from} has batch size 0; pass at least one batch element")
     out = {p: np.broadcast_to(v, (batch, *p.shape)) if v.shape == p.shape else v for p, v in given.items()}
     for p, v in out.items():
         check_parameter_values(p, v, batched=given[p].shape != p.shape)

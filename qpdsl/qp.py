@@ -68,13 +68,31 @@ class Settings:
     verbose: bool = False
     options: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        from .errors import ParameterError
+
+        def ok(value: Any) -> bool:
+            real = isinstance(value, (int, float, np.floating, np.integer))
+            return real and 0 <= float(value) < float("inf")
+
+        def bad(name: str, value: Any, want: str) -> ParameterError:
+            return ParameterError(f"Settings.{name}={value!r} is invalid; pass {want}")
+
+        if self.eps_abs is not None and not ok(self.eps_abs):
+            raise bad("eps_abs", self.eps_abs, "a finite number >= 0 (or None for the dtype's default)")
+        if not ok(self.eps_rel):
+            raise bad("eps_rel", self.eps_rel, "a finite number >= 0")
+        integer = isinstance(self.max_iter, (int, np.integer)) and not isinstance(self.max_iter, bool)
+        if not integer or self.max_iter < 1:
+            raise bad("max_iter", self.max_iter, "an integer >= 1")
+
     def tolerance(self, dtype: Any) -> float:
         """The absolute tolerance to use for arrays of ``dtype``."""
         if self.eps_abs is not None:
             return float(self.eps_abs)
         return 1e-5 if "float32" in str(dtype) else 1e-9
 
-    def with_options(self, **kwargs: Any) -> "Settings":
+    def with_options(self, **kwargs: Any) -> Settings:
         known = {f.name for f in fields(self)}
         direct = {k: v for k, v in kwargs.items() if k in known}
         extra = {k: v for k, v in kwargs.items() if k not in known}
@@ -130,7 +148,7 @@ class QPData:
     def is_sparse(self) -> bool:
         return isinstance(self.P, SparseBatch)
 
-    def dense(self) -> "QPData":
+    def dense(self) -> QPData:
         """The same data with P, A, C as dense arrays."""
 
         def d(m: Any) -> Any:
@@ -138,13 +156,13 @@ class QPData:
 
         return replace(self, P=d(self.P), A=d(self.A), C=d(self.C))
 
-    def map_arrays(self, fn: Any) -> "QPData":
+    def map_arrays(self, fn: Any) -> QPData:
         """Apply ``fn`` to every array (dense data only); None stays None."""
         data = self.dense()
         return QPData(**{f.name: (None if getattr(data, f.name) is None else fn(getattr(data, f.name)))
                          for f in fields(data)})
 
-    def select(self, index: Any) -> "QPData":
+    def select(self, index: Any) -> QPData:
         """The sub-batch ``index`` (an index array or slice) of dense data."""
         return self.map_arrays(lambda a: a[index])
 

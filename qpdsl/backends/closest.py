@@ -32,7 +32,7 @@ from ..qp import QPData, QPResult, Settings, SparseBatch, Status, WarmStart
 
 RawSolve = Callable[[QPData, "WarmStart | None"], QPResult]
 
-# Shifts below SHIFT_FACTOR * tolerance * (1 + |constraint values|) count as zero: the
+# Shifts below SHIFT_FACTOR * tolerance * (1 + |right-hand sides|) count as zero: the
 # feasibility QP is solved to the tolerance, so its residuals carry errors of that order.
 SHIFT_FACTOR = 10.0
 
@@ -158,7 +158,12 @@ def closest_shift(data: QPData, x_ls: Any, tolerance: float) -> Shift:
     cx = _matvec(data.C, x_ls)
     s_eq = ax - data.b
     s_in = cx - xp.minimum(xp.maximum(cx, data.l), data.u)
-    scale = 1.0 + _row_max(xp, xp.abs(xp.concat([ax, cx], axis=1)))
+    # The scale of the right-hand sides, not of C x_ls: x_ls is not unique where C has a null space
+    # or a row is free on one side, and a solver may return it huge there (an interior point does),
+    # which would make every shift look like zero.
+    finite_l = xp.where(xp.isfinite(data.l), xp.abs(data.l), xp.zeros_like(data.l))
+    finite_u = xp.where(xp.isfinite(data.u), xp.abs(data.u), xp.zeros_like(data.u))
+    scale = 1.0 + _row_max(xp, xp.concat([xp.abs(ax), finite_l, finite_u], axis=1))
     tol = SHIFT_FACTOR * tolerance * scale
     shifted = _row_max(xp, xp.abs(xp.concat([s_eq, s_in], axis=1))) > tol
     return Shift(ax, cx, s_eq, s_in, tol, shifted)

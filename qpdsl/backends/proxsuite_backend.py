@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import ParameterError
 from ..qp import QPData, QPResult, Settings, SparseBatch, Status, WarmStart
 from . import Capabilities, register
-from .closest import solve_closest_feasible
+from .closest import _matvec, _select, solve_closest_feasible
 
 try:
     from proxsuite import proxqp as _proxqp
@@ -25,6 +25,10 @@ except Exception:  # registration must never raise, whatever breaks inside the p
 
 # ProxQP treats bounds beyond this magnitude as infinite; give it finite numbers.
 _INFINITE_BOUND = 1e20
+# A MAX_ITER iterate is read as a direction of unboundedness when it is this much larger than the
+# bounds and P d, A d, the recession-cone violation of C d are this small relative to the data.
+_DIVERGED, _RECESSION_TOL = 10.0, 1e-6
+_ADVANCE = 10  # iterations taken to read the direction of a diverging iterate
 
 
 class ProxsuiteBackend:
@@ -74,6 +78,17 @@ def _solve_raw(data: QPData, settings: Settings, warm_start: WarmStart | None) -
             qp.solve(warm[0][i], warm[1][i], warm[2][i])
             results.append(qp.results)
     infos = [r.info for r in results]
+
+    def advance(i: int) -> np.ndarray:
+        """A few more iterations of element ``i`` from where it stopped: the step they take."""
+        qp = module.QP(n, p, m)
+        _configure(qp.settings, settings, options, out_dtype)
+        qp.settings.max_iter = _ADVANCE
+        qp.init(mats[0](i), vecs[0][i], mats[1](i), vecs[1][i], mats[2](i), low[i], up[i])
+        r = results[i]
+        qp.solve(r.x, r.y, r.z)
+        return np.asarray(qp.results.x, dtype=np.float64) - np.asarray(r.x, dtype=np.float64)
+
     r0 = np.zeros(batch) if data.r is None else np.asarray(data.r, dtype=np.float64).reshape(batch)
 
     def stack(attr: str, size: int) -> np.ndarray:
@@ -85,12 +100,69 @@ def _solve_raw(data: QPData, settings: Settings, warm_start: WarmStart | None) -
         z=stack("z", m),
         shift_eq=np.zeros((batch, p), dtype=out_dtype),
         shift_in=np.zeros((batch, m), dtype=out_dtype),
-        status=np.array([_status(i.status) for i in infos], dtype=np.int64),
+        status=_diverged(data, stack("x", n).astype(np.float64), [_status(i.status) for i in infos], advance),
         iterations=np.array([i.iter for i in infos], dtype=np.int64),
         prim_res=np.array([i.pri_res for i in infos], dtype=out_dtype),
         dual_res=np.array([i.dua_res for i in infos], dtype=out_dtype),
         objective=(np.array([i.objValue for i in infos]) + r0).astype(out_dtype),
     )
+
+
+def _diverged(data: QPData, x: np.ndarray, codes: list[int], advance: Any = None) -> np.ndarray:
+    """Status codes with MAX_ITER replaced by DUAL_INFEASIBLE where the iterate diverged along a
+    recession direction ``d`` (``P d = 0``, ``A d = 0``, ``C d`` in the recession cone of
+    ``[l, u]``, ``q'd < 0``, each relative to the rows' norms): a certificate that the QP (or its
+    closest feasible QP, which has the same recession cone) is unbounded below.
+
+    ``d`` is ``x / |x|`` for an iterate far beyond the data's bounds, or else the step that
+    ``advance(i)`` (a few more iterations) takes from it: along an unbounded direction the
+    augmented-Lagrangian steps follow ``d`` far more exactly than ``x`` does, whose bounded part
+    is still of the size of the data. ProxQP's own test (``eps_dual_inf``) is off, see
+    :func:`_configure`.
+    """
+    status = np.asarray(codes, dtype=np.int64)
+    todo = np.flatnonzero(status == Status.MAX_ITER)
+    if todo.size == 0:
+        return status
+    sub = _select(data, todo)
+    q, b = np.asarray(sub.q, dtype=float), np.asarray(sub.b, dtype=float)
+    l, u = np.asarray(sub.l, dtype=float), np.asarray(sub.u, dtype=float)
+    finite_l, finite_u = np.isfinite(l), np.isfinite(u)
+    bounds = np.concatenate(
+        [np.abs(b), np.where(finite_l, np.abs(l), 0), np.where(finite_u, np.abs(u), 0)], 1
+    )
+    size = np.abs(x[todo]).max(axis=1, initial=0.0)
+    far = size > _DIVERGED * (1.0 + bounds.max(axis=1, initial=0.0))
+
+    def certified(d: np.ndarray) -> np.ndarray:
+        tiny = np.finfo(float).tiny
+        d = d / np.maximum(np.abs(d).max(axis=1, initial=0.0), tiny)[:, None]
+
+        def small(M: Any, side: np.ndarray | None = None) -> np.ndarray:
+            Md = _matvec(M, d)
+            norms = _matvec(_abs(M), np.ones_like(d))  # row 1-norms: |M d| <= norms for |d| <= 1
+            excess = np.abs(Md) if side is None else np.maximum(side * Md, 0.0)
+            return np.all(excess <= _RECESSION_TOL * np.maximum(norms, tiny), axis=1)
+
+        descent = np.einsum("bi,bi->b", q, d) < -_RECESSION_TOL * np.abs(q).sum(axis=1)
+        cone = small(sub.C, finite_u.astype(float)) & small(sub.C, -finite_l.astype(float))
+        return descent & small(sub.P) & small(sub.A) & cone
+
+    ok = far & certified(x[todo])
+    if advance is not None:
+        rest = np.flatnonzero(far & ~ok)
+        if rest.size:
+            steps = np.zeros_like(x[todo])
+            steps[rest] = np.stack([advance(int(todo[k])) for k in rest])
+            ok[rest] = certified(steps)[rest]
+    status[todo[ok]] = Status.DUAL_INFEASIBLE
+    return status
+
+
+def _abs(M: Any) -> Any:
+    if isinstance(M, SparseBatch):
+        return SparseBatch(M.rows, M.cols, np.abs(np.asarray(M.values)), M.shape)
+    return np.abs(np.asarray(M, dtype=float))
 
 
 def _configure(target: Any, settings: Settings, options: dict[str, Any], dtype: Any) -> None:
@@ -102,11 +174,14 @@ def _configure(target: Any, settings: Settings, options: dict[str, Any], dtype: 
     target.check_duality_gap = True
     target.eps_duality_gap_abs = eps
     target.eps_duality_gap_rel = settings.eps_rel
-    # ProxQP's certificate test raises false alarms on feasible LPs at any threshold above eps
-    # (seen at 1e-4 and 1e-6). At eps an infeasible QP runs to max_iter instead, and the
-    # closest-feasible stage, which takes over any failed element, finds the shift.
-    target.eps_primal_inf = eps
-    target.eps_dual_inf = eps
+    # ProxQP's infeasibility certificates raise false alarms at any threshold: primal on feasible
+    # QPs (seen from 1e-4 down to 1e-14, e.g. LPs with duplicated rows), where the closest-feasible
+    # stage then reports a spurious shift; dual on infeasible LPs (at iteration 3, even at 0, where
+    # a zero step passes the test), so that stage never runs. Both are off (a negative threshold
+    # never passes): an infeasible QP runs to max_iter and the closest-feasible stage takes over;
+    # an unbounded one runs to max_iter and _diverged certifies it.
+    target.eps_primal_inf = -1.0
+    target.eps_dual_inf = -1.0
     for key, value in options.items():
         if key.startswith("_") or not hasattr(target, key):
             valid = sorted(k for k in dir(target) if not k.startswith("_"))
@@ -131,12 +206,18 @@ def _matrices(M: Any, batch: int) -> Any:
 
 
 def _warm_arrays(warm: WarmStart, batch: int, n: int, p: int, m: int) -> list[np.ndarray]:
-    def arr(a: Any, size: int) -> np.ndarray:
+    def arr(a: Any, size: int, name: str) -> np.ndarray:
         if a is None:
             return np.zeros((batch, size))
-        return np.asarray(a, dtype=np.float64).reshape(batch, size)
+        a = np.asarray(a, dtype=np.float64)
+        if a.shape not in ((batch, size), (size,)) and not (a.ndim == 2 and a.shape == (1, size)):
+            raise ParameterError(
+                f"warm_start.{name} has shape {a.shape}; expected ({batch}, {size}) or ({size},): the "
+                f"standard-form {name} of this batch (auxiliary variables and rows included)"
+            )
+        return np.broadcast_to(a.reshape(-1, size), (batch, size))
 
-    return [arr(warm.x, n), arr(warm.y, p), arr(warm.z, m)]
+    return [arr(warm.x, n, "x"), arr(warm.y, p, "y"), arr(warm.z, m, "z")]
 
 
 def _status(code: Any) -> int:
