@@ -47,14 +47,12 @@ from typing import Any
 
 # Single-threaded BLAS/OpenMP unless the caller chose otherwise: set before numpy/torch load.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-# XLA's multi-threaded Eigen pool on the CPU can wedge (a jitted call never returns); see
-# benchmarks/common.py and docs/layers.md.
-if "--xla_cpu_multi_thread_eigen" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_multi_thread_eigen=false".strip()
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(HERE), str(ROOT)]
+
+import common  # noqa: E402, F401  (sets XLA_FLAGS against an XLA CPU hang before jax loads)
 
 # Order of the run: the cheap ones first.
 NAMES = ("compile", "torch_solver", "dense_batch", "jax_batch")
@@ -370,7 +368,11 @@ def plot_torch_solver(record: dict[str, Any], path: Path) -> None:
         )
         if all(r.get("qplayer_fwd_bwd_ms") for r in rs):
             (fb,) = axes[0].plot(
-                b, [r["ours_fwd_bwd_ms"] for r in rs], marker="^", ls="-.", label=f"qpdsl torch fwd+bwd, n={n}"
+                b,
+                [r["ours_fwd_bwd_ms"] for r in rs],
+                marker="^",
+                ls="-.",
+                label=f"qpdsl torch fwd+bwd, n={n}",
             )
             axes[0].plot(
                 b,
@@ -380,7 +382,9 @@ def plot_torch_solver(record: dict[str, Any], path: Path) -> None:
                 color=fb.get_color(),
                 label=f"QPLayer fwd+bwd, n={n}",
             )
-            axes[1].plot(b, [r["fwd_bwd_ratio"] for r in rs], marker="^", ls="-.", label=f"fwd+bwd / QPLayer, n={n}")
+            axes[1].plot(
+                b, [r["fwd_bwd_ratio"] for r in rs], marker="^", ls="-.", label=f"fwd+bwd / QPLayer, n={n}"
+            )
         axes[1].plot(b, [r["ratio"] for r in rs], marker="o", label=f"forward / proxsuite, n={n}")
         axes[2].plot(b, [r["max_dx"] for r in rs], marker="o", label=f"|x - x_proxsuite|, n={n}")
         axes[2].plot(b, [r["max_res"] for r in rs], marker="x", ls=":", label=f"max residual, n={n}")
@@ -395,7 +399,8 @@ def plot_torch_solver(record: dict[str, Any], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(
-        _title(record, "torch_solver: torch backend vs proxsuite (forward) and QPLayer (forward+backward)"), fontsize=9
+        _title(record, "torch_solver: torch backend vs proxsuite (forward) and QPLayer (forward+backward)"),
+        fontsize=9,
     )
     fig.tight_layout()
     fig.savefig(path, dpi=110)

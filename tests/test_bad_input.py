@@ -32,13 +32,7 @@ TORCH_BACKENDS = [b for b in ("proxsuite", "torch", "qpsolvers:clarabel") if b i
 ALL_BACKENDS = [b for b in ("proxsuite", "torch", "jax", "qpsolvers:clarabel") if b in AVAILABLE]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Any:
-    """Small problems: torch's intra-op threads only add latency on a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def expect(error: type[Exception], fn: Any, *fragments: str) -> str:

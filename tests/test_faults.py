@@ -29,11 +29,8 @@ COUNTS: dict[str, Counter[str]] = {}
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread(request: pytest.FixtureRequest) -> Any:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _report_counts(request: pytest.FixtureRequest, one_torch_thread: None) -> Any:
     yield
-    torch.set_num_threads(threads)
     if COUNTS:
         counts = {k: dict(v) for k, v in COUNTS.items()}
         plugins = request.config.pluginmanager

@@ -94,14 +94,7 @@ COUNTS: dict[str, Any] = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Any:
-    """Small problems: torch's intra-op threads only add wake-up latency (100x on a busy CPU)."""
-    torch = pytest.importorskip("torch")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def report(request: pytest.FixtureRequest, *lines: str) -> None:
