@@ -170,3 +170,24 @@ def concrete_any(mask: Any) -> bool:
         if framework(mask) == "jax":
             return True
         raise err
+
+
+def is_traced(array: Any) -> bool:
+    """True for a JAX tracer (inside ``jit``, ``vmap``, ``grad``...): its values are not known now."""
+    if framework(array) != "jax":
+        return False
+    import jax
+
+    return isinstance(array, jax.core.Tracer)
+
+
+def put_rows(array: Any, index: Any, values: Any) -> Any:
+    """A copy of ``array`` with ``array[index] = values`` along the first axis (concrete arrays)."""
+    fw = framework(array)
+    if fw == "torch":
+        return array.index_copy(0, index, values)
+    if fw == "jax":
+        return array.at[index].set(values)
+    out = np.array(array, copy=True)
+    out[np.asarray(index)] = values
+    return out

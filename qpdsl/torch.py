@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._array import to_numpy
 from . import _standard_form as sf
+from ._array import to_numpy
 from .backends import Backend, get_backend
 from .errors import ParameterError, SolverError
 from .qp import QPData, QPResult, Settings, Status, WarmStart

@@ -782,17 +782,11 @@ def test_degenerate_models_match_cvxpy() -> None:
 
 
 @pytest.mark.skipif("jax" not in BACKENDS, reason="the jax backend is not installed")
-@pytest.mark.xfail(
-    strict=True,
-    reason="qpdsl/backends/jax_backend.py (driver of alm/core.py): on the shifted QP of the closest-"
-    "feasible stage of this infeasible LP (9 variables, 13 rows, 3 of them l = u) the jax backend "
-    "ends in max_iter with primal residual 0 and dual residual 2e-13 (the complementarity test "
-    "never passes), where the torch backend, same algorithm, solves the same data in 15 iterations",
-)
 def test_jax_closest_feasible_lp_found_by_the_long_profile() -> None:
-    """Found by the long profile (a well-scaled model): torch and proxsuite give the closest
-    feasible solution; jax reports max_iter. The shifted QP is built here with the closest-
-    feasible stage's own helpers (feasibility solve by proxsuite) and solved by both ALM drivers."""
+    """Found by the long profile (a well-scaled model): torch and proxsuite gave the closest
+    feasible solution, jax reported max_iter (primal residual 0, dual 2e-13, complementarity
+    never passing) until its driver refreshed the products K x as the torch one does. The
+    shifted QP is built here with the closest-feasible stage's own helpers (feasibility solve by proxsuite) and solved by both ALM drivers."""
     from qpdsl.backends import closest, get_backend
     from qpdsl.backends.jax_backend import solve_raw as jax_solve_raw
     from qpdsl.backends.torch_backend import solve_raw as torch_solve_raw

@@ -39,6 +39,7 @@ except Exception:  # registration must never raise, whatever breaks inside the p
     jnp = None  # type: ignore[assignment]
 
 _OK = (int(Status.SOLVED), int(Status.SOLVED_CLOSEST_FEASIBLE))
+REFRESH_EVERY = 8  # iterations between exact recomputations of the products K x
 
 
 class JaxBackend:
@@ -120,6 +121,11 @@ def _iterate(prob: Problem, scaling: Scaling, st: core.State, cfg: core.Config) 
 
     def body(carry: tuple[Any, core.State]) -> tuple[Any, core.State]:
         k, st = carry
+        # The products K x are updated along the steps; recompute them now and then so that
+        # rounding drift cannot keep the convergence test from passing.
+        st = jax.lax.cond(
+            k % REFRESH_EVERY == REFRESH_EVERY - 1, lambda s: core.refresh(data, s), lambda s: s, st
+        )
         return k + 1, core.step(data, scaling, st, cfg, _factorize)
 
     _, st = jax.lax.while_loop(cond, body, (jnp.asarray(0, jnp.int32), st))

@@ -20,6 +20,8 @@ read-only arrays, so every value is written.)
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +29,7 @@ import scipy.sparse as sp
 
 MIN_RUN = 32  # shorter slices cost more in Python overhead than a fancy-index gather
 CONST, SINGLE, MULTI = 0, 1, 2  # kinds of value
+PARALLEL_VALUES = 1 << 20  # at least this many values per thread, or the threads cost more than they save
 
 
 @dataclass(frozen=True)
@@ -125,12 +128,51 @@ def _segments(kind: np.ndarray, cols: np.ndarray, coef: np.ndarray) -> tuple[np.
 def fill(plan: Plan, theta: np.ndarray, out: np.ndarray | None) -> np.ndarray:
     """Values (B, nnz) for ``theta`` (B, n_theta or more columns; extra columns are not read).
 
-    Written into ``out`` when it is a writeable array of the right shape and dtype.
+    Written into ``out`` when it is a writeable array of the right shape and dtype. Large
+    batches are split by rows over up to :func:`fill_threads` threads (numpy's copies release
+    the GIL; one core alone does not saturate the memory bandwidth).
     """
     batch = theta.shape[0]
     dtype = np.result_type(theta.dtype, np.float32)
     if out is None or out.shape != (batch, plan.nnz) or out.dtype != dtype or not out.flags.writeable:
         out = np.empty((batch, plan.nnz), dtype=dtype)
+    threads = min(fill_threads(), batch, max(1, batch * plan.nnz // PARALLEL_VALUES))
+    if threads <= 1:
+        return _fill_rows(plan, theta, out)
+    edges = np.linspace(0, batch, threads + 1).astype(int)
+    pool = _pool(threads)
+    jobs = [
+        pool.submit(_fill_rows, plan, theta[a:b], out[a:b])
+        for a, b in zip(edges[:-1], edges[1:], strict=True)
+    ]
+    for job in jobs:
+        job.result()
+    return out
+
+
+def fill_threads() -> int:
+    """Threads :func:`fill` may use: ``QPDSL_APPLY_THREADS`` if set, else the usable CPU count (at most 8)."""
+    env = os.environ.get("QPDSL_APPLY_THREADS")
+    if env:
+        return max(1, int(env))
+    try:
+        count = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        count = os.cpu_count() or 1
+    return min(count, 8)
+
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+
+
+def _pool(threads: int) -> ThreadPoolExecutor:
+    if threads not in _POOLS:
+        _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="qpdsl-apply")
+    return _POOLS[threads]
+
+
+def _fill_rows(plan: Plan, theta: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """:func:`fill` for some rows, in this thread."""
     for start, stop, col, step, coef in plan.runs:
         src = theta[:, col : col + stop - start] if step else theta[:, col : col + 1]
         dst = out[:, start:stop]

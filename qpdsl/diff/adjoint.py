@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .._array import concrete_any
 from ..qp import QPData, QPResult
 from .linearize import Linearization, device, linearize, matvec, outer, rmatvec
 from .shift import shift_jvp, shift_vjp
@@ -84,18 +85,23 @@ def qp_vjp(
     w = -lin.solve(xp.concat([gx, g_dual], axis=1))
     w_x, w_y, w_z = w[:, :n], w[:, n : n + p], w[:, n + p :] * lin.act_f
 
-    sA, sb, sC, sh = shift_vjp(lin, gse - w_y, gsi - w_z)
-    g_h = sh - w_z
+    g_perp, w_s = shift_vjp(lin, gse - w_y, gsi - w_z)
+    u_y, u_z = w_y + g_perp[:, :p], w_z + g_perp[:, p:]
+    grad_A = outer(lin.y, w_x) + outer(u_y, lin.x)
+    grad_C = outer(lin.z_act, w_x) + outer(u_z, lin.x)
+    if lin.shifted:
+        grad_A = grad_A - outer(lin.s_eq, w_s)
+        grad_C = grad_C - outer(lin.s_in, w_s)
     wx_x = outer(w_x, lin.x)
-    zero = xp.zeros_like(g_h)
+    zero = xp.zeros_like(u_z)
     grads = QPGrads(
         P=0.5 * (wx_x + xp.matrix_transpose(wx_x)),
         q=w_x,
-        A=outer(lin.y, w_x) + outer(w_y, lin.x) + sA,
-        b=sb - w_y,
-        C=outer(lin.z_act, w_x) + outer(w_z, lin.x) + sC,
-        l=xp.where(lin.lower, g_h, zero),
-        u=xp.where(lin.upper, g_h, zero),
+        A=grad_A,
+        b=-u_y,
+        C=grad_C,
+        l=xp.where(lin.lower, -u_z, zero),
+        u=xp.where(lin.upper, -u_z, zero),
     )
     return QPGrads(**{k: _mask(lin, v) for k, v in vars(grads).items()})
 
@@ -156,5 +162,7 @@ def _tangent(lin: Linearization, t: Any) -> Any:
 def _mask(lin: Linearization, a: Any) -> Any:
     """Zero the elements whose status is not ok (``where``, so NaN there never leaks)."""
     xp = lin.xp
+    if not concrete_any(~lin.ok):
+        return a
     ok = xp.reshape(lin.ok, (-1,) + (1,) * (a.ndim - 1))
     return xp.where(ok, a, xp.zeros_like(a))

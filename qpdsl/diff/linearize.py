@@ -15,13 +15,13 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .._array import concrete_any, lu_factor, lu_solve, namespace
+from .._array import cholesky_ex, concrete_any, is_traced, namespace
 from ..qp import QPData, QPResult, Status
+from .kkt import KKTSolver, kkt_solver
 
-# Refinement steps of the regularised KKT solve against the unregularised matrix.
-REFINE_STEPS = 5
-# ... stopped once the residual is within this many rounding units of |rhs| + |K| |w|.
-REFINE_TOL = 1e3
+# A's rows count as independent when the Cholesky factor of AA' has no diagonal entry below
+# this fraction of its largest (else the SVD decides the rank).
+RANK_TOL = 1e-4
 
 
 @dataclass(frozen=True)
@@ -47,27 +47,15 @@ class Linearization:
     viol_f: Any
     s_eq: Any  # shift, 0 unless closest feasible
     s_in: Any  # shift on violated rows, 0 elsewhere
-    K: Any  # (B, N, N) KKT matrix with identity-like rows for inactive constraints
-    K_reg_lu: Any  # LU factor of K plus a small quasi-definite regularisation
-    K_norm: Any  # (B,) max |K_ij|, the scale of rounding errors in K w
+    kkt: KKTSolver  # the active-set KKT matrix (identity-like rows for inactive constraints)
     M_pinv: Any  # (B, n, p + m)
     Pi: Any  # (B, p + m, p + m)
     rows_f: Any  # (B, p + m): 1 on rows of M (equality rows and violated rows)
+    shifted: bool  # some element may have a nonzero shift (always True under jit)
 
     def solve(self, rhs: Any) -> Any:
-        """Solve ``K w = rhs`` (B, N) by the regularised inverse plus iterative refinement."""
-        xp = self.xp
-        w = lu_solve(self.K_reg_lu, rhs)
-        eps = xp.finfo(rhs.dtype).eps
-        for _ in range(REFINE_STEPS):
-            r = rhs - matvec(self.K, w)
-            scale = xp.max(xp.abs(rhs), axis=1) + self.K_norm * xp.max(xp.abs(w), axis=1)
-            tol = REFINE_TOL * eps * scale[:, None]
-            # Stop once every element is exact to rounding (never under jit: a tracer counts as not yet).
-            if not concrete_any(xp.abs(r) > tol):
-                break
-            w = w + lu_solve(self.K_reg_lu, r)
-        return w
+        """Solve ``K w = rhs`` (B, N) exactly up to rounding (see :mod:`qpdsl.diff.kkt`)."""
+        return self.kkt.solve(rhs)
 
     def project_duals(self, v: Any) -> Any:
         """Project a (B, p + m) dual vector onto range(M) on the rows of M; other rows unchanged."""
@@ -90,6 +78,8 @@ def linearize(data: QPData, result: QPResult, active_tol: float | None = None) -
 
     def clean(a: Any, mask: Any = okv, fill: float = 0.0) -> Any:
         a = xp.asarray(a, dtype=dtype, device=dev)
+        if not concrete_any(~mask):  # nothing to replace (the common case, and a large copy saved)
+            return a
         return xp.where(mask, a, xp.asarray(fill, dtype=dtype, device=dev))
 
     P = clean(data.P, okm)
@@ -119,20 +109,12 @@ def linearize(data: QPData, result: QPResult, active_tol: float | None = None) -
     viol_f = xp.astype(viol, dtype)
 
     batch = x.shape[0]
-    scale = xp.ones((batch,), dtype=dtype, device=dev)
-    for mat in (P, A, C):
-        if mat.shape[1] * mat.shape[2]:  # max over an empty axis is an error
-            scale = xp.maximum(scale, xp.max(xp.abs(mat), axis=(1, 2)))
-    reg = math.sqrt(eps) * scale
-
-    K = _kkt(xp, P, A, C, act_f)
-    ones_n = xp.ones((batch, n), dtype=dtype, device=dev)
     ones_p = xp.ones((batch, p), dtype=dtype, device=dev)
-    reg_diag = xp.concat([ones_n, -ones_p, -act_f], axis=1) * reg[:, None]
-    K_reg_lu = lu_factor(K + _diag(xp, reg_diag))
+    kkt = kkt_solver(xp, P, xp.concat([A, C], axis=1), xp.concat([ones_p, act_f], axis=1))
 
     rows_f = xp.concat([ones_p, viol_f], axis=1)
-    M_pinv, Pi = _range_projector(xp, A, C, viol_f, any_violated=concrete_any(closest))
+    shifted = concrete_any(closest)
+    M_pinv, Pi = _range_projector(xp, A, C, viol_f, any_violated=shifted)
     # Multipliers of dependent rows are determined only up to null(M'); backends return any
     # representative. Taking the one in range(M) makes the gradients independent of that choice.
     yz = xp.concat([y, z], axis=1) * rows_f
@@ -153,12 +135,11 @@ def linearize(data: QPData, result: QPResult, active_tol: float | None = None) -
         viol_f=viol_f,
         s_eq=s_eq,
         s_in=s_in * viol_f,
-        K=K,
-        K_reg_lu=K_reg_lu,
-        K_norm=scale,  # max |K_ij|: the largest entry of P, A, C, or the 1 of an inactive row
+        kkt=kkt,
         M_pinv=M_pinv,
         Pi=Pi,
         rows_f=rows_f,
+        shifted=shifted,
     )
 
 
@@ -175,33 +156,34 @@ def _range_projector(xp: Any, A: Any, C: Any, viol_f: Any, any_violated: bool) -
         M_pinv = xp.linalg.pinv(M)
         Pi = M @ M_pinv
     else:
-        A_pinv = xp.linalg.pinv(A) if p else xp.zeros((batch, n, 0), dtype=dtype, device=dev)
+        A_pinv, Pi_A = _full_row_rank_pinv(xp, A)
+        if A_pinv is None:
+            A_pinv = xp.linalg.pinv(A) if p else xp.zeros((batch, n, 0), dtype=dtype, device=dev)
+            Pi_A = A @ A_pinv
         M_pinv = xp.concat([A_pinv, xp.zeros((batch, n, m), dtype=dtype, device=dev)], axis=2)
-        Pi_A = A @ A_pinv
         top = xp.concat([Pi_A, xp.zeros((batch, p, m), dtype=dtype, device=dev)], axis=2)
         Pi = xp.concat([top, xp.zeros((batch, m, p + m), dtype=dtype, device=dev)], axis=1)
     return M_pinv, 0.5 * (Pi + xp.matrix_transpose(Pi))
 
 
-def _kkt(xp: Any, P: Any, A: Any, C: Any, act_f: Any) -> Any:
-    """[[P, A', C_J'], [A, 0, 0], [C_J, 0, -I_inactive]] as one (B, N, N) array."""
-    batch, p, m = P.shape[0], A.shape[1], C.shape[1]
-    dtype, dev = P.dtype, device(P)
+def _full_row_rank_pinv(xp: Any, A: Any) -> tuple[Any, Any]:
+    """``A^+ = A'(AA')^{-1}`` and ``A A^+ = I`` when every element's A clearly has full row rank.
 
-    def zeros(r: int, c: int) -> Any:
-        return xp.zeros((batch, r, c), dtype=dtype, device=dev)
-
-    CJ = C * act_f[:, :, None]
-    top = xp.concat([P, xp.matrix_transpose(A), xp.matrix_transpose(CJ)], axis=2)
-    mid = xp.concat([A, zeros(p, p), zeros(p, m)], axis=2)
-    bot = xp.concat([CJ, zeros(m, p), _diag(xp, act_f - 1.0)], axis=2)
-    return xp.concat([top, mid, bot], axis=1)
-
-
-def _diag(xp: Any, v: Any) -> Any:
-    """Batched diagonal matrices (B, k, k) from (B, k)."""
-    k = v.shape[1]
-    return xp.eye(k, dtype=v.dtype, device=device(v))[None, :, :] * v[:, None, :]
+    Decided (eagerly only) from the Cholesky factor of ``AA'``: its diagonal must span less
+    than ``1 / RANK_TOL``; otherwise, or under ``jit``, returns ``(None, None)`` and the
+    caller takes the SVD-based pseudo-inverse. Much cheaper than the SVD for small p.
+    """
+    p = A.shape[1]
+    if p == 0 or is_traced(A):
+        return None, None
+    gram = A @ xp.matrix_transpose(A)
+    L, ok = cholesky_ex(gram)
+    diag = xp.abs(L[:, xp.arange(p), xp.arange(p)])
+    full = ok & (xp.min(diag, axis=1) > RANK_TOL * xp.max(diag, axis=1))
+    if concrete_any(~full):
+        return None, None
+    eye = xp.eye(p, dtype=A.dtype, device=device(A))
+    return xp.matrix_transpose(xp.linalg.inv(gram) @ A), xp.zeros_like(gram) + eye
 
 
 def device(a: Any) -> Any:

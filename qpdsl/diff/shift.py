@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .linearize import Linearization, matvec, outer, rmatvec
+from .linearize import Linearization, matvec, rmatvec
 
 
 def shift_jvp(lin: Linearization, dA: Any, db: Any, dC: Any, dh: Any) -> tuple[Any, Any]:
@@ -28,13 +28,18 @@ def shift_jvp(lin: Linearization, dA: Any, db: Any, dC: Any, dh: Any) -> tuple[A
     return ds[:, :p], ds[:, p:] * lin.viol_f
 
 
-def shift_vjp(lin: Linearization, g_eq: Any, g_in: Any) -> tuple[Any, Any, Any, Any]:
-    """Adjoint of :func:`shift_jvp`: gradients ``(dA, db, dC, dh)`` from ``(g_eq, g_in)`` on the shift."""
+def shift_vjp(lin: Linearization, g_eq: Any, g_in: Any) -> tuple[Any, Any]:
+    """Adjoint of :func:`shift_jvp` in factored form, from the gradients ``(g_eq, g_in)`` on the shift.
+
+    Returns
+    -------
+    g_perp, w
+        (B, p + m) and (B, n): the gradients are ``dM = g_perp x' - s w'`` (rows of A, then of
+        C), ``db = -g_perp[:, :p]`` and ``dh = -g_perp[:, p:]``; ``g_perp`` is zero off the rows
+        of M. Kept as vectors so that the caller forms each outer product once.
+    """
     xp, p = lin.xp, lin.p
     g = xp.concat([g_eq, g_in * lin.viol_f], axis=1)
     g_perp = g - matvec(lin.Pi, g)
     w = matvec(lin.M_pinv, g)
-    s = xp.concat([lin.s_eq, lin.s_in], axis=1)
-    dM = outer(g_perp, lin.x) - outer(s, w)
-    g_perp_in = g_perp[:, p:] * lin.viol_f
-    return dM[:, :p, :], -g_perp[:, :p], dM[:, p:, :] * lin.viol_f[:, :, None], -g_perp_in
+    return xp.concat([g_perp[:, :p], g_perp[:, p:] * lin.viol_f], axis=1), w

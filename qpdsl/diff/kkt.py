@@ -1,0 +1,210 @@
+"""Solves with the active-set KKT matrix of the backward pass (DESIGN §6).
+
+The matrix, with ``G = [A; C]`` and ``a`` the 0/1 mask of the rows in the system (equality
+rows and active inequality rows), is::
+
+    K = [[P,        G' diag(a)         ],
+         [diag(a) G, -diag(1 - a)      ]]
+
+(an inactive row only says ``w_i = -r_i``). It is never formed. Each solve applies the
+inverse of the regularised matrix ``K_d`` (``+d`` on the primal block, ``-d`` on the active
+rows) through the Cholesky factor of its Schur complement ::
+
+    H = P + d I + G' diag(a / d) G        (n x n, positive definite for convex P)
+
+and refines the result against ``K`` itself, so the answer is the exact adjoint wherever
+it exists. A failed factorisation is retried with more regularisation. Eagerly, elements
+whose refinement does not settle (ill-conditioned or singular K) are solved again by an LU
+factorisation of the regularised ``(n + k)``-square matrix; under ``jit`` the number of
+refinement steps is fixed and there is no fallback (the map must stay linear in the
+right-hand side for JAX to transpose it).
+
+This replaced an LU factorisation of the whole ``(n + k)``-square matrix for every element:
+on batches of random QPs with n = 100 the backward is about twice as fast. Reusing the
+forward solver's last Cholesky factor instead was measured and rejected: its penalties
+(1e-7 to 1e-3 of |K| at the end of the ALM) are so large that refinement with it had not
+settled after 30 steps.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from .._array import cho_solve, cholesky_ex, concrete_any, is_traced, lu_factor, lu_solve, put_rows
+
+# Refinement against the unregularised K stops once the residual is within this many
+# rounding units of |rhs| + |K| |w| ...
+REFINE_TOL = 1e3
+# ... or after this many steps (each costs a few products with P and G, no factorisation).
+REFINE_STEPS = 8
+# Where the Cholesky factorisation fails, it is retried with this many times more
+# regularisation (refinement then needs a few more steps).
+RETRY = 100.0
+# Refinement steps of the LU fallback, whose regularisation is smaller.
+LU_REFINE_STEPS = 5
+
+
+@dataclass(frozen=True)
+class KKTSolver:
+    """``K w = rhs`` for a batch of active-set KKT matrices (see the module docstring).
+
+    Build it with :func:`kkt_solver`. ``scale`` (B,) is max |K_ij|, the scale of rounding
+    errors in ``K w`` and of the regularisation.
+    """
+
+    xp: Any
+    P: Any  # (B, n, n) symmetric
+    G: Any  # (B, k, n) [A; C]
+    a: Any  # (B, k) 1.0 on the rows in the system, 0.0 elsewhere
+    scale: Any  # (B,)
+    d: Any  # (B,) regularisation of the Cholesky path
+    L: Any  # (B, n, n) Cholesky factor of H
+    chol_ok: Any  # (B,) bool, False where H was not numerically positive definite
+
+    @property
+    def n(self) -> int:
+        return self.P.shape[-1]
+
+    def matvec(self, w: Any) -> Any:
+        """``K w`` for (B, n + k) ``w``."""
+        n = self.n
+        wx, wv = w[:, :n], w[:, n:]
+        top = _mv(self.P, wx) + _rmv(self.G, self.a * wv)
+        return self.xp.concat([top, self.a * _mv(self.G, wx) - (1.0 - self.a) * wv], axis=1)
+
+    def precondition(self, r: Any) -> Any:
+        """``K_d^{-1} r`` through the Cholesky factor of the Schur complement."""
+        n = self.n
+        rx, rv = r[:, :n], r[:, n:]
+        inv_d = (1.0 / self.d)[:, None]
+        rv_in = self.a * rv
+        wx = cho_solve(self.L, rx + _rmv(self.G, rv_in) * inv_d)
+        wv = self.a * (_mv(self.G, wx) - rv) * inv_d - (1.0 - self.a) * rv
+        return self.xp.concat([wx, wv], axis=1)
+
+    def unsettled(self, rhs: Any, w: Any, r: Any) -> Any:
+        """(B,) mask of elements whose residual ``r = rhs - K w`` is above rounding level."""
+        xp = self.xp
+        eps = xp.finfo(rhs.dtype).eps
+        size = xp.max(xp.abs(rhs), axis=1) + self.scale * xp.max(xp.abs(w), axis=1)
+        return xp.any(xp.abs(r) > REFINE_TOL * eps * size[:, None], axis=1)
+
+    def solve(self, rhs: Any) -> Any:
+        """Solve ``K w = rhs`` (B, n + k); linear in ``rhs`` (under ``jit`` the step count is fixed)."""
+        xp = self.xp
+        w = self._refined(rhs)
+        if is_traced(rhs):
+            return w
+        # Eagerly, redo with LU only the elements that did not settle (a rhs-dependent choice,
+        # which a transposed JAX trace could not make).
+        bad = self.unsettled(rhs, w, rhs - self.matvec(w))
+        if not concrete_any(bad | ~self.chol_ok):
+            return w
+        idx = xp.nonzero(bad | ~self.chol_ok)[0]
+        return put_rows(w, idx, self.take(idx)._solve_lu(xp.take(rhs, idx, axis=0)))
+
+    def take(self, idx: Any) -> KKTSolver:
+        """The solver of the elements ``idx`` only."""
+        xp = self.xp
+
+        def t(a: Any) -> Any:
+            return xp.take(a, idx, axis=0)
+
+        fields = (self.P, self.G, self.a, self.scale, self.d, self.L, self.chol_ok)
+        return KKTSolver(xp, *(t(f) for f in fields))
+
+    def _refined(self, rhs: Any) -> Any:
+        w = self.precondition(rhs)
+        eager = not is_traced(rhs)  # traced: a fixed step count, and nothing nonlinear in rhs
+        for _ in range(REFINE_STEPS):
+            r = rhs - self.matvec(w)
+            if eager and not concrete_any(self.unsettled(rhs, w, r)):
+                break
+            w = w + self.precondition(r)
+        return w
+
+    def _solve_lu(self, rhs: Any) -> Any:
+        """LU of ``K`` regularised by sqrt(eps) |K|, refined against ``K``."""
+        xp = self.xp
+        reg = math.sqrt(float(xp.finfo(rhs.dtype).eps)) * self.scale
+        n = self.n
+        ones = xp.ones_like(rhs[:, :n])
+        factor = lu_factor(self._dense(xp.concat([ones, -self.a], axis=1) * reg[:, None]))
+        w = lu_solve(factor, rhs)
+        eager = not is_traced(rhs)
+        for _ in range(LU_REFINE_STEPS):
+            r = rhs - self.matvec(w)
+            if eager and not concrete_any(self.unsettled(rhs, w, r)):
+                break
+            w = w + lu_solve(factor, r)
+        return w
+
+    def _dense(self, reg_diag: Any) -> Any:
+        """``K`` plus ``diag(reg_diag)`` as a dense (B, n + k, n + k) array."""
+        xp = self.xp
+        GJ = self.G * self.a[:, :, None]
+        top = xp.concat([self.P, xp.matrix_transpose(GJ)], axis=2)
+        bottom = xp.concat([GJ, _diag(xp, self.a - 1.0)], axis=2)
+        return xp.concat([top, bottom], axis=1) + _diag(xp, reg_diag)
+
+
+def kkt_solver(xp: Any, P: Any, G: Any, a: Any) -> KKTSolver:
+    """Factorise the Schur complement of the regularised KKT matrices (see the module docstring).
+
+    Parameters
+    ----------
+    P
+        (B, n, n) symmetric positive semidefinite.
+    G
+        (B, k, n) constraint rows ``[A; C]``.
+    a
+        (B, k) 0/1 floats: the rows in the system (equality and active inequality rows).
+    """
+    batch, n = P.shape[0], P.shape[-1]
+    scale = xp.ones((batch,), dtype=P.dtype, device=_device(P))
+    for mat in (P, G):
+        if mat.shape[1] * mat.shape[2]:  # max over an empty axis is an error
+            scale = xp.maximum(scale, xp.max(xp.abs(mat), axis=(1, 2)))
+    # The same sqrt(eps) |K| as the LU fallback: cond(H) may reach about k / eps, so the
+    # factor is accurate only to a few digits, but each refinement step gains a factor of
+    # about d / |K| (three or four steps on random problems) and a failed factorisation
+    # falls back to LU.
+    d = math.sqrt(float(xp.finfo(P.dtype).eps)) * scale
+    eye = xp.eye(n, dtype=P.dtype, device=_device(P))
+    S = xp.matrix_transpose(G * (a / d[:, None])[:, :, None]) @ G
+    L, ok = cholesky_ex(P + d[:, None, None] * eye + S)
+    if concrete_any(~ok):  # always under jit, where no element can take the LU path instead
+        d_retry = RETRY * d
+        L_retry, ok_retry = cholesky_ex(P + d_retry[:, None, None] * eye + S / RETRY)
+        use = ~ok & ok_retry
+        L = xp.where(use[:, None, None], L_retry, L)
+        d = xp.where(use, d_retry, d)
+        ok = ok | ok_retry
+    L = xp.where(ok[:, None, None], L, xp.zeros_like(L) + eye)  # keep failed factors finite
+    return KKTSolver(xp, P, G, a, scale, d, L, ok)
+
+
+def _mv(mat: Any, v: Any) -> Any:
+    """Batched ``mat @ v`` for (B, r, c) and (B, c)."""
+    from .._array import namespace
+
+    # A row vector times mat' is several times faster than mat times a column in batched BLAS.
+    return (v[..., None, :] @ namespace(mat).matrix_transpose(mat))[..., 0, :]
+
+
+def _rmv(mat: Any, v: Any) -> Any:
+    """Batched ``mat' @ v`` for (B, r, c) and (B, r)."""
+    return (v[..., None, :] @ mat)[..., 0, :]
+
+
+def _diag(xp: Any, v: Any) -> Any:
+    k = v.shape[1]
+    return xp.eye(k, dtype=v.dtype, device=_device(v))[None, :, :] * v[:, None, :]
+
+
+def _device(a: Any) -> Any:
+    import array_api_compat
+
+    return array_api_compat.device(a)
