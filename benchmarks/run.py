@@ -116,6 +116,8 @@ def _runner(name: str, args: argparse.Namespace) -> Callable[[], Any]:
         return lambda: module.run(args.quick, repeats=args.repeats)
     if name == "torch_solver":
         return lambda: module.run(args.quick, repeat=args.repeats)
+    if name == "jax_batch" and args.jax_time_limit is not None:
+        return lambda: module.run(args.quick, limit=args.jax_time_limit)
     return lambda: module.run(args.quick)
 
 
@@ -495,6 +497,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dense-n", type=int, nargs="+", help="dense_batch: numbers of variables")
     parser.add_argument(
         "--dense-peers", nargs="+", help="dense_batch: peer name prefixes (qpdsl, qplayer, ...)"
+    )
+    parser.add_argument(
+        "--jax-time-limit", type=float, help="jax_batch: seconds per solver and size (default 600)"
     )
     args = parser.parse_args(argv)
 

@@ -181,6 +181,19 @@ def is_traced(array: Any) -> bool:
     return isinstance(array, jax.core.Tracer)
 
 
+def branch(pred: Any, true_fn: Any, false_fn: Any, operand: Any) -> Any:
+    """``true_fn(operand) if pred else false_fn(operand)``, also for a traced JAX ``pred``.
+
+    Traced, this is :func:`jax.lax.cond`: use it on primal values only (JAX cannot transpose
+    a branch on a value that depends on the linear inputs of a JVP).
+    """
+    if is_traced(pred):
+        import jax
+
+        return jax.lax.cond(pred, true_fn, false_fn, operand)
+    return true_fn(operand) if bool(pred) else false_fn(operand)
+
+
 def put_rows(array: Any, index: Any, values: Any) -> Any:
     """A copy of ``array`` with ``array[index] = values`` along the first axis (concrete arrays)."""
     fw = framework(array)

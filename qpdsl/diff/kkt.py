@@ -32,7 +32,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .._array import cho_solve, cholesky_ex, concrete_any, is_traced, lu_factor, lu_solve, put_rows
+from .._array import branch, cho_solve, cholesky_ex, concrete_any, is_traced, lu_factor, lu_solve, put_rows
 
 # Refinement against the unregularised K stops once the residual is within this many
 # rounding units of |rhs| + |K| |w| ...
@@ -174,9 +174,20 @@ def kkt_solver(xp: Any, P: Any, G: Any, a: Any) -> KKTSolver:
     d = math.sqrt(float(xp.finfo(P.dtype).eps)) * scale
     eye = xp.eye(n, dtype=P.dtype, device=_device(P))
     S = xp.matrix_transpose(G * (a / d[:, None])[:, :, None]) @ G
-    L, ok = cholesky_ex(P + d[:, None, None] * eye + S)
-    if concrete_any(~ok):  # always under jit, where no element can take the LU path instead
-        d_retry = RETRY * d
+    H = P + d[:, None, None] * eye + S
+    L, ok = cholesky_ex(H)
+    d_retry = RETRY * d
+    if is_traced(P):
+        # Under jit, inside a branch taken only when some factorisation failed. (Two
+        # independent Cholesky calls in one program have deadlocked XLA's CPU runtime here.)
+        def retry(args: tuple[Any, Any, Any]) -> tuple[Any, Any, Any]:
+            L, ok, d = args
+            H_retry = xp.where(ok[:, None, None], H, P + d_retry[:, None, None] * eye + S / RETRY)
+            L_retry, ok_retry = cholesky_ex(H_retry)
+            return L_retry, ok_retry, xp.where(ok, d, d_retry)
+
+        L, ok, d = branch(xp.all(ok), lambda args: args, retry, (L, ok, d))
+    elif concrete_any(~ok):
         L_retry, ok_retry = cholesky_ex(P + d_retry[:, None, None] * eye + S / RETRY)
         use = ~ok & ok_retry
         L = xp.where(use[:, None, None], L_retry, L)
