@@ -5,8 +5,8 @@ Three measurements, each a median over repeats:
 1. **Compile** the lasso-like problem ``minimize sum_squares(A x - b) + lam * norm1(x)`` s.t.
    ``-1 <= x <= 1``, ``sum(x) == 0`` with ``A`` an (n/2) x n Parameter (n = 1000): qpdsl's
    ``Problem(...)`` build + compile (a fresh problem each time, since compiling is cached)
-   against cvxpy's first ``problem.get_problem_data(cp.CLARABEL)`` on a fresh problem, and,
-   with ``--cvxpylayers``, building a ``cvxpylayers.torch.CvxpyLayer`` once.
+   against cvxpy's first ``problem.get_problem_data(cp.CLARABEL)`` on a fresh problem (the two
+   timed alternately, so that both see the same load), and, with ``--cvxpylayers``, building a ``cvxpylayers.torch.CvxpyLayer`` once.
 2. **Apply parameters**: qpdsl ``qp.apply(theta)`` for a batch of 64 parameter sets (numpy),
    into new arrays and into the arrays of the previous batch (``qp.apply(theta, out=previous)``),
    against cvxpy re-applying ONE parameter set (setting drawn values and a second
@@ -62,6 +62,24 @@ def median_time(fn: Any, repeats: int, warmup: int = 1) -> tuple[float, Any]:
         out = fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times), out
+
+
+def interleaved_median_times(fns: dict[str, Any], repeats: int) -> dict[str, float]:
+    """Median wall time of each function, the calls alternating (one untimed call each first).
+
+    On a shared machine load comes and goes; alternating the methods exposes them to the same
+    load, so their ratio is steadier than that of two blocks of repeats timed one after another.
+    """
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            gc.collect()
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 # ---------------------------------------------------------------- problems
@@ -135,9 +153,10 @@ def _cvxpy_available() -> bool:
 def bench_compile(n: int, repeats: int, with_layers: bool) -> dict[str, Any]:
     rng = np.random.default_rng(0)
     out: dict[str, Any] = {"problem": "lasso", "n": n, "n_theta": (n // 2) * n + n // 2 + 1}
-    t_qd, prob = median_time(lambda: lasso_qpdsl(n), repeats)
+    prob = lasso_qpdsl(n)
     qp = prob.compile()
-    out.update(qpdsl_compile_s=t_qd, qp_n=qp.n, qp_n_eq=qp.n_eq, qp_n_in=qp.n_in, **map_size(qp))
+    out.update(qp_n=qp.n, qp_n_eq=qp.n_eq, qp_n_in=qp.n_in, **map_size(qp))
+    fns: dict[str, Any] = {"qpdsl": lambda: lasso_qpdsl(n)}
     if _cvxpy_available():
         import cvxpy as cp
 
@@ -145,11 +164,14 @@ def bench_compile(n: int, repeats: int, with_layers: bool) -> dict[str, Any]:
             prob_cp, _ = lasso_cvxpy(n, rng)
             return prob_cp.get_problem_data(cp.CLARABEL)
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            t_cp, _ = median_time(cvxpy_first, repeats)
-        out["cvxpy_get_problem_data_s"] = t_cp
-        out["compile_speedup"] = t_cp / t_qd
+        fns["cvxpy"] = cvxpy_first
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        times = interleaved_median_times(fns, repeats)
+    out["qpdsl_compile_s"] = times["qpdsl"]
+    if "cvxpy" in times:
+        out["cvxpy_get_problem_data_s"] = times["cvxpy"]
+        out["compile_speedup"] = times["cvxpy"] / times["qpdsl"]
         if with_layers:
             out["cvxpylayers_build_s"] = _time_cvxpylayers(n, rng)
     return out
