@@ -31,7 +31,7 @@ def random_dense_batch(batch: int, n: int, n_eq: int, n_in: int, seed: int = 0) 
     loss direction ``v`` for ``sum(x * v)``."""
     from qpdsl.testing import random_feasible_qps
 
-    out = dict(zip(DATA_KEYS, random_feasible_qps(batch, n, n_eq, n_in, seed)))
+    out = dict(zip(DATA_KEYS, random_feasible_qps(batch, n, n_eq, n_in, seed), strict=True))
     out["v"] = np.random.default_rng(seed + 1).standard_normal((batch, n))
     return out
 

@@ -6,7 +6,8 @@ Three measurements, each a median over repeats:
    ``-1 <= x <= 1``, ``sum(x) == 0`` with ``A`` an (n/2) x n Parameter (n = 1000): qpdsl's
    ``Problem(...)`` build + compile (a fresh problem each time, since compiling is cached)
    against cvxpy's first ``problem.get_problem_data(cp.CLARABEL)`` on a fresh problem (the two
-   timed alternately, so that both see the same load), and, with ``--cvxpylayers``, building a ``cvxpylayers.torch.CvxpyLayer`` once.
+   timed alternately, so that both see the same load), and, with ``--cvxpylayers``, building
+   a ``cvxpylayers.torch.CvxpyLayer`` once.
 2. **Apply parameters**: qpdsl ``qp.apply(theta)`` for a batch of 64 parameter sets (numpy),
    into new arrays and into the arrays of the previous batch (``qp.apply(theta, out=previous)``),
    against cvxpy re-applying ONE parameter set (setting drawn values and a second

@@ -63,15 +63,23 @@ def check_layer_parameters(problem_parameters: list[Parameter], parameters: Sequ
     for p in parameters:
         if not isinstance(p, Parameter) or p.id not in ids:
             raise ModelError(f"{getattr(p, 'name', p)!r} is not a parameter of this problem")
-    missing = [p.name for p in problem_parameters if p.id not in {q.id for q in parameters} and p.value is None]
+    missing = [
+        p.name for p in problem_parameters if p.id not in {q.id for q in parameters} and p.value is None
+    ]
     if missing:
-        raise ModelError(f"parameters {', '.join(missing)} are neither layer inputs nor given a value=; "
-                         "list them in parameters=[...] or set Parameter(value=...)")
+        raise ModelError(
+            f"parameters {', '.join(missing)} are neither layer inputs nor given a value=; "
+            "list them in parameters=[...] or set Parameter(value=...)"
+        )
 
 
 def broadcast_arguments(
-    qp: ParametricQP, parameters: Sequence[Parameter], args: Sequence[Any], convert: Callable[[Any], Any],
-    validate: bool = True, on_failure: str = "raise",
+    qp: ParametricQP,
+    parameters: Sequence[Parameter],
+    args: Sequence[Any],
+    convert: Callable[[Any], Any],
+    validate: bool = True,
+    on_failure: str = "raise",
 ) -> tuple[Any, int, bool, list[int]]:
     """Stack layer arguments (and fixed parameter values) into theta (B, n_theta).
 
@@ -82,9 +90,11 @@ def broadcast_arguments(
     (no batch dimension) always raises.
     """
     if len(args) != len(parameters):
-        raise ParameterError(f"the layer takes {len(parameters)} arguments "
-                             f"({', '.join(p.name for p in parameters)}), got {len(args)}")
-    given = {p.id: a for p, a in zip(parameters, args)}
+        raise ParameterError(
+            f"the layer takes {len(parameters)} arguments "
+            f"({', '.join(p.name for p in parameters)}), got {len(args)}"
+        )
+    given = {p.id: a for p, a in zip(parameters, args, strict=False)}
     values: dict[Parameter, Any] = {}
     batch, batched, batch_from = 1, False, ""
     shared: set[int] = set()
@@ -97,11 +107,13 @@ def broadcast_arguments(
                 raise ParameterError(
                     f"parameter {p.name}: batch size {v.shape[0]} differs from the batch size {batch} of "
                     f"parameter {batch_from}; give every batched argument the same leading dimension "
-                    "(or none, to share one value across the batch)")
+                    "(or none, to share one value across the batch)"
+                )
             batch, batched, batch_from = int(v.shape[0]), True, p.name
         else:
-            raise ParameterError(f"parameter {p.name}: expected shape {p.shape} (or (batch, *{p.shape})), "
-                                 f"got {tuple(v.shape)}")
+            raise ParameterError(
+                f"parameter {p.name}: expected shape {p.shape} (or (batch, *{p.shape})), got {tuple(v.shape)}"
+            )
         values[p] = v
     if batch == 0:
         raise ParameterError(f"parameter {batch_from} has batch size 0; pass at least one batch element")
@@ -161,7 +173,7 @@ def _is_tracer(v: Any) -> bool:
 def read_outputs(specs: list[Output], results: Sequence[Any], batched: bool) -> tuple[Any, ...]:
     outs = []
     for s in specs:
-        arr = results[s.source][:, s.start: s.stop]
+        arr = results[s.source][:, s.start : s.stop]
         arr = arr.reshape(arr.shape[0], *s.shape)
         if s.sign != 1.0:
             arr = -arr
@@ -176,8 +188,15 @@ def dense_data(qp: ParametricQP, theta: Any) -> QPData:
 # ---------------------------------------------------------------- torch
 
 
-def make_torch_layer(problem: Any, parameters: Sequence[Parameter], outputs: Sequence[Any], backend: str | None,
-                     on_failure: str, warm_start: bool, settings: Settings) -> Any:
+def make_torch_layer(
+    problem: Any,
+    parameters: Sequence[Parameter],
+    outputs: Sequence[Any],
+    backend: str | None,
+    on_failure: str,
+    warm_start: bool,
+    settings: Settings,
+) -> Any:
     import torch
 
     from . import torch as qtorch
@@ -216,11 +235,26 @@ def make_torch_layer(problem: Any, parameters: Sequence[Parameter], outputs: Seq
                 qp, self.parameters_in, tensors, convert, on_failure=self.on_failure
             )
             data = mark_invalid(dense_data(qp, theta), invalid)
-            ws = self._previous if self.warm_start and self._previous is not None \
-                and self._previous.x is not None and self._previous.x.shape[0] == batch else None
+            ws = (
+                self._previous
+                if self.warm_start
+                and self._previous is not None
+                and self._previous.x is not None
+                and self._previous.x.shape[0] == batch
+                else None
+            )
             x, y, z, s_eq, s_in, status = qtorch.solve_qp(
-                data.P, data.q, data.A, data.b, data.C, data.l, data.u,
-                backend=self.backend, settings=self.settings, warm_start=ws, on_failure=self.on_failure,
+                data.P,
+                data.q,
+                data.A,
+                data.b,
+                data.C,
+                data.l,
+                data.u,
+                backend=self.backend,
+                settings=self.settings,
+                warm_start=ws,
+                on_failure=self.on_failure,
             )
             self.last_status = status
             if self.warm_start:
@@ -233,8 +267,14 @@ def make_torch_layer(problem: Any, parameters: Sequence[Parameter], outputs: Seq
 # ---------------------------------------------------------------- jax
 
 
-def make_jax_function(problem: Any, parameters: Sequence[Parameter], outputs: Sequence[Any], backend: str | None,
-                      on_failure: str, settings: Settings) -> Callable[..., tuple[Any, ...]]:
+def make_jax_function(
+    problem: Any,
+    parameters: Sequence[Parameter],
+    outputs: Sequence[Any],
+    backend: str | None,
+    on_failure: str,
+    settings: Settings,
+) -> Callable[..., tuple[Any, ...]]:
     import jax.numpy as jnp
 
     from . import jax as qjax
@@ -249,8 +289,10 @@ def make_jax_function(problem: Any, parameters: Sequence[Parameter], outputs: Se
         arrays = _jax_arguments(parameters, args)
         dtype = next((a.dtype for a in arrays if jnp.issubdtype(a.dtype, jnp.floating)), jnp.zeros(()).dtype)
         if dtype not in (jnp.float32, jnp.float64):
-            raise ParameterError(f"the layer computes in float32 or float64, not {dtype}; convert the "
-                                 "arguments with .astype(jnp.float32) (or float64 with jax_enable_x64)")
+            raise ParameterError(
+                f"the layer computes in float32 or float64, not {dtype}; convert the "
+                "arguments with .astype(jnp.float32) (or float64 with jax_enable_x64)"
+            )
         arrays = [a.astype(dtype) for a in arrays]
 
         def convert(value: Any) -> Any:
@@ -260,8 +302,18 @@ def make_jax_function(problem: Any, parameters: Sequence[Parameter], outputs: Se
             qp, parameters, arrays, convert, on_failure=on_failure
         )
         data = mark_invalid(dense_data(qp, theta), invalid)
-        results = qjax.solve_qp(data.P, data.q, data.A, data.b, data.C, data.l, data.u,
-                                backend=backend_name, settings=settings, on_failure=on_failure)
+        results = qjax.solve_qp(
+            data.P,
+            data.q,
+            data.A,
+            data.b,
+            data.C,
+            data.l,
+            data.u,
+            backend=backend_name,
+            settings=settings,
+            on_failure=on_failure,
+        )
         return read_outputs(specs, results[:5], batched)
 
     solve.__doc__ = f"Solve the qpdsl problem for ({', '.join(p.name for p in parameters)})."
@@ -270,9 +322,11 @@ def make_jax_function(problem: Any, parameters: Sequence[Parameter], outputs: Se
 
 def _argument_error(p: Parameter, value: Any, exc: Exception | None = None) -> ParameterError:
     why = f" ({exc})" if exc is not None else ""
-    return ParameterError(f"argument for parameter {p.name}: a {type(value).__name__} that is not a real "
-                          f"numeric array{why}; pass a float tensor or array of shape {p.shape} "
-                          f"(or (batch, *{p.shape}))")
+    return ParameterError(
+        f"argument for parameter {p.name}: a {type(value).__name__} that is not a real "
+        f"numeric array{why}; pass a float tensor or array of shape {p.shape} "
+        f"(or (batch, *{p.shape}))"
+    )
 
 
 def _torch_arguments(parameters: Sequence[Parameter], args: Sequence[Any]) -> list[Any]:
@@ -289,15 +343,19 @@ def _torch_arguments(parameters: Sequence[Parameter], args: Sequence[Any]) -> li
         if a.is_complex():
             raise _argument_error(p, a)
         if a.is_floating_point() and a.dtype not in (torch.float32, torch.float64):
-            raise ParameterError(f"argument for parameter {p.name} is {a.dtype}; the layer computes in "
-                                 "float32 or float64: convert it with .float() or .double()")
+            raise ParameterError(
+                f"argument for parameter {p.name} is {a.dtype}; the layer computes in "
+                "float32 or float64: convert it with .float() or .double()"
+            )
         out.append(a)
     devices = {str(t.device) for t in out}
     if len(devices) > 1:
         where = ", ".join(f"{p.name} on {t.device}" for p, t in zip(parameters, out, strict=True))
-        raise ParameterError(f"the layer's arguments are on different devices ({where}); move them to one "
-                             "device with .to(device)")
-    return out + list(args[len(out):])
+        raise ParameterError(
+            f"the layer's arguments are on different devices ({where}); move them to one "
+            "device with .to(device)"
+        )
+    return out + list(args[len(out) :])
 
 
 def _jax_arguments(parameters: Sequence[Parameter], args: Sequence[Any]) -> list[Any]:
@@ -313,7 +371,7 @@ def _jax_arguments(parameters: Sequence[Parameter], args: Sequence[Any]) -> list
         if jnp.iscomplexobj(arr):
             raise _argument_error(p, a)
         out.append(arr)
-    return out + [jnp.asarray(a) for a in args[len(out):]]
+    return out + [jnp.asarray(a) for a in args[len(out) :]]
 
 
 def _names() -> dict[str, Any]:

@@ -41,6 +41,7 @@ def core_shapes(shapes: dict[str, tuple[int, ...]]) -> tuple[dict[str, tuple[int
     """Check the seven input shapes; return each input's unbatched shape, the batch size, and
     whether any input had a batch dimension (a batch of 1 broadcasts like no batch).
     """
+
     def last(name: str) -> int:
         return shapes[name][-1] if shapes[name] else -1
 
@@ -50,7 +51,7 @@ def core_shapes(shapes: dict[str, tuple[int, ...]]) -> tuple[dict[str, tuple[int
     batched = False
     for name, shape in core.items():
         got = tuple(shapes[name])
-        if len(got) not in (len(shape), len(shape) + 1) or got[len(got) - len(shape):] != shape:
+        if len(got) not in (len(shape), len(shape) + 1) or got[len(got) - len(shape) :] != shape:
             raise ParameterError(
                 f"{name} has shape {got}; expected {shape} or (B, {', '.join(map(str, shape))}) "
                 f"(n={n} from q, m={m} from b, p={p} from l)"
@@ -60,7 +61,9 @@ def core_shapes(shapes: dict[str, tuple[int, ...]]) -> tuple[dict[str, tuple[int
             if got[0] != 1:
                 sizes.add(got[0])
     if len(sizes) > 1:
-        raise ParameterError(f"inputs have different batch sizes {sorted(sizes)}; use one batch size B (or 1, or none)")
+        raise ParameterError(
+            f"inputs have different batch sizes {sorted(sizes)}; use one batch size B (or 1, or none)"
+        )
     return core, (sizes.pop() if sizes else 1), batched
 
 
@@ -73,7 +76,10 @@ def invalid_elements(arrays: tuple[Any, ...] | list[Any]) -> dict[str, list[int]
         flat = to_numpy(mask).reshape(mask.shape[0], -1)
         return [int(i) for i in flat.any(axis=1).nonzero()[0]]
 
-    reasons = {f"{name} has NaN or Inf entries": rows(~xp.isfinite(a)) for name, a in zip("PqAbC", (P, q, A, b, C))}
+    reasons = {
+        f"{name} has NaN or Inf entries": rows(~xp.isfinite(a))
+        for name, a in zip("PqAbC", (P, q, A, b, C), strict=False)
+    }
     reasons["l or u has NaN entries"] = rows(xp.isnan(l) | xp.isnan(u))
     reasons["l has +inf or u has -inf entries"] = rows((l == float("inf")) | (u == float("-inf")))
     reasons["l > u somewhere"] = rows(l > u)

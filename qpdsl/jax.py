@@ -98,7 +98,7 @@ def solve_qp(
             f"backend {backend!r} works on {solver.capabilities.framework} arrays; with JAX arrays use a "
             f"jax or numpy backend (e.g. 'jax', 'proxsuite'), or use qpdsl.torch.solve_qp"
         )
-    arrays, batched = _broadcast(dict(zip(_NAMES, (P, q, A, b, C, l, u))))
+    arrays, batched = _broadcast(dict(zip(_NAMES, (P, q, A, b, C, l, u), strict=False)))
     P_, *rest = arrays
     warm = _broadcast_warm_start(warm_start, arrays) if solver.capabilities.warm_start else ()
     outputs = _differentiable_solve(solver, settings, on_failure)(
@@ -175,7 +175,7 @@ def _host_solve(
     """Validate and solve on the host; every leading axis is a batch axis."""
     lead = arrays[1].shape[:-1]
     cores = [a.shape[len(lead) :] for a in arrays]
-    flat = [np.asarray(a).reshape(-1, *core) for a, core in zip(arrays, cores)]
+    flat = [np.asarray(a).reshape(-1, *core) for a, core in zip(arrays, cores, strict=False)]
     flat, warm = flat[:7], flat[7:]
     batch, n, m, p = flat[1].shape[0], flat[1].shape[1], flat[3].shape[1], flat[5].shape[1]
     invalid = sf.invalid_elements(flat)
@@ -286,7 +286,12 @@ def _sanitised(
     P, q, A, b, C, l, u = arrays
     eye = jnp.broadcast_to(jnp.eye(P.shape[-1], dtype=P.dtype), P.shape)
     trivial = (eye, 0, 0, 0, 0, -1, 1)
-    data = QPData(*(jnp.where(_rows(keep, a), a, jnp.asarray(t, a.dtype)) for a, t in zip(arrays, trivial)))
+    data = QPData(
+        *(
+            jnp.where(_rows(keep, a), a, jnp.asarray(t, a.dtype))
+            for a, t in zip(arrays, trivial, strict=False)
+        )
+    )
     if outputs is None:
         return data, None
     x, y, z, se, si, status = (jnp.where(_rows(keep, o), o, 0) for o in outputs)

@@ -77,14 +77,21 @@ def _curvature_hint(expr: Expression, other: str = "") -> str:
     curved = [a for a in culprit.args if a.curvature.value in ("convex", "concave")]
     factors = [a for a in culprit.args if a.curvature.value == "constant" and not a.sign.nonneg]
     if type(culprit).__name__ in ("Multiply", "MatMul") and factors:
-        hint += (f" (the factor {factors[0].describe()} scaling a convex or concave term must have a known sign: "
-                 "a nonnegative constant, or a Parameter declared nonneg=True)")
+        hint += (
+            f" (the factor {factors[0].describe()} scaling a convex or concave term must have a known sign: "
+            "a nonnegative constant, or a Parameter declared nonneg=True)"
+        )
     elif type(culprit).__name__ == "Add":
-        hint += " (it adds " + " and ".join(f"{a.describe()} ({a.curvature.value})" for a in curved) + \
-            "; a sum must not mix convex and concave terms)"
+        hint += (
+            " (it adds "
+            + " and ".join(f"{a.describe()} ({a.curvature.value})" for a in curved)
+            + "; a sum must not mix convex and concave terms)"
+        )
     elif curved:
-        hint += (f" (its argument {curved[0].describe()} is {curved[0].curvature.value}; DCP allows a convex "
-                 "argument only where the function is increasing, a concave one only where it is decreasing)")
+        hint += (
+            f" (its argument {curved[0].describe()} is {curved[0].curvature.value}; DCP allows a convex "
+            "argument only where the function is increasing, a concave one only where it is decreasing)"
+        )
     return hint
 
 
@@ -136,8 +143,9 @@ class Problem:
             variables = self.variables()
             if not variables:
                 raise ModelError("the problem has no variables")
-            self._compiled = compile_problem(self.objective.minimized, self.constraints, variables,
-                                             self.parameters())
+            self._compiled = compile_problem(
+                self.objective.minimized, self.constraints, variables, self.parameters()
+            )
         return self._compiled
 
     # ------------------------------------------------------------ layers
@@ -171,9 +179,15 @@ class Problem:
         """
         from ._layers import make_torch_layer
 
-        return make_torch_layer(self, self.parameters() if parameters is None else translate(self, parameters),
-                                self.variables() if variables is None else translate(self, variables), backend,
-                                _check_on_failure(on_failure), warm_start, Settings().with_options(**settings))
+        return make_torch_layer(
+            self,
+            self.parameters() if parameters is None else translate(self, parameters),
+            self.variables() if variables is None else translate(self, variables),
+            backend,
+            _check_on_failure(on_failure),
+            warm_start,
+            Settings().with_options(**settings),
+        )
 
     def to_jax(
         self,
@@ -190,9 +204,14 @@ class Problem:
         """
         from ._layers import make_jax_function
 
-        return make_jax_function(self, self.parameters() if parameters is None else translate(self, parameters),
-                                 self.variables() if variables is None else translate(self, variables), backend,
-                                 _check_on_failure(on_failure), Settings().with_options(**settings))
+        return make_jax_function(
+            self,
+            self.parameters() if parameters is None else translate(self, parameters),
+            self.variables() if variables is None else translate(self, variables),
+            backend,
+            _check_on_failure(on_failure),
+            Settings().with_options(**settings),
+        )
 
     # ------------------------------------------------------------ solving
     def solve(
@@ -254,8 +273,10 @@ def collect_parameter_values(
         p = by_name.get(key) if isinstance(key, str) else key
         if not isinstance(p, Parameter) or p.id not in ids:
             name = key if isinstance(key, str) else getattr(key, "name", repr(key))
-            raise ParameterError(f"{name!r} is not a parameter of this problem (its parameters: "
-                                 f"{', '.join(by_name) or 'none'})")
+            raise ParameterError(
+                f"{name!r} is not a parameter of this problem (its parameters: "
+                f"{', '.join(by_name) or 'none'})"
+            )
         if framework(value) != "numpy":
             value = to_numpy(value)
         try:
@@ -275,13 +296,16 @@ def collect_parameter_values(
             continue
         if v.ndim == len(p.shape) + 1 and v.shape[1:] == p.shape:
             if batched and v.shape[0] != batch:
-                raise ParameterError(f"parameter {p.name}: batch size {v.shape[0]} differs from the batch size "
-                                     f"{batch} of parameter {batch_from}; give every batched value the same "
-                                     "leading dimension")
+                raise ParameterError(
+                    f"parameter {p.name}: batch size {v.shape[0]} differs from the batch size "
+                    f"{batch} of parameter {batch_from}; give every batched value the same "
+                    "leading dimension"
+                )
             batch, batched, batch_from = v.shape[0], True, p.name
             continue
-        raise ParameterError(f"parameter {p.name}: expected shape {p.shape} (or (batch, *{p.shape})), "
-                             f"got {v.shape}")
+        raise ParameterError(
+            f"parameter {p.name}: expected shape {p.shape} (or (batch, *{p.shape})), got {v.shape}"
+        )
     if batched and batch == 0:
         raise ParameterError(f"parameter {batch_from} has batch size 0; pass at least one batch element")
     out = {p: np.broadcast_to(v, (batch, *p.shape)) if v.shape == p.shape else v for p, v in given.items()}
@@ -318,9 +342,16 @@ def _result_to_numpy(result: QPResult) -> QPResult:
         return None if a is None else to_numpy(a)
 
     return QPResult(
-        x=conv(result.x), y=conv(result.y), z=conv(result.z), shift_eq=conv(result.shift_eq),
-        shift_in=conv(result.shift_in), status=conv(result.status), iterations=conv(result.iterations),
-        prim_res=conv(result.prim_res), dual_res=conv(result.dual_res), objective=conv(result.objective),
+        x=conv(result.x),
+        y=conv(result.y),
+        z=conv(result.z),
+        shift_eq=conv(result.shift_eq),
+        shift_in=conv(result.shift_in),
+        status=conv(result.status),
+        iterations=conv(result.iterations),
+        prim_res=conv(result.prim_res),
+        dual_res=conv(result.dual_res),
+        objective=conv(result.objective),
     )
 
 
@@ -347,7 +378,7 @@ class Solution:
         sl = self.qp.variables.get(translate(self.problem, var))
         if sl is None:
             raise KeyError(f"{getattr(var, 'name', var)!r} is not a variable of this problem")
-        x = self.raw.x[:, sl.offset: sl.offset + sl.size]
+        x = self.raw.x[:, sl.offset : sl.offset + sl.size]
         return self._unbatch(x.reshape(x.shape[0], *sl.shape))
 
     @property

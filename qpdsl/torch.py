@@ -100,7 +100,7 @@ def solve_qp(
             f"backend {backend!r} works on {solver.capabilities.framework} arrays; with torch tensors "
             f"use a numpy or torch backend (e.g. 'proxsuite', 'torch'), or use qpdsl.jax.solve_qp"
         )
-    tensors, batched = _broadcast(dict(zip(_NAMES, (P, q, A, b, C, l, u))))
+    tensors, batched = _broadcast(dict(zip(_NAMES, (P, q, A, b, C, l, u), strict=False)))
     P_, *rest = tensors
     tensors = (0.5 * (P_ + P_.transpose(-1, -2)), *rest)
     warm = _broadcast_warm_start(warm_start, tensors)
@@ -203,11 +203,11 @@ class _QPFunction(torch.autograd.Function):
         rows, data, result, like = ctx.saved
         wanted = ctx.needs_input_grad[1:]
         if rows.numel() == 0:
-            return (None, *(torch.zeros_like(t) if w else None for t, w in zip(like, wanted)))
+            return (None, *(torch.zeros_like(t) if w else None for t, w in zip(like, wanted, strict=False)))
         dtype = data.q.dtype
         grads = qp_vjp(data, result, *(g[rows].to(dtype) for g in (gx, gy, gz, gse, gsi)))
         out: list[torch.Tensor | None] = []
-        for name, t, w in zip(_NAMES, like, wanted):
+        for name, t, w in zip(_NAMES, like, wanted, strict=False):
             if not w:
                 out.append(None)
                 continue
@@ -388,7 +388,8 @@ def _broadcast_warm_start(warm: WarmStart | None, tensors: tuple[torch.Tensor, .
             value = value.unsqueeze(0)
         if value.ndim != 2 or value.shape[1] != width or value.shape[0] not in (1, q.shape[0]):
             raise ParameterError(
-                f"warm_start.{name} has shape {tuple(value.shape)}; expected ({q.shape[0]}, {width}) or ({width},)"
+                f"warm_start.{name} has shape {tuple(value.shape)}; "
+                f"expected ({q.shape[0]}, {width}) or ({width},)"
             )
         out.append(value.detach().expand(q.shape[0], width))
     return WarmStart(*out)

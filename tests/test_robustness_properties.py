@@ -786,7 +786,8 @@ def test_jax_closest_feasible_lp_found_by_the_long_profile() -> None:
     """Found by the long profile (a well-scaled model): torch and proxsuite gave the closest
     feasible solution, jax reported max_iter (primal residual 0, dual 2e-13, complementarity
     never passing) until its driver refreshed the products K x as the torch one does. The
-    shifted QP is built here with the closest-feasible stage's own helpers (feasibility solve by proxsuite) and solved by both ALM drivers."""
+    shifted QP is built here with the closest-feasible stage's own helpers (feasibility solve
+    by proxsuite) and solved by both ALM drivers."""
     from qpdsl.backends import closest, get_backend
     from qpdsl.backends.jax_backend import solve_raw as jax_solve_raw
     from qpdsl.backends.torch_backend import solve_raw as torch_solve_raw
