@@ -249,7 +249,9 @@ def _merit_along(a: float, quad, lin, w, v, l, u, mu) -> float:
     return 0.5 * quad * a * a + smooth_lin * a + 0.5 * float(np.sum(viol(a) ** 2)) / mu
 
 
-def test_exact_line_search_minimises_the_piecewise_quadratic_merit() -> None:
+@pytest.mark.parametrize("pairwise", [False, True], ids=["sorted kinks", "pairwise kinks"])
+def test_exact_line_search_minimises_the_piecewise_quadratic_merit(pairwise: bool) -> None:
+    """Both ways of locating the root (sorting the kinks; comparing all pairs, JAX's default)."""
     from qpdsl.backends.alm.linesearch import exact_step
 
     rng = np.random.default_rng(7)
@@ -260,12 +262,15 @@ def test_exact_line_search_minimises_the_piecewise_quadratic_merit() -> None:
     v[2, :3] = 0.0  # rows that do not move
     w[3, :3], v[3, :3] = u[3, :3], 1.0  # rows on a bound, entering
     w[4, :3], v[4, :3] = u[4, :3], -1.0  # rows on a bound, leaving
+    w[6, :4], v[6, :4] = 2.0, -1.0  # tied kinks
     quad, mu = rng.uniform(0.1, 2.0, batch), rng.uniform(1e-3, 1.0, batch)
     lin = -rng.uniform(0.1, 3.0, batch)
     lin[5] = 1.0  # not a descent direction
     args = [torch.as_tensor(a) for a in (quad, lin, w, v, l, u, mu)]
-    steps = exact_step(*args).numpy()
+    steps = exact_step(*args, pairwise=pairwise).numpy()
     assert steps[5] == 0.0
+    other = exact_step(*args, pairwise=not pairwise).numpy()
+    np.testing.assert_allclose(steps, other, rtol=1e-12, atol=1e-14)
     for i in range(batch):
         element = (quad[i], lin[i], w[i], v[i], l[i], u[i], mu[i])
         at = _merit_along(steps[i], *element)

@@ -13,6 +13,8 @@ from typing import Any
 
 from ..._array import namespace
 
+PAIRWISE_MAX = 256  # most kinks (2 per inequality row) for which the pairwise search is the default
+
 
 def _sort_rows(xp: Any, keys: Any, values: Any) -> tuple[Any, Any]:
     """``keys`` sorted along the last axis, and ``values`` in the same order."""
@@ -25,7 +27,9 @@ def _sort_rows(xp: Any, keys: Any, values: Any) -> tuple[Any, Any]:
     return xp.take_along_axis(keys, order, axis=-1), xp.take_along_axis(values, order, axis=-1)
 
 
-def exact_step(quad: Any, lin: Any, w: Any, v: Any, l: Any, u: Any, mu_in: Any) -> Any:
+def exact_step(
+    quad: Any, lin: Any, w: Any, v: Any, l: Any, u: Any, mu_in: Any, pairwise: bool | None = None
+) -> Any:
     """The minimiser ``a >= 0`` of the merit along a direction, per batch element.
 
     Parameters
@@ -39,6 +43,11 @@ def exact_step(quad: Any, lin: Any, w: Any, v: Any, l: Any, u: Any, mu_in: Any) 
         (B, m) ``C x + mu_in z_prox``, ``C dx`` and the bounds (±inf allowed).
     mu_in
         (B,) inequality penalty.
+    pairwise
+        Find the kinks before the root by comparing every pair of kinks (O(m²) work, no sort)
+        instead of sorting them. By default only for JAX arrays with ``2m <= PAIRWISE_MAX``:
+        XLA's sort on the CPU costs more than the pairwise sums there (0.72 against 0.21 ms
+        per call for a batch of 64 with m = 50), while torch sorts fast.
 
     Returns
     -------
@@ -63,15 +72,37 @@ def exact_step(quad: Any, lin: Any, w: Any, v: Any, l: Any, u: Any, mu_in: Any) 
     # A side entering (sv > 0) adds its curvature at the kink, one leaving removes it.
     zeros = xp.zeros_like(c2)
     delta = xp.where(valid, xp.where(sv > 0, c2, -c2), zeros)
+    base = quad + slope0
+    if pairwise is None:
+        pairwise = type(quad).__module__.startswith("jax") and t.shape[-1] <= PAIRWISE_MAX
+    if pairwise:
+        # The derivative at kink j is lin + base t_j + sum_i delta_i max(t_j - t_i, 0); it is
+        # nondecreasing in t, so the kinks where it is negative are the ones before the root.
+        t = xp.where(valid, t, xp.zeros_like(t))
+        gaps = xp.maximum(t[:, :, None] - t[:, None, :], xp.zeros_like(t[:, :, None]))
+        derivs = lin[:, None] + base[:, None] * t + xp.sum(delta[:, None, :] * gaps, axis=-1)
+        before = valid & (derivs < 0)
+        kept = xp.where(before, delta, zeros)
+        slope_change, offset = xp.sum(kept, axis=-1), xp.sum(kept * t, axis=-1)
+    else:
+        slope_change, offset = _sorted_kinks(xp, t, delta, valid, lin, base)
+    # Rounding in the sums may push the slope below the smooth curvature it never undercuts.
+    slope = xp.maximum(base + slope_change, quad)
+    safe = slope > 0
+    step = (offset - lin) / xp.where(safe, slope, xp.ones_like(slope))
+    return xp.where(safe, xp.maximum(step, zero), zero)
+
+
+def _sorted_kinks(xp: Any, t: Any, delta: Any, valid: Any, lin: Any, base: Any) -> tuple[Any, Any]:
+    """Sums of ``delta`` and ``delta t`` over the kinks before the root, by sorting the kinks."""
     t, delta = _sort_rows(xp, xp.where(valid, t, xp.full_like(t, float("inf"))), delta)
     finite = t < float("inf")
     t = xp.where(finite, t, xp.zeros_like(t))
-    # Before kink j the derivative is lin + (quad + slope0 + D_j) a - T_j, with D_j, T_j the
+    # Before kink j the derivative is lin + (base + D_j) a - T_j, with D_j, T_j the
     # sums of delta_i and delta_i t_i over the kinks i < j.
     terms = xp.stack([delta, delta * t], axis=1)
     cums = xp.cumulative_sum(terms, axis=-1)
     before = cums - terms
-    base = quad + slope0
     derivs = lin[:, None] + (base[:, None] + before[:, 0, :]) * t - before[:, 1, :]
     count = xp.sum(xp.astype((derivs < 0) & finite, xp.int64), axis=-1)
     # The root lies after the first `count` kinks.
@@ -79,8 +110,4 @@ def exact_step(quad: Any, lin: Any, w: Any, v: Any, l: Any, u: Any, mu_in: Any) 
     cums = xp.concat([zcol, cums], axis=-1)
     index = xp.broadcast_to(count[:, None, None], (count.shape[0], 2, 1))
     at = xp.take_along_axis(cums, index, axis=-1)
-    # Rounding in the running sum may push the slope below the smooth curvature it never undercuts.
-    slope = xp.maximum(base + at[:, 0, 0], quad)
-    safe = slope > 0
-    step = (at[:, 1, 0] - lin) / xp.where(safe, slope, xp.ones_like(slope))
-    return xp.where(safe, xp.maximum(step, zero), zero)
+    return at[:, 0, 0], at[:, 1, 0]
