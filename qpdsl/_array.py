@@ -29,6 +29,29 @@ def framework(array: Any) -> str:
     return "numpy"
 
 
+def device(array: Any) -> Any:
+    """The device an array lives on (array-API ``device``)."""
+    import array_api_compat
+
+    return array_api_compat.device(array)
+
+
+def matvec(mat: Any, v: Any) -> Any:
+    """Batched ``mat @ v`` for (B, r, c) and (B, c)."""
+    # A row vector times mat' is several times faster than mat times a column in batched BLAS.
+    return (v[..., None, :] @ namespace(mat).matrix_transpose(mat))[..., 0, :]
+
+
+def rmatvec(mat: Any, v: Any) -> Any:
+    """Batched ``mat' @ v`` for (B, r, c) and (B, r)."""
+    return (v[..., None, :] @ mat)[..., 0, :]
+
+
+def outer(a: Any, b: Any) -> Any:
+    """Batched outer products (B, r, c) of (B, r) and (B, c)."""
+    return a[..., :, None] * b[..., None, :]
+
+
 def to_numpy(array: Any) -> np.ndarray:
     """Copy any framework's array to a host numpy array (detached)."""
     if framework(array) == "torch":

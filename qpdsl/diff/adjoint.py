@@ -16,9 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .._array import concrete_any
+from .._array import concrete_any, device, matvec, outer, rmatvec
 from ..qp import QPData, QPResult
-from .linearize import Linearization, device, linearize, matvec, outer, rmatvec
+from .linearize import Linearization, linearize
 from .shift import shift_jvp, shift_vjp
 
 

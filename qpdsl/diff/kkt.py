@@ -32,7 +32,19 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .._array import branch, cho_solve, cholesky_ex, concrete_any, is_traced, lu_factor, lu_solve, put_rows
+from .._array import (
+    branch,
+    cho_solve,
+    cholesky_ex,
+    concrete_any,
+    device,
+    is_traced,
+    lu_factor,
+    lu_solve,
+    matvec,
+    put_rows,
+    rmatvec,
+)
 
 # Refinement against the unregularised K stops once the residual is within this many
 # rounding units of |rhs| + |K| |w| ...
@@ -71,8 +83,8 @@ class KKTSolver:
         """``K w`` for (B, n + k) ``w``."""
         n = self.n
         wx, wv = w[:, :n], w[:, n:]
-        top = _mv(self.P, wx) + _rmv(self.G, self.a * wv)
-        return self.xp.concat([top, self.a * _mv(self.G, wx) - (1.0 - self.a) * wv], axis=1)
+        top = matvec(self.P, wx) + rmatvec(self.G, self.a * wv)
+        return self.xp.concat([top, self.a * matvec(self.G, wx) - (1.0 - self.a) * wv], axis=1)
 
     def precondition(self, r: Any) -> Any:
         """``K_d^{-1} r`` through the Cholesky factor of the Schur complement."""
@@ -80,8 +92,8 @@ class KKTSolver:
         rx, rv = r[:, :n], r[:, n:]
         inv_d = (1.0 / self.d)[:, None]
         rv_in = self.a * rv
-        wx = cho_solve(self.L, rx + _rmv(self.G, rv_in) * inv_d)
-        wv = self.a * (_mv(self.G, wx) - rv) * inv_d - (1.0 - self.a) * rv
+        wx = cho_solve(self.L, rx + rmatvec(self.G, rv_in) * inv_d)
+        wv = self.a * (matvec(self.G, wx) - rv) * inv_d - (1.0 - self.a) * rv
         return self.xp.concat([wx, wv], axis=1)
 
     def unsettled(self, rhs: Any, w: Any, r: Any) -> Any:
@@ -163,7 +175,7 @@ def kkt_solver(xp: Any, P: Any, G: Any, a: Any) -> KKTSolver:
         (B, k) 0/1 floats: the rows in the system (equality and active inequality rows).
     """
     batch, n = P.shape[0], P.shape[-1]
-    scale = xp.ones((batch,), dtype=P.dtype, device=_device(P))
+    scale = xp.ones((batch,), dtype=P.dtype, device=device(P))
     for mat in (P, G):
         if mat.shape[1] * mat.shape[2]:  # max over an empty axis is an error
             scale = xp.maximum(scale, xp.max(xp.abs(mat), axis=(1, 2)))
@@ -172,7 +184,7 @@ def kkt_solver(xp: Any, P: Any, G: Any, a: Any) -> KKTSolver:
     # about d / |K| (three or four steps on random problems) and a failed factorisation
     # falls back to LU.
     d = math.sqrt(float(xp.finfo(P.dtype).eps)) * scale
-    eye = xp.eye(n, dtype=P.dtype, device=_device(P))
+    eye = xp.eye(n, dtype=P.dtype, device=device(P))
     S = xp.matrix_transpose(G * (a / d[:, None])[:, :, None]) @ G
     H = P + d[:, None, None] * eye + S
     L, ok = cholesky_ex(H)
@@ -197,25 +209,6 @@ def kkt_solver(xp: Any, P: Any, G: Any, a: Any) -> KKTSolver:
     return KKTSolver(xp, P, G, a, scale, d, L, ok)
 
 
-def _mv(mat: Any, v: Any) -> Any:
-    """Batched ``mat @ v`` for (B, r, c) and (B, c)."""
-    from .._array import namespace
-
-    # A row vector times mat' is several times faster than mat times a column in batched BLAS.
-    return (v[..., None, :] @ namespace(mat).matrix_transpose(mat))[..., 0, :]
-
-
-def _rmv(mat: Any, v: Any) -> Any:
-    """Batched ``mat' @ v`` for (B, r, c) and (B, r)."""
-    return (v[..., None, :] @ mat)[..., 0, :]
-
-
 def _diag(xp: Any, v: Any) -> Any:
     k = v.shape[1]
-    return xp.eye(k, dtype=v.dtype, device=_device(v))[None, :, :] * v[:, None, :]
-
-
-def _device(a: Any) -> Any:
-    import array_api_compat
-
-    return array_api_compat.device(a)
+    return xp.eye(k, dtype=v.dtype, device=device(v))[None, :, :] * v[:, None, :]

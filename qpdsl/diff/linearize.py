@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .._array import cholesky_ex, concrete_any, is_traced, namespace
+from .._array import cholesky_ex, concrete_any, device, is_traced, matvec, namespace
 from ..qp import QPData, QPResult, Status
 from .kkt import KKTSolver, kkt_solver
 
@@ -184,26 +184,3 @@ def _full_row_rank_pinv(xp: Any, A: Any) -> tuple[Any, Any]:
         return None, None
     eye = xp.eye(p, dtype=A.dtype, device=device(A))
     return xp.matrix_transpose(xp.linalg.inv(gram) @ A), xp.zeros_like(gram) + eye
-
-
-def device(a: Any) -> Any:
-    """The device an array lives on (array-API ``device``)."""
-    import array_api_compat
-
-    return array_api_compat.device(a)
-
-
-def matvec(mat: Any, v: Any) -> Any:
-    """Batched ``mat @ v`` for (B, r, c) and (B, c)."""
-    # A row vector times mat' is several times faster than mat times a column in batched BLAS.
-    return (v[..., None, :] @ namespace(mat).matrix_transpose(mat))[..., 0, :]
-
-
-def rmatvec(mat: Any, v: Any) -> Any:
-    """Batched ``mat' @ v`` for (B, r, c) and (B, r)."""
-    return (v[..., None, :] @ mat)[..., 0, :]
-
-
-def outer(a: Any, b: Any) -> Any:
-    """Batched outer products (B, r, c) of (B, r) and (B, c)."""
-    return a[..., :, None] * b[..., None, :]

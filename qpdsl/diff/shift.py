@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .linearize import Linearization, matvec, rmatvec
+from .._array import matvec, rmatvec
+from .linearize import Linearization
 
 
 def shift_jvp(lin: Linearization, dA: Any, db: Any, dC: Any, dh: Any) -> tuple[Any, Any]:

@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 
 import array_api_compat
 
-from ..._array import cho_solve, cholesky_ex, namespace
+from ..._array import cho_solve, cholesky_ex, matvec, namespace, rmatvec
 from ...qp import Settings, Status
 from .linesearch import exact_step
 from .scaling import Problem, Scaling, amax, scale_duals, scale_primal, unscale_duals, unscale_primal
@@ -177,19 +177,6 @@ class Eval(NamedTuple):
     dual: Any  # P x + q + G'v
     r_x: Any  # dual + rho (x - x_prox): stationarity of the subproblem in x
     grad: Any  # gradient of the primal subproblem merit: r_x + G'(r / mu)
-
-
-def matvec(M: Any, v: Any) -> Any:
-    """Batched ``M @ v`` for (B, r, c) and (B, c)."""
-    xp = namespace(M, v)
-    # A row vector times M' is several times faster than M times a column in batched BLAS.
-    return xp.matmul(v[..., None, :], xp.matrix_transpose(M))[..., 0, :]
-
-
-def rmatvec(M: Any, v: Any) -> Any:
-    """Batched ``M' @ v`` for (B, r, c) and (B, r)."""
-    xp = namespace(M, v)
-    return xp.matmul(v[..., None, :], M)[..., 0, :]
 
 
 def _dot(xp: Any, a: Any, b: Any) -> Any:
