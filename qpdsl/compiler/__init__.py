@@ -76,17 +76,20 @@ def _matrix_map(t: _Terms, shape: tuple[int, int], n_theta: int) -> AffineMap:
     ``A @ x``, in the order of the parameter's entries in theta, so the values of a parameter
     block stay contiguous runs of theta, which :meth:`AffineMap.apply` copies as slices.
     """
-    key = t.row.astype(np.int64) * shape[1] + t.var
+    key = np.multiply(t.row, shape[1], dtype=np.int64)
+    key += t.var
     if shape[0] * shape[1] <= 4 * key.size + 100_000:  # dense marking beats sorting
         present = np.zeros(shape[0] * shape[1], dtype=bool)
         present[key] = True
         if np.count_nonzero(present) == key.size:
+            del key, present  # before the result is written (see compile_problem on peak memory)
             return _unique_matrix_map(t, shape, n_theta)
         pattern = np.flatnonzero(present)
         inverse = (np.cumsum(present) - 1)[key]
     else:
         pattern, inverse = _unique_inverse(key)
         if pattern.size == key.size:
+            del key, pattern, inverse
             return _unique_matrix_map(t, shape, n_theta)
     T = sp.csr_matrix((t.val, (inverse, t.col)), shape=(pattern.size, n_theta + 1))
     return AffineMap(T, shape, rows=pattern // shape[1], cols=pattern % shape[1])
@@ -113,7 +116,7 @@ def _stack(parts: list[tuple[Affine, int]], shape: tuple[int, int], n_theta: int
     for aff, start in parts:
         if aff.nnz == 0:
             continue
-        lo, hi = int(aff.var.min()), int(aff.var.max())
+        lo, hi = aff.var_bounds()
         if lo != NONE:
             with_var.append((aff, start))
         elif hi == NONE:
@@ -137,8 +140,7 @@ def _concat_terms(parts: list[tuple[Affine, int]], n_theta: int, index_dtype: ty
     pos = 0
     for aff, start in parts:
         end = pos + aff.nnz
-        np.add(aff.row, start, out=row[pos:end])
-        var[pos:end], col[pos:end], val[pos:end] = aff.var, aff.theta, aff.val
+        aff.write_terms(row[pos:end], var[pos:end], col[pos:end], val[pos:end], start)
         pos = end
     np.putmask(col, col == NONE, n_theta)
     return _Terms(row, var, col, val)
@@ -161,6 +163,10 @@ def compile_problem(
         raise ModelError("the problem has no variables")
 
     rest, qa, qb, qtheta, qval = quadratic_terms(ctx, obj)
+    # Past this point each constraint's coefficients are copied once more, into A or C: release
+    # every other reference as soon as possible, so that the compiler's peak memory (fresh memory
+    # is slow to touch) stays near the size of the result.
+    ctx.cache.clear()
     both = (qa != NONE) & (qb != NONE)
     one = (qa != NONE) ^ (qb != NONE)
     none = (qa == NONE) & (qb == NONE)
@@ -209,13 +215,14 @@ def compile_problem(
             rows_of[cc.origin] = ConstraintRows(
                 group, start, counts[group], cc.origin.shape, -1.0 if cc.kind == "ge" else 1.0
             )
+    ctx.constraints.clear()
     n_eq, n_in = counts["eq"], counts["in"]
     is_lower = np.zeros(n_in, dtype=bool)
     for a, b in lower_rows:
         is_lower[a:b] = True
     for group, mat, vec in (("eq", "A", "b"), ("in", "C", "u")):
         m = counts[group]
-        terms, consts = _stack(blocks[group], (m, n), n_theta)
+        terms, consts = _stack(blocks.pop(group), (m, n), n_theta)
         maps[mat] = _matrix_map(terms, (m, n), n_theta)
         consts.val = -consts.val  # the constants move to the right-hand side
         if group == "eq":

@@ -76,6 +76,17 @@ class Affine:
     def has_params(self) -> bool:
         return bool(np.any(self.theta != NONE))
 
+    def var_bounds(self) -> tuple[int, int]:
+        """Smallest and largest variable index (``NONE`` for constant terms); (NONE, NONE) if empty."""
+        return (int(self.var.min()), int(self.var.max())) if self.nnz else (NONE, NONE)
+
+    def write_terms(
+        self, row: np.ndarray, var: np.ndarray, theta: np.ndarray, val: np.ndarray, row_offset: int
+    ) -> None:
+        """Write the entries into arrays of ``nnz`` elements, ``row_offset`` added to the rows."""
+        np.add(self.row, row_offset, out=row)
+        var[...], theta[...], val[...] = self.var, self.theta, self.val
+
     def constant_part(self) -> np.ndarray:
         """Dense vector of the terms with neither variable nor parameter."""
         mask = (self.var == NONE) & (self.theta == NONE)
@@ -205,28 +216,30 @@ class Affine:
         """``P @ other`` (``param_left``) or ``other @ P`` for a Parameter P at ``offset`` of theta.
 
         A fast path of :meth:`bilinear` for the common ``A @ x``: no index pairs are searched,
-        every term is written down directly. ``other`` (size k*n for ``P @ other``, m*k for
-        ``other @ P``) must be free of parameters. ``shape`` is P's own shape and ``transposed``
-        says that the product uses ``P.T``. The result (m*n rows) is sorted by row when ``other``
-        is a single column (the ``A @ x`` case).
+        every term is a broadcast of one entry of ``other`` against one row or column of P,
+        and nothing is written down until it is read (see :class:`ProductAffine`). ``other``
+        (size k*n for ``P @ other``, m*k for ``other @ P``) must be free of parameters.
+        ``shape`` is P's own shape and ``transposed`` says that the product uses ``P.T``. The
+        result (m*n rows) is sorted by row when ``other`` is a single column (the ``A @ x`` case).
         """
-        if param_left:  # out[i, j] = sum_l P[i, l] * other[l, j]
+        # row and theta indices in int32 when they fit: these are the largest arrays the
+        # compiler writes (m * other.nnz entries), and fresh memory is slow to touch
+        index = np.int32 if max(m * n, offset + m * k * n) < 2**31 else np.int64
+        if param_left:  # out[i, j] = sum_l P[i, l] * other[l, j]: a grid (i, entry of other)
             o = other
             if n > 1:  # visit other's entries by column j so that each block i comes out sorted
                 order = np.argsort(o.row % n, kind="stable")
                 o = Affine(o.size, o.row[order], o.var[order], o.theta[order], o.val[order])
-            l_e, j_e = np.divmod(o.row, n)
-            i = np.arange(m, dtype=np.int64)[:, None]
-            row = (i * n + j_e).reshape(-1)
+            l_e, j_e = np.divmod(o.row.astype(index), index(n))
+            i = np.arange(m, dtype=index)[:, None]
             # P[i, l] is theta[offset + i*k + l]; for P.T (stored k x m) it is theta[offset + l*m + i]
-            theta = (offset + i * k + l_e) if not transposed else (offset + l_e * m + i)
-            return Affine(m * n, row, np.tile(o.var, m), theta.reshape(-1), np.tile(o.val, m))
-        # out[i, j] = sum_l other[i, l] * P[l, j]
-        i_e, l_e = np.divmod(other.row, k)
-        j = np.arange(n, dtype=np.int64)[None, :]
-        row = (i_e[:, None] * n + j).reshape(-1)
-        theta = (offset + l_e[:, None] * n + j) if not transposed else (offset + j * k + l_e[:, None])
-        return Affine(m * n, row, np.repeat(other.var, n), theta.reshape(-1), np.repeat(other.val, n))
+            theta = (offset + i * k, l_e) if not transposed else (offset + i, l_e * m)
+            return ProductAffine(m * n, (i * n, j_e), theta, o.var[None, :], o.val[None, :])
+        # out[i, j] = sum_l other[i, l] * P[l, j]: a grid (entry of other, j)
+        i_e, l_e = np.divmod(other.row.astype(index), index(k))
+        j = np.arange(n, dtype=index)[None, :]
+        theta = (offset + l_e[:, None] * n, j) if not transposed else (offset + l_e[:, None], j * k)
+        return ProductAffine(m * n, (i_e[:, None] * n, j), theta, other.var[:, None], other.val[:, None])
 
     @staticmethod
     def row_products(left: Affine, right: Affine, out: np.ndarray, size: int) -> tuple[np.ndarray, ...]:
@@ -245,6 +258,66 @@ class Affine:
         if np.any((lt != NONE) & (rt != NONE)):
             raise ModelError("a quadratic term would have a coefficient quadratic in the parameters")
         return out[pair], ls.var[li], rs.var[ri], np.maximum(lt, rt), ls.val[li] * rs.val[ri]
+
+
+class ProductAffine(Affine):
+    """An :class:`Affine` whose entries form a grid, each array a broadcast sum of two factors.
+
+    Entry ``(a, b)`` of the grid has row ``row[0][a, b] + row[1][a, b]``, theta
+    ``theta[0] + theta[1]``, variable ``var[a, b]`` and value ``val[a, b]`` (all broadcast to
+    the grid's shape). :meth:`write_terms` writes them straight into the compiler's stacked
+    arrays; any other use writes them down once, on first access. For ``A @ x`` this saves
+    four arrays the size of A (and their page faults) per compile.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        row: tuple[np.ndarray, np.ndarray],
+        theta: tuple[np.ndarray, np.ndarray],
+        var: np.ndarray,
+        val: np.ndarray,
+    ) -> None:
+        self.size = size
+        self._factors = (row, theta, var, val)
+        self._grid = np.broadcast_shapes(*(a.shape for a in (*row, *theta, var, val)))
+        self._arrays: tuple[np.ndarray, ...] | None = None
+
+    def _materialised(self) -> tuple[np.ndarray, ...]:
+        if self._arrays is None:
+            (r0, r1), (t0, t1), var, val = self._factors
+            count = int(np.prod(self._grid))
+            row = np.empty(count, dtype=np.result_type(r0, r1))
+            theta = np.empty(count, dtype=np.result_type(t0, t1))
+            out_var, out_val = np.empty(count, dtype=var.dtype), np.empty(count)
+            self.write_terms(row, out_var, theta, out_val, 0)
+            self._arrays = (row, out_var, theta, out_val)
+        return self._arrays
+
+    row = property(lambda self: self._materialised()[0])  # type: ignore[assignment]
+    var = property(lambda self: self._materialised()[1])  # type: ignore[assignment]
+    theta = property(lambda self: self._materialised()[2])  # type: ignore[assignment]
+    val = property(lambda self: self._materialised()[3])  # type: ignore[assignment]
+
+    @property
+    def nnz(self) -> int:
+        return int(np.prod(self._grid))
+
+    def var_bounds(self) -> tuple[int, int]:
+        var = self._factors[2]
+        return (int(var.min()), int(var.max())) if var.size else (NONE, NONE)
+
+    def write_terms(
+        self, row: np.ndarray, var: np.ndarray, theta: np.ndarray, val: np.ndarray, row_offset: int
+    ) -> None:
+        (r0, r1), (t0, t1), v, x = self._factors
+        grid = self._grid
+        np.add(r0, r1, out=row.reshape(grid))
+        if row_offset:
+            row += row_offset
+        np.add(t0, t1, out=theta.reshape(grid))
+        var.reshape(grid)[...] = v
+        val.reshape(grid)[...] = x
 
 
 def broadcast_index(shape_from: tuple[int, ...], shape_to: tuple[int, ...]) -> np.ndarray | None:

@@ -124,8 +124,12 @@ class Context:
         return out
 
     def add_constraint(self, constraint: Constraint, origin: Constraint | None) -> None:
-        rows = self.canon(constraint.expr)
-        if rows.nnz and int(rows.var.max()) >= SLOT_BASE:
+        expr = constraint.expr
+        # the terms of a sum stay separate parts, summed when the compiler stacks A and C (so a
+        # large ``A @ x`` term is written down once, there)
+        terms = expr.args if isinstance(expr, ex.Add) else (expr,)
+        parts = [_broadcast(self.canon(t), t.shape, expr.shape) for t in terms]
+        if any(part.var_bounds()[1] >= SLOT_BASE for part in parts):
             raise ModelError(
                 f"constraint {constraint.describe()}: quadratic terms are only allowed in the objective"
             )
@@ -133,8 +137,8 @@ class Context:
         kind = "eq" if isinstance(constraint, Equality) else "le"
         if kind == "le" and constraint.rhs.has_variables and not constraint.lhs.has_variables:
             # ``lo <= expr`` (e.g. x >= 0) becomes the lower bound of the row +expr, not -expr <= -lo
-            rows, kind = rows.scale(-1.0), "ge"
-        self.constraints.append(CanonConstraint(kind, (rows,), rows.size, origin))
+            parts, kind = [part.scale(-1.0) for part in parts], "ge"
+        self.constraints.append(CanonConstraint(kind, tuple(parts), expr.size, origin))
 
     def aux(self, shape: tuple[int, ...], name: str) -> ex.Variable:
         v = ex.Variable(shape, name=f"_{name}")
