@@ -159,8 +159,12 @@ class QPData:
     def map_arrays(self, fn: Any) -> QPData:
         """Apply ``fn`` to every array (dense data only); None stays None."""
         data = self.dense()
-        return QPData(**{f.name: (None if getattr(data, f.name) is None else fn(getattr(data, f.name)))
-                         for f in fields(data)})
+        return QPData(
+            **{
+                f.name: (None if getattr(data, f.name) is None else fn(getattr(data, f.name)))
+                for f in fields(data)
+            }
+        )
 
     def select(self, index: Any) -> QPData:
         """The sub-batch ``index`` (an index array or slice) of dense data."""

@@ -74,9 +74,13 @@ def parameter_message(p: Parameter, invalid: dict[str, list[int]], batched: bool
     if reason == "NaN or Inf":
         return f"parameter {p.name}: NaN or Inf in {_where(bad)}; pass finite values"
     if reason.startswith("negative ("):
-        return (f"parameter {p.name} is declared nonneg but is negative in {_where(bad)}; "
-                "pass values >= 0 (or drop nonneg=True if the model allows it)")
+        return (
+            f"parameter {p.name} is declared nonneg but is negative in {_where(bad)}; "
+            "pass values >= 0 (or drop nonneg=True if the model allows it)"
+        )
     if reason.startswith("not symmetric"):
         return f"parameter {p.name} (psd=True) is not symmetric in {_where(bad)}; pass (M + M.T) / 2"
-    return (f"parameter {p.name} (psd=True) has a negative eigenvalue in {_where(bad)}: "
-            "it must be positive semidefinite for the problem to stay convex")
+    return (
+        f"parameter {p.name} (psd=True) has a negative eigenvalue in {_where(bad)}: "
+        "it must be positive semidefinite for the problem to stay convex"
+    )

@@ -32,8 +32,6 @@ SHAPE = (8, 10, 3, 12)  # batch, n, n_eq, n_in
 FIELDS = ("x", "y", "z", "shift_eq", "shift_in", "status", "iterations", "prim_res", "dual_res", "objective")
 
 
-
-
 def to_data(arrays: list[np.ndarray], dtype=jnp.float64) -> QPData:
     return QPData(*[jnp.asarray(a, dtype=dtype) for a in arrays])
 

@@ -74,8 +74,11 @@ def _no_internal_status(result: QPResult) -> QPResult:
     """An element still PRIMAL_INFEASIBLE after the stage (its feasibility solve failed) is a
     numerical error: that internal verdict never reaches users who asked for the closest QP."""
     xp = namespace(result.status)
-    status = xp.where(result.status == int(Status.PRIMAL_INFEASIBLE),
-                      xp.asarray(int(Status.NUMERICAL_ERROR), dtype=result.status.dtype), result.status)
+    status = xp.where(
+        result.status == int(Status.PRIMAL_INFEASIBLE),
+        xp.asarray(int(Status.NUMERICAL_ERROR), dtype=result.status.dtype),
+        result.status,
+    )
     return replace(result, status=status)
 
 
