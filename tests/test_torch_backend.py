@@ -341,3 +341,34 @@ def test_failed_factorisation_backs_off_the_penalties(monkeypatch: pytest.Monkey
     assert calls["n"] == 1
     assert (np.asarray(res.status) == int(Status.SOLVED)).all()
     np.testing.assert_allclose(res.x.numpy(), reference.x.numpy(), atol=1e-7)
+
+
+def test_gpu_loop_matches_the_cpu_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The driver's GPU branch (full steps, a look at the flags every CHECK_EVERY iterations, no
+    compaction), run here on the CPU: the same statuses and solutions as the compacting CPU loop,
+    on a batch mixing solved, infeasible, unbounded, NaN and max_iter elements."""
+    from qpdsl.backends import torch_backend
+
+    P, q, A, b, C, l, u = random_feasible_qps(6, 12, 3, 15, seed=29)
+    A[1, 1], b[1, 1] = A[1, 0], b[1, 0] + 1.0  # primal infeasible: one row, two right-hand sides
+    P[2], A[2], b[2], l[2], u[2] = 0.0, 0.0, 0.0, -np.inf, np.inf  # an unconstrained LP: unbounded
+    q[2] = 1.0
+    P[3, 0, 0] = np.nan
+    data = to_data([P, q, A, b, C, l, u])
+    cpu, cpu_short = solve_raw(data, Settings()), solve_raw(data, Settings(max_iter=3))
+    monkeypatch.setattr(torch_backend, "compacts", lambda device: False)
+    gpu, gpu_short = solve_raw(data, Settings()), solve_raw(data, Settings(max_iter=3))
+    expected = [Status.SOLVED, Status.PRIMAL_INFEASIBLE, Status.DUAL_INFEASIBLE, Status.NUMERICAL_ERROR]
+    assert cpu.statuses() == gpu.statuses() == expected + [Status.SOLVED] * 2
+    assert gpu_short.statuses() == cpu_short.statuses()
+    assert Status.MAX_ITER in gpu_short.statuses()
+    solved = [0, 4, 5]
+    np.testing.assert_allclose(gpu.x[solved].numpy(), cpu.x[solved].numpy(), atol=1e-7)
+    check_kkt(to_data([a[solved] for a in (P, q, A, b, C, l, u)]), _select(gpu, solved), 1e-8)
+
+
+def _select(res, index: list[int]):  # noqa: ANN001, ANN202
+    """The elements ``index`` of a result (x, y, z and statuses only)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(x=res.x[index], y=res.y[index], z=res.z[index], status=res.status[index])

@@ -94,8 +94,7 @@ def _iterate(data: core.Data, st: core.State, cfg: core.Config) -> core.State:
     element needs it, finished elements leave the working batch, and only the elements
     whose active set or penalties changed are refactorised.
     """
-    compact = st.x.device.type == "cpu"
-    if not compact:
+    if not compacts(st.x.device):
         while True:
             for _ in range(CHECK_EVERY):
                 st = core.step(data, None, st, cfg)
@@ -127,6 +126,16 @@ def _iterate(data: core.Data, st: core.State, cfg: core.Config) -> core.State:
             factorize.take(keep)
         st = core.newton(sub, st, ev, cfg, factorize, factorize.solve)
     return _put(full, index, st)
+
+
+def compacts(device: Any) -> bool:
+    """Whether the driver shrinks the working batch and refactorises selectively on ``device``.
+
+    Both need the host to read per-element flags every iteration: free on the CPU, a
+    synchronisation per iteration on a GPU, where the driver instead runs :data:`CHECK_EVERY`
+    full steps between looks at the "all done" flag.
+    """
+    return device.type == "cpu"
 
 
 def _certificates(data: core.Data, st: core.State, cfg: core.Config, index: Any) -> tuple[Any, Any]:
