@@ -55,7 +55,7 @@ sys.path[:0] = [str(HERE), str(ROOT)]
 import common  # noqa: E402, F401  (sets XLA_FLAGS against an XLA CPU hang before jax loads)
 
 # Order of the run: the cheap ones first.
-NAMES = ("compile", "torch_solver", "dense_batch", "jax_batch")
+NAMES = ("compile", "torch_solver", "applications", "dense_batch", "jax_batch")
 # dense_batch peers in the quick run: cvxpylayers and jaxopt's OSQP take minutes per batch.
 QUICK_DENSE_PEERS = ("qpdsl", "qplayer", "qpth", "qpax")
 VERSIONED = ("numpy", "scipy", "torch", "jax", "proxsuite", "cvxpy", "qpth", "cvxpylayers", "qpax", "jaxopt")
@@ -116,6 +116,8 @@ def _runner(name: str, args: argparse.Namespace) -> Callable[[], Any]:
         return lambda: module.run(args.quick, repeats=args.repeats)
     if name == "torch_solver":
         return lambda: module.run(args.quick, repeat=args.repeats)
+    if name == "applications":
+        return lambda: module.run(args.quick, repeats=args.repeats)
     if name == "jax_batch" and args.jax_time_limit is not None:
         return lambda: module.run(args.quick, limit=args.jax_time_limit)
     return lambda: module.run(args.quick)
@@ -198,6 +200,8 @@ def _print_table(name: str, result: Any) -> None:
             print("\n" + module.format_table(result["results"]) + "\n(ratios: time / QPLayer's time)")
         elif name == "jax_batch":
             print("\n" + module.format_table(result["rows"]) + "\n(ratios: time / qpdsl[jax]'s time)")
+        elif name == "applications":
+            print("\n" + module.format_table(result["rows"]) + "\n(ratios: time / QPLayer's time)")
     except Exception as exc:  # noqa: BLE001  (a table is a convenience; the JSON has the data)
         print(f"(no table for {name}: {type(exc).__name__}: {exc})")
 
@@ -450,7 +454,35 @@ def plot_compile(record: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_applications(record: dict[str, Any], path: Path) -> None:
+    plt = _plt()
+    rows = [r for r in record["result"]["rows"] if "error" not in r]
+    if not rows:
+        return
+    apps = list(dict.fromkeys(r["application"] for r in rows))
+    fig, axes = plt.subplots(1, len(apps), figsize=(7.5 * len(apps), 4.8), squeeze=False)
+    for ax, app in zip(axes[0], apps, strict=True):
+        mine = [r for r in rows if r["application"] == app]
+        _bars(
+            ax,
+            [r["model"] for r in mine],
+            {
+                "forward": [r["forward_s"] * 1e3 for r in mine],
+                "forward + backward": [r["forward_backward_s"] * 1e3 for r in mine],
+            },
+            f"ms per batch of {mine[0]['batch']} (median)",
+            True,
+        )
+        ax.set_title(app)
+        ax.legend(fontsize=7, loc="upper left")
+    fig.suptitle(_title(record, "applications: the examples' layers"), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 PLOTS: dict[str, Callable[[dict[str, Any], Path], None]] = {
+    "applications": plot_applications,
     "compile": plot_compile,
     "dense_batch": plot_dense_batch,
     "jax_batch": plot_jax_batch,

@@ -30,7 +30,9 @@ class Linearization:
 
     Masks are (B, m) booleans over inequality rows; ``*_f`` are the same as 0/1 floats.
     ``M_pinv`` is the pseudo-inverse of ``M = [A; C_V]`` (the equality rows and the violated
-    inequality rows, others zeroed) and ``Pi`` the orthogonal projector onto range(M).
+    inequality rows, others zeroed) and ``Pi`` the orthogonal projector onto range(M); both are
+    None when no row is violated and every A has full row rank (then ``Pi`` is the identity on
+    the equality rows, nothing needs projecting and the shift is identically zero nearby).
     ``y`` and ``z_act`` are the multipliers with no part along null(M') on the rows of M.
     """
 
@@ -48,8 +50,8 @@ class Linearization:
     s_eq: Any  # shift, 0 unless closest feasible
     s_in: Any  # shift on violated rows, 0 elsewhere
     kkt: KKTSolver  # the active-set KKT matrix (identity-like rows for inactive constraints)
-    M_pinv: Any  # (B, n, p + m)
-    Pi: Any  # (B, p + m, p + m)
+    M_pinv: Any | None  # (B, n, p + m)
+    Pi: Any | None  # (B, p + m, p + m)
     rows_f: Any  # (B, p + m): 1 on rows of M (equality rows and violated rows)
     shifted: bool  # some element may have a nonzero shift (always True under jit)
 
@@ -59,6 +61,8 @@ class Linearization:
 
     def project_duals(self, v: Any) -> Any:
         """Project a (B, p + m) dual vector onto range(M) on the rows of M; other rows unchanged."""
+        if self.Pi is None:
+            return v
         on = self.rows_f * v
         return v - on + self.rows_f * matvec(self.Pi, on)
 
@@ -115,11 +119,12 @@ def linearize(data: QPData, result: QPResult, active_tol: float | None = None) -
     rows_f = xp.concat([ones_p, viol_f], axis=1)
     shifted = concrete_any(closest)
     M_pinv, Pi = _range_projector(xp, A, C, viol_f, any_violated=shifted)
-    # Multipliers of dependent rows are determined only up to null(M'); backends return any
-    # representative. Taking the one in range(M) makes the gradients independent of that choice.
-    yz = xp.concat([y, z], axis=1) * rows_f
-    yz = xp.concat([y, z], axis=1) - yz + rows_f * matvec(Pi, yz)
-    y, z = yz[:, :p], yz[:, p:]
+    if Pi is not None:
+        # Multipliers of dependent rows are determined only up to null(M'); backends return any
+        # representative. Taking the one in range(M) makes the gradients independent of that choice.
+        yz = xp.concat([y, z], axis=1) * rows_f
+        yz = xp.concat([y, z], axis=1) - yz + rows_f * matvec(Pi, yz)
+        y, z = yz[:, :p], yz[:, p:]
 
     return Linearization(
         xp=xp,
@@ -143,11 +148,15 @@ def linearize(data: QPData, result: QPResult, active_tol: float | None = None) -
     )
 
 
-def _range_projector(xp: Any, A: Any, C: Any, viol_f: Any, any_violated: bool) -> tuple[Any, Any]:
+def _range_projector(
+    xp: Any, A: Any, C: Any, viol_f: Any, any_violated: bool
+) -> tuple[Any, Any] | tuple[None, None]:
     """``M^+`` (B, n, p + m) and the projector ``M M^+`` onto range(M) for ``M = [A; C_V]``.
 
     Without violated rows anywhere in the batch M is ``[A; 0]``, so only A's (small)
-    pseudo-inverse is computed; this is every batch of feasible problems.
+    pseudo-inverse is computed; this is every batch of feasible problems. When moreover every
+    A clearly has full row rank (decided eagerly), the projector is the identity on the
+    equality rows and neither is formed: ``(None, None)``.
     """
     batch, p, m, n = A.shape[0], A.shape[1], C.shape[1], C.shape[2]
     dtype, dev = A.dtype, device(A)
@@ -156,31 +165,27 @@ def _range_projector(xp: Any, A: Any, C: Any, viol_f: Any, any_violated: bool) -
         M_pinv = xp.linalg.pinv(M)
         Pi = M @ M_pinv
     else:
-        A_pinv, Pi_A = _full_row_rank_pinv(xp, A)
-        if A_pinv is None:
-            A_pinv = xp.linalg.pinv(A) if p else xp.zeros((batch, n, 0), dtype=dtype, device=dev)
-            Pi_A = A @ A_pinv
+        if p == 0 or _clearly_full_row_rank(xp, A):
+            return None, None
+        A_pinv = xp.linalg.pinv(A)
+        Pi_A = A @ A_pinv
         M_pinv = xp.concat([A_pinv, xp.zeros((batch, n, m), dtype=dtype, device=dev)], axis=2)
         top = xp.concat([Pi_A, xp.zeros((batch, p, m), dtype=dtype, device=dev)], axis=2)
         Pi = xp.concat([top, xp.zeros((batch, m, p + m), dtype=dtype, device=dev)], axis=1)
     return M_pinv, 0.5 * (Pi + xp.matrix_transpose(Pi))
 
 
-def _full_row_rank_pinv(xp: Any, A: Any) -> tuple[Any, Any]:
-    """``A^+ = A'(AA')^{-1}`` and ``A A^+ = I`` when every element's A clearly has full row rank.
+def _clearly_full_row_rank(xp: Any, A: Any) -> bool:
+    """Whether every element's A clearly has full row rank (eager arrays only; False under ``jit``).
 
-    Decided (eagerly only) from the Cholesky factor of ``AA'``: its diagonal must span less
-    than ``1 / RANK_TOL``; otherwise, or under ``jit``, returns ``(None, None)`` and the
-    caller takes the SVD-based pseudo-inverse. Much cheaper than the SVD for small p.
+    Decided from the Cholesky factor of ``AA'``: its diagonal must span less than
+    ``1 / RANK_TOL``; otherwise the caller takes the SVD-based pseudo-inverse.
     """
     p = A.shape[1]
-    if p == 0 or is_traced(A):
-        return None, None
+    if is_traced(A):
+        return False
     gram = A @ xp.matrix_transpose(A)
     L, ok = cholesky_ex(gram)
     diag = xp.abs(L[:, xp.arange(p), xp.arange(p)])
     full = ok & (xp.min(diag, axis=1) > RANK_TOL * xp.max(diag, axis=1))
-    if concrete_any(~full):
-        return None, None
-    eye = xp.eye(p, dtype=A.dtype, device=device(A))
-    return xp.matrix_transpose(xp.linalg.inv(gram) @ A), xp.zeros_like(gram) + eye
+    return not concrete_any(~full)

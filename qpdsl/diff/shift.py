@@ -23,6 +23,8 @@ from .linearize import Linearization
 def shift_jvp(lin: Linearization, dA: Any, db: Any, dC: Any, dh: Any) -> tuple[Any, Any]:
     """Tangent ``(ds_eq, ds_in)`` of the shift; ``dh`` is the tangent of the active bound per row."""
     xp, p = lin.xp, lin.p
+    if lin.Pi is None:  # no violated row, A of full row rank: the shift stays zero nearby
+        return xp.zeros_like(db), xp.zeros_like(dh)
     e = xp.concat([matvec(dA, lin.x) - db, (matvec(dC, lin.x) - dh) * lin.viol_f], axis=1)
     t = rmatvec(dA, lin.s_eq) + rmatvec(dC, lin.s_in)
     ds = e - matvec(lin.Pi, e) - rmatvec(lin.M_pinv, t)
@@ -40,6 +42,8 @@ def shift_vjp(lin: Linearization, g_eq: Any, g_in: Any) -> tuple[Any, Any]:
         of M. Kept as vectors so that the caller forms each outer product once.
     """
     xp, p = lin.xp, lin.p
+    if lin.Pi is None:  # the shift is identically zero nearby (see shift_jvp)
+        return xp.zeros_like(xp.concat([g_eq, g_in], axis=1)), xp.zeros_like(lin.x)
     g = xp.concat([g_eq, g_in * lin.viol_f], axis=1)
     g_perp = g - matvec(lin.Pi, g)
     w = matvec(lin.M_pinv, g)
