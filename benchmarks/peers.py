@@ -222,9 +222,12 @@ def jaxopt_osqp_peer(tol: float = 1e-6, maxiter: int = 4000) -> JaxPeer:
 
 # (front end, backend) pairs of qpdsl that are benchmarked when available.
 _QPDSL_RUNS = (("torch", "proxsuite"), ("torch", "torch"), ("jax", "jax"), ("jax", "proxsuite"))
+# qpsolvers backends: only when a peer prefix names them (``--dense-peers qpdsl[qpsolvers``), since
+# they solve one element at a time and some need many iterations to reach 1e-9
+QPSOLVERS_PREFIX = "qpdsl[qpsolvers"
 
 
-def _qpdsl_peers(log: Callable[[str], None]) -> list[TorchPeer | JaxPeer]:
+def _qpdsl_peers(log: Callable[[str], None], include: set[str] | None = None) -> list[TorchPeer | JaxPeer]:
     from qpdsl.backends import available_backends
 
     names = available_backends()
@@ -236,6 +239,8 @@ def _qpdsl_peers(log: Callable[[str], None]) -> list[TorchPeer | JaxPeer]:
             out.append(qpdsl_peer(backend))
         else:
             out.append(qpdsl_jax_peer(backend))
+    if include is not None and any(i.startswith(QPSOLVERS_PREFIX) for i in include):
+        out.extend(qpdsl_peer(name) for name in sorted(names) if name.startswith("qpsolvers:"))
     return out
 
 
@@ -251,7 +256,7 @@ def peers(include: set[str] | None = None, log: Callable[[str], None] = print) -
     except ImportError:
         pass  # the JAX peers report themselves missing below
     factories: list[tuple[str, Callable[[], Any]]] = [
-        ("qpdsl", lambda: _qpdsl_peers(log)),
+        ("qpdsl", lambda: _qpdsl_peers(log, include)),
         ("qplayer", lambda: [qplayer_peer()]),
         ("qpth", lambda: [qpth_peer()]),
         ("cvxpylayers", lambda: [cvxpylayers_peer()]),

@@ -374,3 +374,34 @@ def test_qpsolvers_reports_solver_errors():
     res = QpsolversBackend("qpsolvers:quadprog").solve(d, Settings())
     assert res.statuses() == [Status.NUMERICAL_ERROR] * 2
     assert "positive definite" in res.extras["messages"][0]
+
+
+def test_qpsolvers_highs_matches_proxsuite_and_stops_at_max_iter():
+    """HiGHS solves dense QPs (qpsolvers >= 4.12 hands it the lower triangle of P that it reads),
+    and its QP iterations are bounded by ``max_iter``: on the singular least-squares QP of the
+    closest-feasible stage it otherwise runs without end. Run in a child process with a timeout,
+    so that a regression fails instead of hanging the suite."""
+    import subprocess
+    import sys
+
+    if "qpsolvers:highs" not in backends.available_backends():
+        pytest.skip("qpsolvers:highs is not installed")
+    code = """
+import numpy as np
+from qpdsl.backends.closest import _feasibility_qp
+from qpdsl.backends.proxsuite_backend import ProxsuiteBackend
+from qpdsl.backends.qpsolvers_backend import QpsolversBackend
+from qpdsl.qp import QPData, Settings, Status
+from qpdsl.testing import random_feasible_qps
+data = QPData(*random_feasible_qps(2, 50, 10, 50, seed=0))
+highs = QpsolversBackend("qpsolvers:highs")
+res = highs.solve(data, Settings())
+ref = ProxsuiteBackend().solve(data, Settings())
+assert res.statuses() == [Status.SOLVED] * 2, res.statuses()
+assert np.abs(res.x - ref.x).max() < 1e-6
+stuck = highs._solve_raw(_feasibility_qp(data), Settings(max_iter=200), None, {})
+print("ok", [int(s) for s in stuck.status])
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "ok" in out.stdout

@@ -38,7 +38,13 @@ _TOLERANCES: dict[str, Any] = {
     "proxqp": lambda eps, rel, it: {"eps_abs": eps, "eps_rel": rel, "max_iter": it},
     "qpalm": lambda eps, rel, it: {"eps_abs": eps, "eps_rel": rel, "max_iter": it},
     "scs": lambda eps, rel, it: {"eps_abs": eps, "eps_rel": rel, "max_iters": it},
-    "highs": lambda eps, rel, it: {"primal_feasibility_tolerance": eps, "dual_feasibility_tolerance": eps},
+    # HiGHS's QP solver has no iteration limit by default, and on some dense QPs it never stops
+    # (seen: the least-squares feasibility QP of the closest-feasible stage, n=110)
+    "highs": lambda eps, rel, it: {
+        "primal_feasibility_tolerance": eps,
+        "dual_feasibility_tolerance": eps,
+        "qp_iteration_limit": it,
+    },
     "ecos": lambda eps, rel, it: {"abstol": eps, "feastol": eps, "reltol": max(rel, eps), "max_iters": it},
 }
 
