@@ -46,6 +46,7 @@ _TOLERANCES: dict[str, Any] = {
         "qp_iteration_limit": it,
     },
     "ecos": lambda eps, rel, it: {"abstol": eps, "feastol": eps, "reltol": max(rel, eps), "max_iters": it},
+    "cvxopt": lambda eps, rel, it: {"abstol": eps, "feastol": eps, "reltol": max(rel, eps), "maxiters": it},
 }
 
 
