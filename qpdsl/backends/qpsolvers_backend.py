@@ -47,6 +47,12 @@ _TOLERANCES: dict[str, Any] = {
     },
     "ecos": lambda eps, rel, it: {"abstol": eps, "feastol": eps, "reltol": max(rel, eps), "max_iters": it},
     "cvxopt": lambda eps, rel, it: {"abstol": eps, "feastol": eps, "reltol": max(rel, eps), "maxiters": it},
+    "qtqp": lambda eps, rel, it: {
+        "tol_feas": eps,
+        "tol_gap_abs": eps,
+        "tol_gap_rel": max(rel, eps),
+        "max_iter": it,
+    },
 }
 
 
