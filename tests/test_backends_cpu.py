@@ -405,3 +405,16 @@ print("ok", [int(s) for s in stuck.status])
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "ok" in out.stdout
+
+
+def test_qpsolvers_solver_rejecting_qpdsls_tolerance_names_is_a_typed_error(monkeypatch):
+    """If an installed solver does not know the option names qpdsl passes for its tolerances (a
+    version qpsolvers does not document), the user gets BackendNotFound naming them."""
+    from qpdsl.backends import qpsolvers_backend
+
+    if "qpsolvers:quadprog" not in backends.available_backends():
+        pytest.skip("quadprog is not installed")
+    monkeypatch.setitem(qpsolvers_backend._TOLERANCES, "quadprog", lambda eps, rel, it: {"tol_x": eps})
+    d = random_qp(np.random.default_rng(37), batch=1)
+    with pytest.raises(BackendNotFound, match="tol_x"):
+        QpsolversBackend("qpsolvers:quadprog").solve(d, Settings())

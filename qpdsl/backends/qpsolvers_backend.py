@@ -130,9 +130,14 @@ class QpsolversBackend:
                         problem, self.solver, initvals=init, verbose=settings.verbose, **kwargs
                     )
             except (AttributeError, TypeError) as err:
-                if not settings.options:
-                    raise
                 # an option the solver does not know (clarabel: AttributeError, others: TypeError)
+                if not settings.options:  # one of the tolerance options qpdsl passes by name
+                    raise BackendNotFound(
+                        f"the installed {self.solver} rejected the options qpdsl passes for its "
+                        f"tolerance and iteration limit ({', '.join(sorted(kwargs))}): {err}; install "
+                        f"the version that qpsolvers {_qpsolvers.__version__} documents, or choose "
+                        "another backend"
+                    ) from err
                 raise ParameterError(
                     f"qpsolvers solver {self.solver!r} rejected the options {sorted(settings.options)}: "
                     f"{err}; check their names in the {self.solver} documentation"
