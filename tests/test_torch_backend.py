@@ -372,3 +372,17 @@ def _select(res, index: list[int]):  # noqa: ANN001, ANN202
     from types import SimpleNamespace
 
     return SimpleNamespace(x=res.x[index], y=res.y[index], z=res.z[index], status=res.status[index])
+
+
+def test_gpu_loop_in_float32(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GPU branch of the driver in float32 reaches float32's tolerance, like the CPU loop."""
+    from qpdsl.backends import torch_backend
+
+    arrays = random_feasible_qps(8, 10, 3, 12, seed=5)
+    data = to_data(arrays, torch.float32)
+    monkeypatch.setattr(torch_backend, "compacts", lambda device: False)
+    res = BACKEND.solve(data, Settings())
+    assert res.x.dtype == torch.float32
+    assert all(s == Status.SOLVED for s in res.statuses())
+    assert res.prim_res.max() <= 1e-5 and res.dual_res.max() <= 1e-5
+    np.testing.assert_allclose(res.x.double().numpy(), proxsuite_solve(arrays)[0], atol=1e-3)
