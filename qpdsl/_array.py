@@ -11,11 +11,20 @@ from typing import Any
 
 import numpy as np
 
+_NAMESPACES: dict[type, Any] = {}
+
 
 def namespace(*arrays: Any) -> Any:
     """Return the array-API compatible namespace of ``arrays`` (numpy, torch or jax)."""
     import array_api_compat
 
+    # The solvers ask for the namespace of one array many times per iteration: remember it per type.
+    if len(arrays) == 1 and arrays[0] is not None:
+        kind = type(arrays[0])
+        xp = _NAMESPACES.get(kind)
+        if xp is None:
+            xp = _NAMESPACES[kind] = array_api_compat.array_namespace(arrays[0])
+        return xp
     return array_api_compat.array_namespace(*[a for a in arrays if a is not None])
 
 

@@ -71,26 +71,27 @@ def equilibrate(prob: Problem, iterations: int = 10, loop: Any = None) -> tuple[
         The scaled problem and the scaling that produced it.
     """
     xp = namespace(prob.q)
+    n, p = prob.q.shape[1], prob.b.shape[1]
 
-    def sweep(carry: tuple[Any, ...]) -> tuple[Any, ...]:
-        P, A, C, D, E_eq, E_in = carry
-        abs_A, abs_C = xp.abs(A), xp.abs(C)
-        col = xp.maximum(amax(xp, xp.abs(P), -2), xp.maximum(amax(xp, abs_A, -2), amax(xp, abs_C, -2)))
-        d = _inv_sqrt(xp, col)
-        e_eq = _inv_sqrt(xp, amax(xp, abs_A, -1))
-        e_in = _inv_sqrt(xp, amax(xp, abs_C, -1))
-        P = d[:, :, None] * P * d[:, None, :]
-        A = e_eq[:, :, None] * A * d[:, None, :]
-        C = e_in[:, :, None] * C * d[:, None, :]
-        return P, A, C, D * d, E_eq * e_eq, E_in * e_in
+    # The KKT matrix's rows and columns are those of K = [P; A; C] (its other blocks are A', C'
+    # and zeros): a variable's column norm is K's column norm, a constraint's is its row's.
+    def sweep(carry: tuple[Any, Any]) -> tuple[Any, Any]:
+        K, scale = carry
+        abs_K = xp.abs(K)
+        d = _inv_sqrt(xp, amax(xp, abs_K, -2))
+        s = xp.concat([d, _inv_sqrt(xp, amax(xp, abs_K[:, n:, :], -1))], axis=-1)
+        return s[:, :, None] * K * d[:, None, :], scale * s
 
-    carry = (prob.P, prob.A, prob.C, xp.ones_like(prob.q), xp.ones_like(prob.b), xp.ones_like(prob.l))
+    K = xp.concat([prob.P, prob.A, prob.C], axis=1)
+    carry = (K, xp.ones_like(K[:, :, 0]))
     if loop is None:
         for _ in range(iterations):
             carry = sweep(carry)
     else:
         carry = loop(sweep, iterations, carry)
-    P, A, C, D, E_eq, E_in = carry
+    K, scale = carry
+    P, A, C = K[:, :n, :], K[:, n : n + p, :], K[:, n + p :, :]
+    D, E_eq, E_in = scale[:, :n], scale[:, n : n + p], scale[:, n + p :]
     q = D * prob.q
     cost = xp.maximum(xp.mean(amax(xp, xp.abs(P), -1), axis=-1), amax(xp, xp.abs(q), -1))
     c = 1.0 / xp.clip(xp.where(cost > 0, cost, xp.ones_like(cost)), 1e-6, 1e6)
