@@ -115,8 +115,9 @@ def _iterate(data: core.Data, st: core.State, cfg: core.Config) -> core.State:
         if iteration % REFRESH_EVERY == 0:
             st = core.refresh(sub, st)
         st, ev, done = core.check(sub, st, cfg)
-        if bool(done.any()):
-            st, ev = core.outer_update(sub, st, ev, done, cfg, _certificates(sub, st, cfg, done))
+        finished = done.nonzero()[:, 0]
+        if finished.numel():
+            st, ev = core.outer_update(sub, st, ev, done, cfg, _certificates(sub, st, cfg, finished))
         running = st.status == core.RUNNING
         count = int(running.sum())
         if count == 0:
@@ -141,19 +142,13 @@ def compacts(device: Any) -> bool:
     return device.type == "cpu"
 
 
-def _certificates(data: core.Data, st: core.State, cfg: core.Config, done: Any) -> tuple[Any, Any]:
-    """:func:`core.certificates_of` for the ``done`` elements (False elsewhere).
-
-    Computed in full only for the elements that pass :func:`core.certificate_candidates`:
-    for feasible, bounded problems usually none, and the products with the data are skipped.
-    """
-    primal, dual = core.certificate_candidates(data, st, cfg)
-    index = (done & (primal | dual)).nonzero()[:, 0]
-    none = torch.zeros_like(done)
-    if not index.numel():
-        return none, none
+def _certificates(data: core.Data, st: core.State, cfg: core.Config, index: Any) -> tuple[Any, Any]:
+    """:func:`core.certificates_of` computed for the elements in ``index`` only (False elsewhere)."""
+    if index.numel() == st.x.shape[0]:
+        return core.certificates_of(data, st, cfg)
     part = SimpleNamespace(x=st.x[index], x_prox=st.x_prox[index], v=st.v[index], v_prox=st.v_prox[index])
     primal, dual = core.certificates_of(_take_data(data, index), part, cfg)
+    none = torch.zeros_like(st.fresh)
     return none.index_copy(0, index, primal), none.index_copy(0, index, dual)
 
 

@@ -382,32 +382,6 @@ def duality_gap(data: Data, st: State, ev: Eval) -> tuple[Any, Any]:
     return gap, scale
 
 
-def _screen(data: Data, st: Any, cfg: Config) -> tuple[Any, Any, Any, Any, Any, Any]:
-    """The cheap necessary conditions of :func:`certificates_of`, and what the rest needs."""
-    xp = namespace(st.x)
-    dv = st.v - st.v_prox
-    size = _norm(xp, dv)
-    zeros = xp.zeros_like(dv)
-    support = xp.sum(xp.where(dv > 0, data.hi * dv, xp.where(dv < 0, data.lo * dv, zeros)), axis=-1)
-    tol_p = cfg.eps_primal_inf * size
-    primal = (size > 0) & (support < -tol_p)
-    dx = st.x - st.x_prox
-    size_x = _norm(xp, dx)
-    tol_d = cfg.eps_dual_inf * size_x
-    dual = (size_x > 0) & (_dot(xp, data.q, dx) < -tol_d)
-    return primal, dual, dv, tol_p, dx, tol_d
-
-
-def certificate_candidates(data: Data, st: Any, cfg: Config) -> tuple[Any, Any]:
-    """(B,) masks that contain the elements :func:`certificates_of` can flag, for a few elementwise ops.
-
-    A driver may compute the full certificates only for these (for most feasible elements the
-    sign conditions on the support function and on ``q'dx`` already fail).
-    """
-    primal, dual, *_ = _screen(data, st, cfg)
-    return primal, dual
-
-
 def certificates_of(data: Data, st: Any, cfg: Config) -> tuple[Any, Any]:
     """Primal and dual infeasibility certificates from the last outer step, per element.
 
@@ -418,17 +392,25 @@ def certificates_of(data: Data, st: Any, cfg: Config) -> tuple[Any, Any]:
     """
     xp = namespace(st.x)
     n = st.x.shape[1]
-    primal, dual, dv, tol_p, dx, tol_d = _screen(data, st, cfg)
-    primal = primal & (_norm(xp, rmatvec(data.G, dv)) <= tol_p)
+    dv = st.v - st.v_prox
+    size = _norm(xp, dv)
+    zeros = xp.zeros_like(dv)
+    support = xp.sum(xp.where(dv > 0, data.hi * dv, xp.where(dv < 0, data.lo * dv, zeros)), axis=-1)
+    tol_p = cfg.eps_primal_inf * size
+    primal = (size > 0) & (_norm(xp, rmatvec(data.G, dv)) <= tol_p) & (support < -tol_p)
+
+    dx = st.x - st.x_prox
+    size_x = _norm(xp, dx)
+    tol_d = _col(cfg.eps_dual_inf * size_x)
     KD = matvec(data.K, dx)
     Gdx = KD[:, n:]
     # Per row, relative to the row's size: a row with small coefficients must not let a
     # direction that violates it pass as a recession direction.
-    tol_rows = _col(tol_d) * data.row_norm
+    tol_rows = tol_d * data.row_norm
     below = (Gdx <= tol_rows) | (data.hi == float("inf"))
     cone_ok = below & ((Gdx >= -tol_rows) | (data.lo == float("-inf")))
     cone = xp.all(cone_ok, axis=-1) if cone_ok.shape[1] else xp.ones_like(primal)
-    dual = dual & (_norm(xp, KD[:, :n]) <= tol_d) & cone
+    dual = (size_x > 0) & (_norm(xp, KD[:, :n]) <= tol_d[:, 0]) & cone & (_dot(xp, data.q, dx) < -tol_d[:, 0])
     return primal, dual
 
 
