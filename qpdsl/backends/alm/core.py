@@ -552,8 +552,8 @@ def newton(
     # the element fails only when there is no room left above the initial penalties.
     failed = running & ~ok
     retry = failed & (st.mu_in < 0.5 * cfg.mu_in)
-    mu_eq = xp.where(retry, xp.minimum(st.mu_eq / cfg.mu_factor, cfg.mu_eq), st.mu_eq)
-    mu_in = xp.where(retry, xp.minimum(st.mu_in / cfg.mu_factor, cfg.mu_in), st.mu_in)
+    mu_eq = xp.where(retry, xp.clip(st.mu_eq / cfg.mu_factor, None, cfg.mu_eq), st.mu_eq)
+    mu_in = xp.where(retry, xp.clip(st.mu_in / cfg.mu_factor, None, cfg.mu_in), st.mu_in)
     running = running & ok
     status = xp.where(failed & ~retry, int(Status.NUMERICAL_ERROR), status)
 
