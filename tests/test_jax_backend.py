@@ -224,6 +224,19 @@ def test_nan_element_is_isolated() -> None:
     np.testing.assert_allclose(np.asarray(res.x)[good], proxsuite_solve(clean), atol=1e-7)
 
 
+def test_crossed_bounds_element_is_set_aside() -> None:
+    """``l > u`` is invalid data, not an infeasible QP: NaN outputs, the others solved as before."""
+    arrays = random_feasible_qps(*SHAPE, seed=29)
+    arrays[5][3, 4] = arrays[6][3, 4] + 1.0
+    res = BACKEND.solve(to_data(arrays), Settings(closest_feasible=False))
+    statuses = res.statuses()
+    assert statuses[3] == Status.NUMERICAL_ERROR and np.isnan(np.asarray(res.x)[3]).all()
+    good = [i for i in range(SHAPE[0]) if i != 3]
+    assert all(statuses[i] == Status.SOLVED for i in good)
+    clean = [np.delete(a, [3], axis=0) for a in arrays]
+    np.testing.assert_allclose(np.asarray(res.x)[good], proxsuite_solve(clean), atol=1e-7)
+
+
 def test_warm_start_reduces_iterations() -> None:
     arrays = random_feasible_qps(*SHAPE, seed=23)
     cold = BACKEND.solve(to_data(arrays), Settings())

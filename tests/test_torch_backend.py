@@ -167,6 +167,17 @@ def worked_example(batch: int = 1) -> QPData:
     return QPData(P=t([[1.0]]), q=t([0.0]), A=t([[1.0]]), b=t([5.0]), C=t([[1.0]]), l=t([-3.0]), u=t([3.0]))
 
 
+def test_crossed_bounds_element_is_set_aside() -> None:
+    """``l > u`` is invalid data, not an infeasible QP: no iterations, NaN outputs, others intact."""
+    arrays = random_feasible_qps(3, 10, 2, 10, seed=29)
+    arrays[5][1, 4] = arrays[6][1, 4] + 1.0
+    res = BACKEND.solve(to_data(arrays), Settings())
+    assert res.statuses() == [Status.SOLVED, Status.NUMERICAL_ERROR, Status.SOLVED]
+    assert torch.isnan(res.x[1]).all() and int(res.iterations[1]) == 0
+    good = [0, 2]
+    np.testing.assert_allclose(res.x[good].numpy(), proxsuite_solve([a[good] for a in arrays])[0], atol=1e-7)
+
+
 def test_infeasible_raw_solve_reports_primal_infeasible() -> None:
     res = solve_raw(worked_example(), Settings())
     assert res.statuses() == [Status.PRIMAL_INFEASIBLE]

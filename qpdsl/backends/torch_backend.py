@@ -172,6 +172,10 @@ def _take_data(data: core.Data, index: Any) -> core.Data:
         v_scale=data.v_scale[index],
         inv_c=data.inv_c[index],
         row_norm=data.row_norm[index],
+        lo_fin=data.lo_fin[index],
+        hi_fin=data.hi_fin[index],
+        lo_inf=data.lo_inf[index],
+        hi_inf=data.hi_inf[index],
     )
 
 

@@ -113,6 +113,10 @@ class Data(NamedTuple):
     v_scale: Any  # (B, k) [E_eq; E_in] / c: scaled to original multipliers
     inv_c: Any  # (B,) 1 / c: scaled to original objective values
     row_norm: Any  # (B, k) max |G_ij| over j: the scale of each constraint row
+    lo_fin: Any  # (B, k) lo with -inf replaced by 0
+    hi_fin: Any  # (B, k) hi with +inf replaced by 0
+    lo_inf: Any  # (B, k) bool, lo == -inf
+    hi_inf: Any  # (B, k) bool, hi == +inf
 
 
 def prepare(prob: Problem, scaling: Scaling) -> Data:
@@ -123,20 +127,28 @@ def prepare(prob: Problem, scaling: Scaling) -> Data:
     E = xp.concat([scaling.E_eq, scaling.E_in], axis=-1)
     k = E.shape[1]
     eq = xp.arange(k, device=array_api_compat.device(prob.q))[None, :] < p
+    lo = xp.concat([prob.b, prob.l], axis=-1)
+    hi = xp.concat([prob.b, prob.u], axis=-1)
+    lo_inf, hi_inf = lo == float("-inf"), hi == float("inf")
+    zeros = xp.zeros_like(lo)
     return Data(
         K=K,
         P=K[:, :n, :],
         A=K[:, n : n + p, :],
         G=K[:, n:, :],
         q=prob.q,
-        lo=xp.concat([prob.b, prob.l], axis=-1),
-        hi=xp.concat([prob.b, prob.u], axis=-1),
+        lo=lo,
+        hi=hi,
         eq=eq,
         inv_E=1.0 / E,
         inv_DC=1.0 / (scaling.D * scaling.c[:, None]),
         v_scale=E / scaling.c[:, None],
         inv_c=1.0 / scaling.c,
         row_norm=amax(xp, xp.abs(K[:, n:, :]), -1),
+        lo_fin=xp.where(lo_inf, zeros, lo),
+        hi_fin=xp.where(hi_inf, zeros, hi),
+        lo_inf=lo_inf,
+        hi_inf=hi_inf,
     )
 
 
@@ -177,6 +189,7 @@ class Eval(NamedTuple):
     dual: Any  # P x + q + G'v
     r_x: Any  # dual + rho (x - x_prox): stationarity of the subproblem in x
     grad: Any  # gradient of the primal subproblem merit: r_x + G'(r / mu)
+    viol: Any  # G x - clip(G x, lo, hi): the (scaled) violation of the constraints
 
 
 def _dot(xp: Any, a: Any, b: Any) -> Any:
@@ -192,7 +205,7 @@ def _col(a: Any) -> Any:
 
 
 def sanitize(prob: Problem) -> tuple[Problem, Any]:
-    """Replace elements with NaN/inf data (or ``l = +inf``, ``u = -inf``) by a trivial QP.
+    """Replace elements with NaN/inf data (or ``l = +inf``, ``u = -inf``, or ``l > u``) by a trivial QP.
 
     Returns
     -------
@@ -219,6 +232,8 @@ def sanitize(prob: Problem) -> tuple[Problem, Any]:
 
     valid = finite(prob.P) & finite(prob.q) & finite(prob.A) & finite(prob.b) & finite(prob.C)
     valid = valid & bounds_ok(prob.l, float("inf")) & bounds_ok(prob.u, float("-inf"))
+    if prob.l.shape[1]:
+        valid = valid & xp.all(prob.l <= prob.u, axis=-1)
 
     def clean(a: Any, fill: float) -> Any:
         mask = xp.reshape(valid, (-1,) + (1,) * (a.ndim - 1))
@@ -307,8 +322,9 @@ def evaluate(data: Data, st: State, rho: float, at: Eval | None = None) -> Eval:
     KX = st.KX
     Gx = KX[:, n:]
     w = Gx + st.mu * st.v_prox
-    zeros = xp.zeros_like(w)
-    r = xp.maximum(w - data.hi, zeros) + xp.minimum(w - data.lo, zeros) - st.mu * st.v
+    # [w - hi]_+ + [w - lo]_- (lo <= hi: sanitize() sets the other elements aside).
+    r = _violation(xp, w, data.lo, data.hi) - st.mu * st.v
+    viol = _violation(xp, Gx, data.lo, data.hi) if at is None else at.viol
     if at is None:
         # G'v and G'(r / mu) in one product.
         both = xp.matmul(xp.stack([st.v, r / st.mu], axis=1), data.G)
@@ -317,11 +333,11 @@ def evaluate(data: Data, st: State, rho: float, at: Eval | None = None) -> Eval:
         GTv, GTr = at.GTv, rmatvec(data.G, r / st.mu)
     dual = KX[:, :n] + data.q + GTv
     r_x = dual + rho * (st.x - st.x_prox)
-    return Eval(KX, GTv, w, r, dual, r_x, r_x + GTr)
+    return Eval(KX, GTv, w, r, dual, r_x, r_x + GTr, viol)
 
 
 def _violation(xp: Any, Gx: Any, lo: Any, hi: Any) -> Any:
-    return Gx - xp.minimum(xp.maximum(Gx, lo), hi)
+    return Gx - xp.clip(Gx, lo, hi)
 
 
 def residuals(data: Data, st: State, ev: Eval, cfg: Config) -> tuple[Any, Any, Any]:
@@ -333,7 +349,7 @@ def residuals(data: Data, st: State, ev: Eval, cfg: Config) -> tuple[Any, Any, A
     xp = namespace(st.x)
     n = st.x.shape[1]
     Gx = ev.KX[:, n:]
-    viol = _violation(xp, Gx, data.lo, data.hi)
+    viol = ev.viol
     # Multipliers below the tolerance (unscaled) are rounding noise of rows that left J.
     z = st.v * data.v_scale
     comp = xp.where(z > cfg.eps_abs, Gx - data.hi, xp.where(z < -cfg.eps_abs, Gx - data.lo, viol))
@@ -348,16 +364,17 @@ def residuals(data: Data, st: State, ev: Eval, cfg: Config) -> tuple[Any, Any, A
             xp.maximum(_norm(xp, ev.KX[:, :n] * data.inv_DC), _norm(xp, data.q * data.inv_DC)),
             xp.maximum(_norm(xp, GTy * data.inv_DC), _norm(xp, (ev.GTv - GTy) * data.inv_DC)),
         )
-    else:
-        p_scale = d_scale = xp.zeros_like(prim)
     gap, g_scale = duality_gap(data, st, ev)
     # The gap is a sum of terms of size up to g_scale: below its rounding error it cannot improve.
     gap_floor = GAP_ROUNDING * float(xp.finfo(st.x.dtype).eps) * g_scale
-    ok = (
-        (prim_comp <= cfg.eps_abs + cfg.eps_rel * p_scale)
-        & (dual <= cfg.eps_abs + cfg.eps_rel * d_scale)
-        & (gap <= cfg.eps_abs + xp.maximum(cfg.eps_rel * g_scale, gap_floor))
-    )
+    if cfg.eps_rel > 0:
+        ok = (
+            (prim_comp <= cfg.eps_abs + cfg.eps_rel * p_scale)
+            & (dual <= cfg.eps_abs + cfg.eps_rel * d_scale)
+            & (gap <= cfg.eps_abs + xp.maximum(cfg.eps_rel * g_scale, gap_floor))
+        )
+    else:
+        ok = (prim_comp <= cfg.eps_abs) & (dual <= cfg.eps_abs) & (gap <= cfg.eps_abs + gap_floor)
     return prim, dual, ok
 
 
@@ -371,14 +388,11 @@ def duality_gap(data: Data, st: State, ev: Eval) -> tuple[Any, Any]:
     """
     xp = namespace(st.x)
     n = st.x.shape[1]
-    zeros = xp.zeros_like(st.v)
-    finite_hi = xp.where(xp.abs(data.hi) < float("inf"), data.hi, zeros)
-    finite_lo = xp.where(xp.abs(data.lo) < float("inf"), data.lo, zeros)
-    support = xp.sum(xp.where(st.v > 0, finite_hi * st.v, finite_lo * st.v), axis=-1)
+    support = xp.sum(xp.where(st.v > 0, data.hi_fin, data.lo_fin) * st.v, axis=-1)
     xPx = _dot(xp, st.x, ev.KX[:, :n])
     qx = _dot(xp, data.q, st.x)
     gap = xp.abs(xPx + qx + support) * data.inv_c
-    scale = xp.maximum(xp.maximum(xp.abs(xPx), xp.abs(qx)), xp.abs(support)) * data.inv_c
+    scale = amax(xp, xp.abs(xp.stack([xPx, qx, support], axis=-1)), -1) * data.inv_c
     return gap, scale
 
 
@@ -407,8 +421,8 @@ def certificates_of(data: Data, st: Any, cfg: Config) -> tuple[Any, Any]:
     # Per row, relative to the row's size: a row with small coefficients must not let a
     # direction that violates it pass as a recession direction.
     tol_rows = tol_d * data.row_norm
-    below = (Gdx <= tol_rows) | (data.hi == float("inf"))
-    cone_ok = below & ((Gdx >= -tol_rows) | (data.lo == float("-inf")))
+    below = (Gdx <= tol_rows) | data.hi_inf
+    cone_ok = below & ((Gdx >= -tol_rows) | data.lo_inf)
     cone = xp.all(cone_ok, axis=-1) if cone_ok.shape[1] else xp.ones_like(primal)
     dual = (size_x > 0) & (_norm(xp, KD[:, :n]) <= tol_d[:, 0]) & cone & (_dot(xp, data.q, dx) < -tol_d[:, 0])
     return primal, dual
@@ -458,9 +472,8 @@ def outer_update(
     (e.g. for the ``done`` elements only; the others are not read).
     """
     xp = namespace(st.x)
-    n = st.x.shape[1]
     primal_inf, dual_inf = certificates_of(data, st, cfg) if certificates is None else certificates
-    pres = _norm(xp, _violation(xp, ev.KX[:, n:], data.lo, data.hi))
+    pres = _norm(xp, ev.viol)
     accept = done & (pres <= st.eta)
     reject = done & ~accept
     mu_eq = xp.where(reject, xp.maximum(st.mu_eq * cfg.mu_factor, st.mu_floor_eq), st.mu_eq)
@@ -472,8 +485,9 @@ def outer_update(
         xp.where(reject, xp.clip(mu_in, cfg.eps_in_min, None), st.eps_in),
     )
     outer = st.outer + xp.astype(done, st.outer.dtype)
-    status = xp.where(done & primal_inf, int(Status.PRIMAL_INFEASIBLE), st.status)
-    status = xp.where(done & dual_inf & ~primal_inf, int(Status.DUAL_INFEASIBLE), status)
+    # Primal infeasibility wins where both certificates hold.
+    status = xp.where(done & dual_inf, int(Status.DUAL_INFEASIBLE), st.status)
+    status = xp.where(done & primal_inf, int(Status.PRIMAL_INFEASIBLE), status)
     status = xp.where((status == RUNNING) & (outer >= cfg.max_outer), int(Status.MAX_ITER), status)
     st = st._replace(
         x_prox=xp.where(_col(done), st.x, st.x_prox),

@@ -16,15 +16,29 @@ from ..._array import namespace
 PAIRWISE_MAX = 256  # most kinks (2 per inequality row) for which the pairwise search is the default
 
 
+def _is_torch(a: Any) -> bool:
+    return type(a).__module__.startswith("torch")
+
+
 def _sort_rows(xp: Any, keys: Any, values: Any) -> tuple[Any, Any]:
     """``keys`` sorted along the last axis, and ``values`` in the same order."""
-    if type(keys).__module__.startswith("torch"):
+    if _is_torch(keys):
         import torch
 
         keys, order = torch.sort(keys, dim=-1)
         return keys, torch.gather(values, -1, order)
     order = xp.argsort(keys, axis=-1, stable=False)
     return xp.take_along_axis(keys, order, axis=-1), xp.take_along_axis(values, order, axis=-1)
+
+
+def _take_last(xp: Any, a: Any, index: Any) -> Any:
+    """``take_along_axis(a, index, axis=-1)`` for nonnegative ``index`` (torch: a plain gather,
+    without array_api_compat's handling of negative indices)."""
+    if _is_torch(a):
+        import torch
+
+        return torch.gather(a, -1, index)
+    return xp.take_along_axis(a, index, axis=-1)
 
 
 def exact_step(
@@ -62,16 +76,17 @@ def exact_step(
     # Both sides of every row as one "upper" bound: s = [w - u, l - w] grows at rate [v, -v];
     # the side is active where s > 0 and has a kink where s + a sv crosses 0.
     s = xp.concat([w - u, l - w], axis=-1)
-    sv = xp.concat([v, -v], axis=-1)
-    t = -s / sv
+    neg_v = -v
+    entering = xp.concat([v, neg_v], axis=-1) > 0  # sv > 0, with sv = [v, -v]
+    t = s / xp.concat([neg_v, v], axis=-1)  # -s / sv
     valid = (t > 0) & (t < float("inf"))
     c2 = v * v / mu_in[:, None]
     c2 = xp.concat([c2, c2], axis=-1)
-    active0 = (s > 0) | ((s == 0) & (sv > 0))
-    slope0 = xp.sum(xp.where(active0, c2, xp.zeros_like(c2)), axis=-1)
-    # A side entering (sv > 0) adds its curvature at the kink, one leaving removes it.
     zeros = xp.zeros_like(c2)
-    delta = xp.where(valid, xp.where(sv > 0, c2, -c2), zeros)
+    active0 = (s > 0) | ((s == 0) & entering)
+    slope0 = xp.sum(xp.where(active0, c2, zeros), axis=-1)
+    # A side entering adds its curvature at the kink, one leaving removes it.
+    delta = xp.where(valid, xp.where(entering, c2, -c2), zeros)
     base = quad + slope0
     if pairwise is None:
         pairwise = type(quad).__module__.startswith("jax") and t.shape[-1] <= PAIRWISE_MAX
@@ -104,10 +119,10 @@ def _sorted_kinks(xp: Any, t: Any, delta: Any, valid: Any, lin: Any, base: Any) 
     cums = xp.cumulative_sum(terms, axis=-1)
     before = cums - terms
     derivs = lin[:, None] + (base[:, None] + before[:, 0, :]) * t - before[:, 1, :]
-    count = xp.sum(xp.astype((derivs < 0) & finite, xp.int64), axis=-1)
+    count = xp.sum((derivs < 0) & finite, axis=-1, dtype=xp.int64)
     # The root lies after the first `count` kinks.
     zcol = xp.zeros_like(cums[:, :, :1])
     cums = xp.concat([zcol, cums], axis=-1)
     index = xp.broadcast_to(count[:, None, None], (count.shape[0], 2, 1))
-    at = xp.take_along_axis(cums, index, axis=-1)
+    at = _take_last(xp, cums, index)
     return at[:, 0, 0], at[:, 1, 0]
