@@ -147,7 +147,7 @@ def _certificates(data: core.Data, st: core.State, cfg: core.Config, index: Any)
     if index.numel() == st.x.shape[0]:
         return core.certificates_of(data, st, cfg)
     part = SimpleNamespace(x=st.x[index], x_prox=st.x_prox[index], v=st.v[index], v_prox=st.v_prox[index])
-    primal, dual = core.certificates_of(_take_data(data, index), part, cfg)
+    primal, dual = core.certificates_of(_take_data(data, index, _CERTIFICATE_FIELDS), part, cfg)
     none = torch.zeros_like(st.fresh)
     return none.index_copy(0, index, primal), none.index_copy(0, index, dual)
 
@@ -156,27 +156,20 @@ def _take(tree: Any, index: Any) -> Any:
     return type(tree)(*(a[index] for a in tree))
 
 
-def _take_data(data: core.Data, index: Any) -> core.Data:
+_CERTIFICATE_FIELDS = ("q", "lo", "hi", "row_norm", "lo_inf", "hi_inf")  # and K: what certificates_of reads
+
+
+def _take_data(data: core.Data, index: Any, fields: tuple[str, ...] | None = None) -> core.Data:
+    """The elements ``index`` of ``data``: K and its views, and ``fields`` (default: all; the others None)."""
     n, p = data.P.shape[1], data.A.shape[1]
     K = data.K[index]
-    return data._replace(
-        K=K,
-        P=K[:, :n],
-        A=K[:, n : n + p],
-        G=K[:, n:],
-        q=data.q[index],
-        lo=data.lo[index],
-        hi=data.hi[index],
-        inv_E=data.inv_E[index],
-        inv_DC=data.inv_DC[index],
-        v_scale=data.v_scale[index],
-        inv_c=data.inv_c[index],
-        row_norm=data.row_norm[index],
-        lo_fin=data.lo_fin[index],
-        hi_fin=data.hi_fin[index],
-        lo_inf=data.lo_inf[index],
-        hi_inf=data.hi_inf[index],
-    )
+    views = {"K": K, "P": K[:, :n], "A": K[:, n : n + p], "G": K[:, n:], "eq": data.eq}
+    rest = {
+        f: (getattr(data, f)[index] if fields is None or f in fields else None)
+        for f in core.Data._fields
+        if f not in views
+    }
+    return core.Data(**views, **rest)
 
 
 def _put(full: Any, index: Any, part: Any) -> Any:
