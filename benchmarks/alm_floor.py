@@ -6,7 +6,9 @@ must do at least (three passes over ``K = [P; A; C]``: ``K dx``, ``G'[v, r]``, a
 triangular solves; one Cholesky with its Hessian per refactorised element; for the backward,
 one Cholesky per element and two iterations' passes), and compares the resulting floor,
 which leaves out every elementwise operation and all Python, with the solve's measured time
-and with proxsuite's QPLayer (forward + backward, same process).
+and with proxsuite's QPLayer (forward + backward, same process). It also counts the tensor
+operations per iteration (views excluded), on the CPU driver and on its GPU branch run on the
+CPU: on a GPU each is a kernel launch.
 
 Usage: ``python benchmarks/alm_floor.py [--n 50] [--batch 64] [--repeat 7] [--json PATH]``.
 """
@@ -91,6 +93,43 @@ def count_work(arrays: list[np.ndarray]) -> dict[str, int]:
     }
 
 
+def count_ops(arrays: list[np.ndarray], gpu_branch: bool) -> float:
+    """Tensor operations (views excluded) per driver iteration of one torch solve.
+
+    ``gpu_branch``: run the driver's GPU loop (full steps, no compaction) on the CPU.
+    """
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from qpdsl.backends import torch_backend as tb
+    from qpdsl.qp import QPData, Settings
+
+    class Count(TorchDispatchMode):
+        ops = 0
+
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            if not func.is_view:
+                Count.ops += 1
+            return func(*args, **(kwargs or {}))
+
+    steps = [0]
+    newton, compacts = tb.core.newton, tb.compacts
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        steps[0] += 1
+        return newton(*args, **kwargs)
+
+    tb.core.newton = counting
+    if gpu_branch:
+        tb.compacts = lambda device: False
+    data = QPData(*[torch.as_tensor(a) for a in arrays])
+    try:
+        with Count():
+            tb.solve_raw(data, Settings(eps_abs=1e-9))
+    finally:
+        tb.core.newton, tb.compacts = newton, compacts
+    return Count.ops / steps[0]
+
+
 def measured(arrays: list[np.ndarray], repeat: int) -> dict[str, float]:
     """Median seconds: torch backend forward, and forward + backward of qpdsl[torch] and QPLayer."""
     import torch_solver as ts
@@ -128,6 +167,8 @@ def run(n: int, batch: int, repeat: int) -> dict[str, Any]:
         "primitives_us": prim,
         "floor_forward_s": floor_s,
         "floor_backward_s": floor_backward_s,
+        "ops_per_iteration": count_ops(arrays, gpu_branch=False),
+        "ops_per_iteration_gpu_branch": count_ops(arrays, gpu_branch=True),
     }
     result.update({f"{k}_s": t for k, t in times.items()})
     if "qplayer_fwd_bwd" in times:
