@@ -11,18 +11,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..._array import namespace
+from ..._array import framework, namespace
 
 PAIRWISE_MAX = 256  # most kinks (2 per inequality row) for which the pairwise search is the default
 
 
-def _is_torch(a: Any) -> bool:
-    return type(a).__module__.startswith("torch")
-
-
 def _sort_rows(xp: Any, keys: Any, values: Any) -> tuple[Any, Any]:
     """``keys`` sorted along the last axis, and ``values`` in the same order."""
-    if _is_torch(keys):
+    if framework(keys) == "torch":
         import torch
 
         keys, order = torch.sort(keys, dim=-1)
@@ -34,7 +30,7 @@ def _sort_rows(xp: Any, keys: Any, values: Any) -> tuple[Any, Any]:
 def _take_last(xp: Any, a: Any, index: Any) -> Any:
     """``take_along_axis(a, index, axis=-1)`` for nonnegative ``index`` (torch: a plain gather,
     without array_api_compat's handling of negative indices)."""
-    if _is_torch(a):
+    if framework(a) == "torch":
         import torch
 
         return torch.gather(a, -1, index)
