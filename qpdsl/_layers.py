@@ -244,13 +244,7 @@ def make_torch_layer(
                 else None
             )
             x, y, z, s_eq, s_in, status = qtorch.solve_qp(
-                data.P,
-                data.q,
-                data.A,
-                data.b,
-                data.C,
-                data.l,
-                data.u,
+                *data.arrays(),
                 backend=self.backend,
                 settings=self.settings,
                 warm_start=ws,
@@ -303,13 +297,7 @@ def make_jax_function(
         )
         data = mark_invalid(dense_data(qp, theta), invalid)
         results = qjax.solve_qp(
-            data.P,
-            data.q,
-            data.A,
-            data.b,
-            data.C,
-            data.l,
-            data.u,
+            *data.arrays(),
             backend=backend_name,
             settings=settings,
             on_failure=on_failure,

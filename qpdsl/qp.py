@@ -128,6 +128,10 @@ class QPData:
     u: Any
     r: Any = None
 
+    def arrays(self) -> tuple[Any, ...]:
+        """``(P, q, A, b, C, l, u)``, in the order of the solvers' arguments."""
+        return (self.P, self.q, self.A, self.b, self.C, self.l, self.u)
+
     @property
     def batch_size(self) -> int:
         return int(self.q.shape[0])

@@ -235,6 +235,8 @@ def test_rejects_non_torch_inputs_and_bad_shapes() -> None:
     bad = to_data(arrays)
     with pytest.raises(ParameterError, match="shape"):
         BACKEND.solve(QPData(bad.P[:, :3], *list(bad.__dict__.values())[1:7]), Settings())
+    with pytest.raises(ParameterError, match="b has shape"):  # a batch size that disagrees with q's
+        BACKEND.solve(QPData(*bad.arrays()[:3], bad.b[:1], *bad.arrays()[4:]), Settings())
     with pytest.raises(ParameterError, match="unknown option"):
         BACKEND.solve(bad, Settings(options={"not_an_option": 1}))
 

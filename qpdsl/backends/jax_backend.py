@@ -23,11 +23,12 @@ from __future__ import annotations
 from typing import Any
 
 from .._array import framework
+from .._standard_form import NAMES
 from ..errors import ParameterError
 from ..qp import QPData, QPResult, Settings, Status, WarmStart, register_jax_pytrees
 from . import Capabilities, register
 from .alm import core
-from .alm.scaling import Problem, Scaling, equilibrate
+from .alm.scaling import Problem, Scaling, check_shapes, equilibrate
 
 try:
     import jax
@@ -290,8 +291,7 @@ def _array(a: Any, name: str) -> Any:
 def _problem(data: QPData) -> tuple[Problem, Any]:
     """The data as a :class:`Problem` of JAX arrays in one float dtype, and ``r``."""
     data = data.dense()
-    names = ("P", "q", "A", "b", "C", "l", "u")
-    arrays = [_array(getattr(data, k), k) for k in names]
+    arrays = [_array(a, k) for a, k in zip(data.arrays(), NAMES, strict=True)]
     dtype = jnp.result_type(*arrays)
     if not jnp.issubdtype(dtype, jnp.floating):
         dtype = jnp.zeros((), dtype=float).dtype  # float64 with x64 enabled, else float32
@@ -300,29 +300,10 @@ def _problem(data: QPData) -> tuple[Problem, Any]:
             f"the jax backend solves in float32 or float64, not {dtype}; cast the data with "
             ".astype(jnp.float64) (float64 needs jax.config.update('jax_enable_x64', True))"
         )
-    P, q, A, b, C, l, u = (a.astype(dtype) for a in arrays)
-    if q.ndim != 2 or b.ndim != 2 or l.ndim != 2:
-        raise ParameterError(
-            f"q, b, l must be (B, n), (B, p), (B, m) arrays, got shapes {q.shape}, {b.shape}, {l.shape}"
-        )
-    batch, n = q.shape
-    p, m = b.shape[1], l.shape[1]
-    expected = {
-        "P": (batch, n, n),
-        "A": (batch, p, n),
-        "C": (batch, m, n),
-        "u": (batch, m),
-        "b": (batch, p),
-        "l": (batch, m),
-    }
-    for name, arr in (("P", P), ("A", A), ("b", b), ("C", C), ("l", l), ("u", u)):
-        if tuple(arr.shape) != expected[name]:
-            raise ParameterError(
-                f"{name} has shape {tuple(arr.shape)}, expected {expected[name]} "
-                f"from q {tuple(q.shape)}, b {tuple(b.shape)}, l {tuple(l.shape)}"
-            )
+    prob = Problem(*(a.astype(dtype) for a in arrays))
+    check_shapes(prob)
     r = None if data.r is None else _array(data.r, "r").astype(dtype)
-    return Problem(P, q, A, b, C, l, u), r
+    return prob, r
 
 
 def _warm(warm: WarmStart | None, prob: Problem) -> tuple[Any, Any, Any]:

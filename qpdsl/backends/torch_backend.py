@@ -12,11 +12,12 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
+from .._standard_form import NAMES
 from ..errors import ParameterError
 from ..qp import QPData, QPResult, Settings, WarmStart
 from . import Capabilities, register
 from .alm import core
-from .alm.scaling import Problem, equilibrate
+from .alm.scaling import Problem, check_shapes, equilibrate
 
 try:
     import torch
@@ -299,9 +300,8 @@ def _tensor(a: Any, name: str, dtype: Any, device: Any) -> Any:
 def _problem(data: QPData) -> tuple[Problem, Any]:
     """The data as a :class:`Problem` of detached tensors in one float dtype, and ``r``."""
     data = data.dense()
-    names = ("P", "q", "A", "b", "C", "l", "u")
-    arrays = [getattr(data, k) for k in names]
-    for a, name in zip(arrays, names, strict=True):
+    arrays = data.arrays()
+    for a, name in zip(arrays, NAMES, strict=True):
         if not isinstance(a, torch.Tensor):
             _tensor(a, name, None, None)
     dtype = arrays[0].dtype
@@ -314,18 +314,10 @@ def _problem(data: QPData) -> tuple[Problem, Any]:
             f"the torch backend solves in float32 or float64, not {dtype}; cast the data with .double()"
         )
     device = data.q.device
-    P, q, A, b, C, l, u = (_tensor(a, name, dtype, device) for a, name in zip(arrays, names, strict=True))
-    batch, n = q.shape
-    p, m = b.shape[1], l.shape[1]
-    expected = {"P": (batch, n, n), "A": (batch, p, n), "C": (batch, m, n), "u": (batch, m)}
-    for name, arr in (("P", P), ("A", A), ("C", C), ("u", u)):
-        if tuple(arr.shape) != expected[name]:
-            raise ParameterError(
-                f"{name} has shape {tuple(arr.shape)}, expected {expected[name]} "
-                f"from q {tuple(q.shape)}, b {tuple(b.shape)}, l {tuple(l.shape)}"
-            )
+    prob = Problem(*(_tensor(a, name, dtype, device) for a, name in zip(arrays, NAMES, strict=True)))
+    check_shapes(prob)
     r = None if data.r is None else _tensor(data.r, "r", dtype, device)
-    return Problem(P, q, A, b, C, l, u), r
+    return prob, r
 
 
 CAPABILITIES = Capabilities(

@@ -38,6 +38,41 @@ class Scaling(NamedTuple):
     c: Any  # (B,)
 
 
+def check_shapes(prob: Problem) -> None:
+    """Raise unless the arrays form one batch: q (B, n), b (B, p), l and u (B, m), P (B, n, n), ...
+
+    Raises
+    ------
+    ParameterError
+        Naming the first array whose shape does not follow from q, b and l.
+    """
+    from ...errors import ParameterError
+
+    q, b, l = prob.q, prob.b, prob.l
+    if q.ndim != 2 or b.ndim != 2 or l.ndim != 2:
+        raise ParameterError(
+            f"q, b, l must be (B, n), (B, p), (B, m) arrays, got shapes {tuple(q.shape)}, "
+            f"{tuple(b.shape)}, {tuple(l.shape)}"
+        )
+    batch, n = q.shape
+    p, m = b.shape[1], l.shape[1]
+    expected = {
+        "P": (batch, n, n),
+        "A": (batch, p, n),
+        "b": (batch, p),
+        "C": (batch, m, n),
+        "l": (batch, m),
+        "u": (batch, m),
+    }
+    for name, shape in expected.items():
+        got = tuple(getattr(prob, name).shape)
+        if got != shape:
+            raise ParameterError(
+                f"{name} has shape {got}, expected {shape} "
+                f"from q {tuple(q.shape)}, b {tuple(b.shape)}, l {tuple(l.shape)}"
+            )
+
+
 def amax(xp: Any, a: Any, axis: int) -> Any:
     """``max`` over ``axis`` that gives 0 for an empty axis (p or m may be 0)."""
     if a.shape[axis] == 0:
