@@ -181,8 +181,7 @@ class Problem:
 
         return make_torch_layer(
             self,
-            self.parameters() if parameters is None else translate(self, parameters),
-            self.variables() if variables is None else translate(self, variables),
+            *self._layer_signature(parameters, variables),
             backend,
             _check_on_failure(on_failure),
             warm_start,
@@ -206,11 +205,19 @@ class Problem:
 
         return make_jax_function(
             self,
-            self.parameters() if parameters is None else translate(self, parameters),
-            self.variables() if variables is None else translate(self, variables),
+            *self._layer_signature(parameters, variables),
             backend,
             _check_on_failure(on_failure),
             Settings().with_options(**settings),
+        )
+
+    def _layer_signature(
+        self, parameters: Sequence[Parameter] | None, variables: Sequence[Any] | None
+    ) -> tuple[Sequence[Parameter], Sequence[Any]]:
+        """A layer's inputs and outputs: the given ones resolved, or every parameter and variable."""
+        return (
+            self.parameters() if parameters is None else translate(self, parameters),
+            self.variables() if variables is None else translate(self, variables),
         )
 
     # ------------------------------------------------------------ solving
