@@ -197,65 +197,34 @@ def make_torch_layer(
     warm_start: bool,
     settings: Settings,
 ) -> Any:
-    import torch
+    from .torch import ProblemLayer
 
-    from . import torch as qtorch
-    from .backends import default_backend
+    return ProblemLayer(problem, parameters, outputs, backend or "auto", on_failure, warm_start, settings)
 
-    qp = problem.compile()
-    check_layer_parameters(qp.parameters, parameters)
-    specs = output_specs(qp, outputs)
-    backend_name = backend or default_backend()
 
-    class ProblemLayer(torch.nn.Module):
-        """A qpdsl problem as a differentiable torch module: ``layer(*parameter_values) -> outputs``."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.problem = problem
-            self.parameters_in = list(parameters)
-            self.backend = backend_name
-            self.settings = settings
-            self.on_failure = on_failure
-            self.warm_start = warm_start
-            self._previous: WarmStart | None = None
-            self.last_status: Any = None
-
-        def forward(self, *args: Any) -> tuple[Any, ...]:
-            tensors = _torch_arguments(self.parameters_in, args)
-            ref = next((t for t in tensors if t.is_floating_point()), None)
-            dtype = ref.dtype if ref is not None else torch.float64
-            device = ref.device if ref is not None else torch.device("cpu")
-            tensors = [t.to(device=device, dtype=dtype) for t in tensors]
-
-            def convert(value: Any) -> Any:
-                return torch.as_tensor(value, dtype=dtype, device=device)
-
-            theta, batch, batched, invalid = broadcast_arguments(
-                qp, self.parameters_in, tensors, convert, on_failure=self.on_failure
+def layer_arguments(parameters: Sequence[Parameter], args: Sequence[Any], kwargs: dict[str, Any]) -> list[Any]:
+    """Positional layer arguments, with keyword arguments (parameter names) put in their places."""
+    if not kwargs:
+        return list(args)
+    names = [p.name for p in parameters]
+    out: list[Any] = list(args) + [_MISSING] * (len(parameters) - len(args))
+    for name, value in kwargs.items():
+        if names.count(name) != 1:
+            why = "two layer inputs share that name" if names.count(name) > 1 else "no layer input has that name"
+            raise ParameterError(
+                f"keyword argument {name!r}: {why} (inputs: {', '.join(names)}); pass the arguments by position"
             )
-            data = mark_invalid(dense_data(qp, theta), invalid)
-            ws = (
-                self._previous
-                if self.warm_start
-                and self._previous is not None
-                and self._previous.x is not None
-                and self._previous.x.shape[0] == batch
-                else None
-            )
-            x, y, z, s_eq, s_in, status = qtorch.solve_qp(
-                *data.arrays(),
-                backend=self.backend,
-                settings=self.settings,
-                warm_start=ws,
-                on_failure=self.on_failure,
-            )
-            self.last_status = status
-            if self.warm_start:
-                self._previous = WarmStart(x.detach(), y.detach(), z.detach())
-            return read_outputs(specs, (x, y, z, s_eq, s_in), batched)
+        i = names.index(name)
+        if i < len(args) or out[i] is not _MISSING:
+            raise ParameterError(f"parameter {name} is given twice (by position and by keyword)")
+        out[i] = value
+    missing = [names[i] for i, v in enumerate(out) if v is _MISSING]
+    if missing:
+        raise ParameterError(f"the layer is missing arguments for {', '.join(missing)}")
+    return out
 
-    return ProblemLayer()
+
+_MISSING = object()
 
 
 # ---------------------------------------------------------------- jax
@@ -272,15 +241,14 @@ def make_jax_function(
     import jax.numpy as jnp
 
     from . import jax as qjax
-    from .backends import default_backend
 
     qp = problem.compile()
     check_layer_parameters(qp.parameters, parameters)
     specs = output_specs(qp, outputs)
-    backend_name = backend or ("jax" if "jax" in _names() else default_backend())
+    backend_name = backend or "auto"
 
-    def solve(*args: Any) -> tuple[Any, ...]:
-        arrays = _jax_arguments(parameters, args)
+    def solve(*args: Any, **kwargs: Any) -> tuple[Any, ...]:
+        arrays = _jax_arguments(parameters, layer_arguments(parameters, args, kwargs))
         dtype = next((a.dtype for a in arrays if jnp.issubdtype(a.dtype, jnp.floating)), jnp.zeros(()).dtype)
         if dtype not in (jnp.float32, jnp.float64):
             raise ParameterError(
@@ -301,6 +269,7 @@ def make_jax_function(
             backend=backend_name,
             settings=settings,
             on_failure=on_failure,
+            shiftable=qp.shiftable,
         )
         return read_outputs(specs, results[:5], batched)
 
@@ -317,15 +286,27 @@ def _argument_error(p: Parameter, value: Any, exc: Exception | None = None) -> P
     )
 
 
-def _torch_arguments(parameters: Sequence[Parameter], args: Sequence[Any]) -> list[Any]:
-    """The layer arguments as real floating tensors on one device (numbers and numpy arrays converted)."""
+def torch_arguments(parameters: Sequence[Parameter], args: Sequence[Any]) -> list[Any]:
+    """The layer arguments as real tensors on one device: numbers and numpy arrays are converted
+    and placed on the device of the tensor arguments."""
     import torch
 
+    given = [a for a in args if isinstance(a, torch.Tensor)]
+    devices = {str(t.device) for t in given}
+    if len(devices) > 1:
+        where = ", ".join(
+            f"{p.name} on {a.device}" for p, a in zip(parameters, args, strict=False) if isinstance(a, torch.Tensor)
+        )
+        raise ParameterError(
+            f"the layer's arguments are on different devices ({where}); move them to one "
+            "device with .to(device)"
+        )
+    device = given[0].device if given else None
     out = []
     for p, a in zip(parameters, args, strict=False):
         if not isinstance(a, torch.Tensor):
             try:
-                a = torch.as_tensor(np.asarray(a, dtype=float))
+                a = torch.as_tensor(np.asarray(a, dtype=float), device=device)
             except (TypeError, ValueError) as exc:
                 raise _argument_error(p, a, exc) from exc
         if a.is_complex():
@@ -336,13 +317,6 @@ def _torch_arguments(parameters: Sequence[Parameter], args: Sequence[Any]) -> li
                 "float32 or float64: convert it with .float() or .double()"
             )
         out.append(a)
-    devices = {str(t.device) for t in out}
-    if len(devices) > 1:
-        where = ", ".join(f"{p.name} on {t.device}" for p, t in zip(parameters, out, strict=True))
-        raise ParameterError(
-            f"the layer's arguments are on different devices ({where}); move them to one "
-            "device with .to(device)"
-        )
     return out + list(args[len(out) :])
 
 
@@ -360,9 +334,3 @@ def _jax_arguments(parameters: Sequence[Parameter], args: Sequence[Any]) -> list
             raise _argument_error(p, a)
         out.append(arr)
     return out + [jnp.asarray(a) for a in args[len(out) :]]
-
-
-def _names() -> dict[str, Any]:
-    from .backends import available_backends
-
-    return available_backends()

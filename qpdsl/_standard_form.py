@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._array import namespace, to_numpy
 from .errors import ParameterError
 
 NAMES = ("P", "q", "A", "b", "C", "l", "u")
@@ -65,32 +64,3 @@ def core_shapes(shapes: dict[str, tuple[int, ...]]) -> tuple[dict[str, tuple[int
             f"inputs have different batch sizes {sorted(sizes)}; use one batch size B (or 1, or none)"
         )
     return core, (sizes.pop() if sizes else 1), batched
-
-
-def invalid_elements(arrays: tuple[Any, ...] | list[Any]) -> dict[str, list[int]]:
-    """Batch indices of invalid elements of (B, ...) arrays P, q, A, b, C, l, u, by reason."""
-    P, q, A, b, C, l, u = arrays
-    xp = namespace(q)
-
-    def rows(mask: Any) -> list[int]:
-        flat = to_numpy(mask).reshape(mask.shape[0], -1)
-        return [int(i) for i in flat.any(axis=1).nonzero()[0]]
-
-    reasons = {
-        f"{name} has NaN or Inf entries": rows(~xp.isfinite(a))
-        for name, a in zip("PqAbC", (P, q, A, b, C), strict=False)
-    }
-    reasons["l or u has NaN entries"] = rows(xp.isnan(l) | xp.isnan(u))
-    reasons["l has +inf or u has -inf entries"] = rows((l == float("inf")) | (u == float("-inf")))
-    reasons["l > u somewhere"] = rows(l > u)
-    return {reason: idx for reason, idx in reasons.items() if idx}
-
-
-def invalid_message(invalid: dict[str, list[int]]) -> str:
-    bad = sorted({i for idx in invalid.values() for i in idx})
-    details = "; ".join(f"{reason} in batch elements {idx}" for reason, idx in invalid.items())
-    return (
-        f"invalid QP data in batch elements {bad}: {details}. P, q, A, b, C must be finite, l and u "
-        f"may hold -inf / +inf but never NaN, and l <= u; fix those elements, or pass on_failure='nan' "
-        f"to get NaN rows for them and solve the others"
-    )

@@ -18,17 +18,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _standard_form as sf
-from .backends import Backend, get_backend
-from .errors import ParameterError, SolverError
+from .errors import BackendNotFound, ParameterError
 from .qp import QPData, QPResult, Settings, Status, WarmStart, register_jax_pytrees
+from .solve.closest import Shiftable
+from .solve.core import check_on_failure, failure_error, resolve_backend, sanitise, solve_batch
 
 register_jax_pytrees()
 
 __all__ = ["solve_qp"]
 
 _NAMES = sf.NAMES
-_ON_FAILURE = ("raise", "nan", "ignore")
-_FAILED = int(Status.NUMERICAL_ERROR)
 _OK = (int(Status.SOLVED), int(Status.SOLVED_CLOSEST_FEASIBLE))
 
 Outputs = tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]
@@ -43,10 +42,11 @@ def solve_qp(
     l: Any,
     u: Any,
     *,
-    backend: str = "jax",
+    backend: str = "auto",
     settings: Settings | None = None,
     on_failure: str = "raise",
     warm_start: WarmStart | None = None,
+    shiftable: Shiftable | None = None,
 ) -> Outputs:
     """Solve a batch of standard-form QPs, differentiably (forward and reverse mode) in every input.
 
@@ -89,19 +89,18 @@ def solve_qp(
         ``B`` when no input had a batch dimension); ``status`` is int32
         :class:`~qpdsl.qp.Status` codes.
     """
-    if on_failure not in _ON_FAILURE:
-        raise ParameterError(f"on_failure={on_failure!r} is not one of {', '.join(map(repr, _ON_FAILURE))}")
+    check_on_failure(on_failure)
     settings = Settings() if settings is None else settings
-    solver = get_backend(backend)
-    if solver.capabilities.framework not in ("numpy", "jax"):
-        raise ParameterError(
-            f"backend {backend!r} works on {solver.capabilities.framework} arrays; with JAX arrays use a "
-            f"jax or numpy backend (e.g. 'jax', 'proxsuite'), or use qpdsl.torch.solve_qp"
-        )
     arrays, batched = _broadcast(dict(zip(_NAMES, (P, q, A, b, C, l, u), strict=False)))
+    solver = resolve_backend(backend, arrays[1])
+    if solver.capabilities.framework == "torch":
+        raise BackendNotFound(
+            f"backend {solver.name!r} works on torch tensors; with JAX arrays use 'auto', 'jax', 'cpu', "
+            "'proxsuite' or 'qpsolvers:<name>', or use qpdsl.torch / Problem.to_torch"
+        )
     P_, *rest = arrays
     warm = _broadcast_warm_start(warm_start, arrays) if solver.capabilities.warm_start else ()
-    outputs = _differentiable_solve(solver, settings, on_failure)(
+    outputs = _differentiable_solve(solver, settings, on_failure, shiftable)(
         0.5 * (P_ + jnp.swapaxes(P_, -1, -2)), *rest, *warm
     )
     if not batched:
@@ -109,14 +108,17 @@ def solve_qp(
     return outputs
 
 
-def _differentiable_solve(solver: Backend, settings: Settings, on_failure: str) -> Callable[..., Outputs]:
+def _differentiable_solve(
+    solver: Any, settings: Settings, on_failure: str, shiftable: Shiftable | None
+) -> Callable[..., Outputs]:
     """The custom-JVP solve for one backend and one set of options."""
 
     def primal(*arrays: jax.Array) -> Outputs:
         # arrays: the seven data arrays, then optionally the warm start's x, y, z.
-        if solver.capabilities.framework == "jax":
-            return _solve_in_jax(solver, settings, on_failure, arrays)
-        return _solve_by_callback(solver, settings, on_failure, arrays)
+        traced = any(isinstance(a, jax.core.Tracer) for a in arrays)
+        if traced and solver.capabilities.framework == "numpy":
+            return _solve_by_callback(solver, settings, on_failure, shiftable, arrays)
+        return _solve(solver, settings, on_failure, shiftable, arrays, traced)
 
     solve = jax.custom_jvp(primal)
 
@@ -144,170 +146,75 @@ def _tangent_map(
 
     status = outputs[-1]
     ok = (status == _OK[0]) | (status == _OK[1])
-    data, result = _sanitised(primals, outputs, ok)
+    data = sanitise(QPData(*primals), ok)
+    x, y, z, se, si = (jnp.where(_rows(ok, o), o, 0) for o in outputs[:5])
+    zeros = jnp.zeros(status.shape, data.q.dtype)
+    result = QPResult(x, y, z, se, si, status, None, zeros, zeros)
     masked = QPData(*(jnp.where(_rows(ok, t), t, 0) for t in tangents))
     return tuple(jnp.where(_rows(ok, d), d, 0) for d in qp_jvp(data, result, masked))
 
 
-def _solve_by_callback(
-    solver: Backend, settings: Settings, on_failure: str, arrays: tuple[jax.Array, ...]
+def _solve(
+    solver: Any,
+    settings: Settings,
+    on_failure: str,
+    shiftable: Shiftable | None,
+    arrays: tuple[jax.Array, ...],
+    traced: bool,
 ) -> Outputs:
-    """Solve with a numpy backend: directly on concrete inputs, else through ``jax.pure_callback``."""
-    P, q, A, b, C, l, u = arrays[:7]
+    """The shared solve on JAX arrays (concrete, or traced with a JAX backend)."""
+    data, warm = QPData(*arrays[:7]), arrays[7:]
+    start = WarmStart(*warm) if warm else None
+    outcome = solve_batch(solver, data, settings, start, on_failure, shiftable)
+    res = outcome.result
+    status = res.status.astype(jnp.int32)
+    if traced and on_failure == "raise":
+        jax.debug.callback(_raise_if_failed, status, outcome.valid)
+    dtype = data.q.dtype
+    return (*(a.astype(dtype) for a in (res.x, res.y, res.z, res.shift_eq, res.shift_in)), status)
+
+
+def _solve_by_callback(
+    solver: Any,
+    settings: Settings,
+    on_failure: str,
+    shiftable: Shiftable | None,
+    arrays: tuple[jax.Array, ...],
+) -> Outputs:
+    """Solve with a numpy backend under ``jit`` / ``vmap``, through ``jax.pure_callback``."""
+    q, b, l = arrays[1], arrays[3], arrays[5]
     dtype = q.dtype
 
     def host(*host_arrays: np.ndarray) -> tuple[np.ndarray, ...]:
-        return _host_solve(solver, settings, on_failure, host_arrays, dtype)
+        # broadcast_all: under vmap every argument comes with the mapped axes in front; all
+        # leading axes are folded into one batch.
+        lead = host_arrays[1].shape[:-1]
+        cores = [a.shape[len(lead) :] for a in host_arrays]
+        flat = [np.asarray(a).reshape(-1, *core) for a, core in zip(host_arrays, cores, strict=True)]
+        data, warm = QPData(*flat[:7]), flat[7:]
+        outcome = solve_batch(solver, data, settings, WarmStart(*warm) if warm else None, on_failure, shiftable)
+        res = outcome.result
+        outs = [np.asarray(a, dtype=dtype) for a in (res.x, res.y, res.z, res.shift_eq, res.shift_in)]
+        return (
+            *(o.reshape(*lead, o.shape[-1]) for o in outs),
+            np.asarray(res.status, dtype=np.int32).reshape(lead),
+        )
 
-    if not any(isinstance(a, jax.core.Tracer) for a in arrays):
-        return tuple(jnp.asarray(o) for o in host(*(np.asarray(a) for a in arrays)))  # type: ignore[return-value]
     batch, n, m, p = q.shape[0], q.shape[1], b.shape[1], l.shape[1]
     shapes = tuple(jax.ShapeDtypeStruct((batch, w), dtype) for w in (n, m, p, m, p))
     shapes += (jax.ShapeDtypeStruct((batch,), jnp.int32),)
-    # broadcast_all: under vmap the callback gets every argument with the mapped axes in front,
-    # and _host_solve folds all leading axes into one batch.
     return jax.pure_callback(host, shapes, *arrays, vmap_method="broadcast_all")
 
 
-def _host_solve(
-    solver: Backend, settings: Settings, on_failure: str, arrays: tuple[np.ndarray, ...], dtype: Any
-) -> tuple[np.ndarray, ...]:
-    """Validate and solve on the host; every leading axis is a batch axis."""
-    lead = arrays[1].shape[:-1]
-    cores = [a.shape[len(lead) :] for a in arrays]
-    flat = [np.asarray(a).reshape(-1, *core) for a, core in zip(arrays, cores, strict=False)]
-    flat, warm = flat[:7], flat[7:]
-    batch, n, m, p = flat[1].shape[0], flat[1].shape[1], flat[3].shape[1], flat[5].shape[1]
-    invalid = sf.invalid_elements(flat)
-    if invalid and on_failure == "raise":
-        raise ParameterError(sf.invalid_message(invalid))
-    keep = np.ones(batch, dtype=bool)
-    keep[sorted({i for idx in invalid.values() for i in idx})] = False
-    rows = np.flatnonzero(keep)
-
-    widths = {"x": n, "y": m, "z": p, "shift_eq": m, "shift_in": p}
-    out = {k: np.full((batch, w), np.nan, dtype=dtype) for k, w in widths.items()}
-    status = np.full(batch, _FAILED, dtype=np.int32)
-    if rows.size:
-        solve_dtype = np.dtype(dtype) if np.dtype(dtype).name in solver.capabilities.dtypes else np.float64
-        data = QPData(*(np.ascontiguousarray(a[rows], dtype=solve_dtype) for a in flat))
-        start = WarmStart(*(np.ascontiguousarray(w[rows], dtype=solve_dtype) for w in warm)) if warm else None
-        res = solver.solve(data, settings, start)
-        for k in widths:
-            out[k][rows] = np.asarray(getattr(res, k))
-        status[rows] = np.asarray(res.status).reshape(-1)
-    failed = [(int(i), Status(int(status[i]))) for i in rows if int(status[i]) not in _OK]
-    if failed and on_failure == "raise":
-        raise _solver_error(failed)
-    if failed and on_failure == "nan":
-        for k in widths:
-            out[k][[i for i, _ in failed]] = np.nan
-    return (*(out[k].reshape(*lead, w) for k, w in widths.items()), status.reshape(lead))
-
-
-def _solve_in_jax(
-    solver: Backend, settings: Settings, on_failure: str, arrays: tuple[jax.Array, ...]
-) -> Outputs:
-    """Solve with a JAX backend, traceably; invalid elements are swapped for a trivial QP first."""
-    arrays, warm = arrays[:7], arrays[7:]
-    P, q, A, b, C, l, u = arrays
-    concrete = not any(isinstance(a, jax.core.Tracer) for a in arrays)
-    if concrete and on_failure == "raise":
-        invalid = sf.invalid_elements([np.asarray(a) for a in arrays])
-        if invalid:
-            raise ParameterError(sf.invalid_message(invalid))
-    valid = _valid_mask(arrays)
-    data, _ = _sanitised(arrays, None, valid)
-    start = WarmStart(*(jnp.where(_rows(valid, w), w, 0) for w in warm)) if warm else None
-    res = solver.solve(data, settings, start)
-    status = jnp.where(valid, jnp.asarray(res.status, jnp.int32), _FAILED)
-    ok = (status == _OK[0]) | (status == _OK[1])
-    hide = ~valid if on_failure == "ignore" else ~ok
-    outs = [
-        jnp.where(_rows(hide, o), jnp.nan, o).astype(q.dtype)
-        for o in (res.x, res.y, res.z, res.shift_eq, res.shift_in)
-    ]
-    if on_failure == "raise":
-        if concrete:
-            failed = [(i, Status(int(s))) for i, s in enumerate(np.asarray(status)) if int(s) not in _OK]
-            if failed:
-                raise _solver_error(failed)
-        else:
-            jax.debug.callback(_raise_if_failed, status, valid)
-    return (*outs, status)
-
-
 def _raise_if_failed(status: np.ndarray, valid: np.ndarray) -> None:
-    invalid = np.flatnonzero(~np.asarray(valid).reshape(-1)).tolist()
-    if invalid:
-        raise ParameterError(sf.invalid_message({"non-finite data, NaN bounds or l > u": invalid}))
-    flat = np.asarray(status).reshape(-1)
-    failed = [(i, Status(int(s))) for i, s in enumerate(flat) if int(s) not in _OK]
-    if failed:
-        raise _solver_error(failed)
-
-
-def _solver_error(failed: list[tuple[int, Status]]) -> SolverError:
-    return SolverError(
-        "the QP solve failed for batch elements "
-        + ", ".join(f"{i} ({s.label})" for i, s in failed)
-        + "; check those elements' data (bounded below? well scaled?), raise settings.max_iter, "
-        "or pass on_failure='nan' / 'ignore' to get the other elements anyway",
-        indices=[i for i, _ in failed],
-        statuses=[s.label for _, s in failed],
-    )
+    error = failure_error(np.asarray(status), np.asarray(valid))
+    if error is not None:
+        raise error
 
 
 def _rows(mask: jax.Array, like: jax.Array) -> jax.Array:
     """``mask`` (B,) reshaped to broadcast against ``like`` (B, ...)."""
     return mask.reshape(mask.shape + (1,) * (like.ndim - mask.ndim))
-
-
-def _valid_mask(arrays: tuple[jax.Array, ...]) -> jax.Array:
-    """(B,) True where the element's data are valid (traceable version of _standard_form.invalid_elements)."""
-    P, q, A, b, C, l, u = arrays
-
-    def every(x: jax.Array) -> jax.Array:
-        return jnp.all(x.reshape(x.shape[0], -1), axis=1)
-
-    finite = [every(jnp.isfinite(t)) for t in (P, q, A, b, C)]
-    bounds = every(~jnp.isnan(l) & ~jnp.isnan(u) & (l != jnp.inf) & (u != -jnp.inf) & (l <= u))
-    return jnp.stack([*finite, bounds]).all(axis=0)
-
-
-def _sanitised(
-    arrays: tuple[jax.Array, ...], outputs: Outputs | None, keep: jax.Array
-) -> tuple[QPData, QPResult | None]:
-    """Replace the elements not in ``keep`` by ``min |x|²/2, -1 <= 0·x <= 1`` (and its solution, 0).
-
-    Keeps NaN or garbage in those elements away from batched solves and linear algebra,
-    where they could otherwise spread to the other elements or to gradients.
-    """
-    P, q, A, b, C, l, u = arrays
-    eye = jnp.broadcast_to(jnp.eye(P.shape[-1], dtype=P.dtype), P.shape)
-    trivial = (eye, 0, 0, 0, 0, -1, 1)
-    data = QPData(
-        *(
-            jnp.where(_rows(keep, a), a, jnp.asarray(t, a.dtype))
-            for a, t in zip(arrays, trivial, strict=False)
-        )
-    )
-    if outputs is None:
-        return data, None
-    x, y, z, se, si, status = (jnp.where(_rows(keep, o), o, 0) for o in outputs)
-    zeros = jnp.zeros(status.shape, q.dtype)
-    result = QPResult(
-        x=x,
-        y=y,
-        z=z,
-        shift_eq=se,
-        shift_in=si,
-        status=status,
-        iterations=None,
-        prim_res=zeros,
-        dual_res=zeros,
-    )
-    return data, result
 
 
 def _broadcast(args: dict[str, Any]) -> tuple[tuple[jax.Array, ...], bool]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -241,20 +241,22 @@ class Problem:
         **settings
             Fields of :class:`~qpdsl.Settings` (``eps_abs``, ``max_iter``, ...) or backend options.
         """
-        from .backends import default_backend, get_backend
+        from .solve.core import resolve_backend, solve_batch
 
         qp = self.compile()
         values, batch, batched = collect_parameter_values(qp.parameters, translate(self, params or {}))
         theta = qp.stack_theta(values, batch)
         data = qp.apply(theta)
-        solver = get_backend(backend or default_backend())
+        solver = resolve_backend(backend, None, sparse_hint=(qp.n, qp.density()))
         caps = solver.capabilities
         use_sparse = caps.sparse and qp.n > 300 and qp.density() < 0.05
         if not use_sparse or caps.framework != "numpy":
             data = data.dense()
         data = _to_framework(data, caps.framework)
-        result = solver.solve(data, Settings().with_options(**settings), warm_start)
-        return Solution(self, qp, _result_to_numpy(result), to_numpy_data(data), batched)
+        outcome = solve_batch(
+            solver, data, Settings().with_options(**settings), warm_start, "ignore", qp.shiftable
+        )
+        return Solution(self, qp, _result_to_numpy(outcome.result), to_numpy_data(data), batched)
 
 
 def _check_on_failure(on_failure: str) -> str:
@@ -349,16 +351,8 @@ def _result_to_numpy(result: QPResult) -> QPResult:
         return None if a is None else to_numpy(a)
 
     return QPResult(
-        x=conv(result.x),
-        y=conv(result.y),
-        z=conv(result.z),
-        shift_eq=conv(result.shift_eq),
-        shift_in=conv(result.shift_in),
-        status=conv(result.status),
-        iterations=conv(result.iterations),
-        prim_res=conv(result.prim_res),
-        dual_res=conv(result.dual_res),
-        objective=conv(result.objective),
+        **{f.name: conv(getattr(result, f.name)) for f in fields(QPResult) if f.name != "extras"},
+        extras=result.extras,
     )
 
 

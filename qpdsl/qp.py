@@ -29,7 +29,8 @@ class Status(enum.IntEnum):
     DUAL_INFEASIBLE = 2
     MAX_ITER = 3
     NUMERICAL_ERROR = 4
-    PRIMAL_INFEASIBLE = 5  # internal: a backend's raw verdict before the closest-feasible stage
+    PRIMAL_INFEASIBLE = 5  # reported only with Settings(closest_feasible=False)
+    INACCURATE = 6  # the backend claimed a solution, but its point fails verification
 
     @property
     def label(self) -> str:
@@ -202,6 +203,8 @@ class QPResult:
     prim_res: Any
     dual_res: Any
     objective: Any = None
+    compl_res: Any = None
+    gap: Any = None
     extras: dict[str, Any] = field(default_factory=dict)  # e.g. a factorisation the backward may reuse
 
     def statuses(self) -> list[Status]:

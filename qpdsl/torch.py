@@ -10,19 +10,17 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 
 from . import _standard_form as sf
-from ._array import to_numpy
-from .backends import Backend, get_backend
 from .errors import ParameterError, SolverError
-from .qp import QPData, QPResult, Settings, Status, WarmStart
+from .qp import QPData, QPResult, Settings, WarmStart
+from .solve.closest import Shiftable
+from .solve.core import Outcome, WarmMemory, check_on_failure, resolve_backend, solve_batch
 
-__all__ = ["QPLayer", "solve_qp"]
+__all__ = ["ProblemLayer", "QPLayer", "solve_qp"]
 
 _NAMES = sf.NAMES
-_ON_FAILURE = ("raise", "nan", "ignore")
 _FLOATS = (torch.float32, torch.float64)
 
 Outputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
@@ -37,10 +35,12 @@ def solve_qp(
     l: torch.Tensor | None,
     u: torch.Tensor | None,
     *,
-    backend: str = "proxsuite",
+    backend: str = "auto",
     settings: Settings | None = None,
     warm_start: WarmStart | None = None,
     on_failure: str = "raise",
+    shiftable: Shiftable | None = None,
+    info: dict[str, Any] | None = None,
 ) -> Outputs:
     """Solve a batch of standard-form QPs, differentiably in every input.
 
@@ -91,24 +91,25 @@ def solve_qp(
     BackendNotFound
         Unknown or uninstalled backend.
     """
-    if on_failure not in _ON_FAILURE:
-        raise ParameterError(f"on_failure={on_failure!r} is not one of {', '.join(map(repr, _ON_FAILURE))}")
+    check_on_failure(on_failure)
     settings = Settings() if settings is None else settings
-    solver = get_backend(backend)
-    if solver.capabilities.framework not in ("numpy", "torch"):
-        raise ParameterError(
-            f"backend {backend!r} works on {solver.capabilities.framework} arrays; with torch tensors "
-            f"use a numpy or torch backend (e.g. 'proxsuite', 'torch'), or use qpdsl.jax.solve_qp"
-        )
     tensors, batched = _broadcast(dict(zip(_NAMES, (P, q, A, b, C, l, u), strict=False)))
     P_, *rest = tensors
     tensors = (0.5 * (P_ + P_.transpose(-1, -2)), *rest)
+    solver = resolve_backend(backend, tensors[1])
+    if solver.capabilities.framework == "jax":
+        from .errors import BackendNotFound
+
+        raise BackendNotFound(
+            f"backend {solver.name!r} works on JAX arrays; with torch tensors use another backend "
+            "('auto', 'cpu', 'torch', 'proxsuite', 'qpsolvers:<name>'), or use qpdsl.jax / Problem.to_jax"
+        )
     warm = _broadcast_warm_start(warm_start, tensors)
-    options = _Options(solver, settings, warm, on_failure)
+    options = _Options(solver, settings, warm, on_failure, shiftable, info)
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         outputs = _QPFunction.apply(options, *tensors)
     else:
-        outputs, _ = _forward(options, tensors)
+        outputs = _forward(options, tensors)[0]
     if not batched:
         outputs = tuple(o.squeeze(0) for o in outputs)
     return outputs
@@ -125,12 +126,20 @@ class QPLayer(torch.nn.Module):
         As in :func:`solve_qp`.
     warm_start
         Start each solve from the previous call's ``x, y, z`` when the input shapes, dtype
-        and device are the same as in that call.
+        and device are the same as in that call (elements that failed start cold).
+
+    Attributes
+    ----------
+    last_status
+        Status codes of the last forward call.
+    last_backward_status
+        Per element, whether the last backward pass computed the element's gradient (False where
+        its status was not ok or its adjoint system could not be solved; those gradients are zero).
     """
 
     def __init__(
         self,
-        backend: str = "proxsuite",
+        backend: str = "auto",
         settings: Settings | None = None,
         on_failure: str = "raise",
         warm_start: bool = False,
@@ -138,9 +147,11 @@ class QPLayer(torch.nn.Module):
         super().__init__()
         self.backend = backend
         self.settings = settings
-        self.on_failure = on_failure
+        self.on_failure = check_on_failure(on_failure)
         self.warm_start = warm_start
-        self._previous: tuple[Any, WarmStart] | None = None
+        self._memory = WarmMemory()
+        self.last_status: torch.Tensor | None = None
+        self.last_backward_status: torch.Tensor | None = None
 
     def forward(
         self,
@@ -154,36 +165,144 @@ class QPLayer(torch.nn.Module):
     ) -> Outputs:
         args = (P, q, A, b, C, l, u)
         key = tuple(None if a is None else (tuple(a.shape), a.dtype, a.device) for a in args)
-        warm = self._previous[1] if self._previous is not None and self._previous[0] == key else None
-        out = solve_qp(
-            *args, backend=self.backend, settings=self.settings, warm_start=warm, on_failure=self.on_failure
-        )
-        if self.warm_start:
-            # NaN rows (failed elements) would poison the next solve; start those from zero.
-            x, y, z = (torch.nan_to_num(o.detach(), nan=0.0, posinf=0.0, neginf=0.0) for o in out[:3])
-            self._previous = (key, WarmStart(x, y, z))
-        return out
+        return solve_layer(self, args, key, self._memory)
 
     def reset_warm_start(self) -> None:
         """Forget the stored warm start."""
-        self._previous = None
+        self._memory.reset()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_memory"] = WarmMemory()  # warm starts are not part of a saved model
+        return state
+
+
+class ProblemLayer(torch.nn.Module):
+    """A qpdsl problem as a differentiable torch module: ``layer(*parameter_values) -> outputs``.
+
+    Built by :meth:`qpdsl.Problem.to_torch`. Arguments are given in the order of the layer's
+    parameters, or by their names (``layer(A=..., b=...)``) when the names are unique.
+
+    Attributes
+    ----------
+    last_status, last_backward_status
+        As for :class:`QPLayer`.
+    """
+
+    def __init__(
+        self,
+        problem: Any,
+        parameters: Any,
+        outputs: Any,
+        backend: str,
+        on_failure: str,
+        warm_start: bool,
+        settings: Settings,
+    ) -> None:
+        from ._layers import check_layer_parameters, output_specs
+
+        super().__init__()
+        self.problem = problem
+        self.parameters_in = list(parameters)
+        self.outputs = list(outputs)
+        qp = problem.compile()
+        check_layer_parameters(qp.parameters, self.parameters_in)
+        self._specs = output_specs(qp, self.outputs)
+        self.backend = backend
+        self.settings = settings
+        self.on_failure = check_on_failure(on_failure)
+        self.warm_start = warm_start
+        self._memory = WarmMemory()
+        self.last_status: torch.Tensor | None = None
+        self.last_backward_status: torch.Tensor | None = None
+
+    def forward(self, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, ...]:
+        from ._layers import (
+            broadcast_arguments,
+            dense_data,
+            layer_arguments,
+            mark_invalid,
+            read_outputs,
+            torch_arguments,
+        )
+
+        qp = self.problem.compile()
+        tensors = torch_arguments(self.parameters_in, layer_arguments(self.parameters_in, args, kwargs))
+        ref = next((t for t in tensors if t.is_floating_point()), None)
+        dtype = ref.dtype if ref is not None else torch.float64
+        device = ref.device if ref is not None else torch.device("cpu")
+        tensors = [t.to(device=device, dtype=dtype) for t in tensors]
+
+        def convert(value: Any) -> Any:
+            return torch.as_tensor(value, dtype=dtype, device=device)
+
+        theta, batch, batched, invalid = broadcast_arguments(
+            qp, self.parameters_in, tensors, convert, on_failure=self.on_failure
+        )
+        data = mark_invalid(dense_data(qp, theta), invalid)
+        key = (batch, dtype, device)
+        x, y, z, s_eq, s_in, _ = solve_layer(self, data.arrays(), key, self._memory, qp.shiftable)
+        return read_outputs(self._specs, (x, y, z, s_eq, s_in), batched)
+
+    def reset_warm_start(self) -> None:
+        """Forget the stored warm start."""
+        self._memory.reset()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_memory"] = WarmMemory()  # warm starts are not part of a saved model
+        return state
+
+
+def solve_layer(
+    layer: Any, args: tuple[Any, ...], key: Any, memory: WarmMemory, shiftable: Shiftable | None = None
+) -> Outputs:
+    """The solve of a torch layer: :func:`solve_qp` with the layer's options, warm-start memory
+    (``layer.warm_start``) and status records (``layer.last_status``, ``layer.last_backward_status``)."""
+    info: dict[str, Any] = {"layer": layer}
+    out = solve_qp(
+        *args,
+        backend=layer.backend,
+        settings=layer.settings,
+        warm_start=memory.get(key) if layer.warm_start else None,
+        on_failure=layer.on_failure,
+        shiftable=shiftable,
+        info=info,
+    )
+    layer.last_status = out[-1]
+    outcome: Outcome = info["outcome"]
+    if layer.warm_start:
+        memory.store(key, outcome.result, outcome.ok)
+    return out
 
 
 class _Options:
     """The non-tensor arguments of one solve (kept out of autograd's argument list)."""
 
-    def __init__(self, solver: Backend, settings: Settings, warm: WarmStart | None, on_failure: str) -> None:
+    def __init__(
+        self,
+        solver: Any,
+        settings: Settings,
+        warm: WarmStart | None,
+        on_failure: str,
+        shiftable: Shiftable | None,
+        info: dict[str, Any] | None,
+    ) -> None:
         self.solver = solver
         self.settings = settings
         self.warm = warm
         self.on_failure = on_failure
+        self.shiftable = shiftable
+        self.info = {} if info is None else info
 
 
 class _QPFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, options: _Options, *tensors: torch.Tensor) -> Outputs:
-        outputs, saved = _forward(options, tensors)
-        ctx.saved = saved
+        outputs, outcome = _forward(options, tensors)
+        ctx.outcome = outcome
+        ctx.options = options
+        ctx.dtypes = tuple(t.dtype for t in tensors)
         ctx.mark_non_differentiable(outputs[-1])
         return outputs
 
@@ -200,135 +319,65 @@ class _QPFunction(torch.autograd.Function):
     ) -> tuple[Any, ...]:
         from .diff import qp_vjp
 
-        rows, data, result, like = ctx.saved
-        wanted = ctx.needs_input_grad[1:]
-        if rows.numel() == 0:
-            return (None, *(torch.zeros_like(t) if w else None for t, w in zip(like, wanted, strict=False)))
-        dtype = data.q.dtype
-        grads = qp_vjp(data, result, *(g[rows].to(dtype) for g in (gx, gy, gz, gse, gsi)))
+        outcome: Outcome = ctx.outcome
+        options: _Options = ctx.options
+        result = _zero_failed(outcome.result, outcome.ok)
+        grads_in = (torch.nan_to_num(g) if g is not None else None for g in (gx, gy, gz, gse, gsi))
+        grads = qp_vjp(outcome.data, result, *grads_in)
+        computed = grads.ok & outcome.ok
+        layer = options.info.get("layer")
+        if layer is not None:
+            layer.last_backward_status = computed
+        failed = (outcome.ok & ~grads.ok).nonzero()[:, 0].tolist()
+        if failed and options.on_failure == "raise":
+            raise SolverError(
+                f"the backward pass could not solve the adjoint system of batch elements {failed} "
+                "(singular or ill-conditioned KKT matrix); their gradients would be wrong. Pass "
+                "on_failure='nan' or 'ignore' to get zero gradients for them instead",
+                indices=failed,
+                statuses=["backward_failed"] * len(failed),
+            )
         out: list[torch.Tensor | None] = []
-        for name, t, w in zip(_NAMES, like, wanted, strict=False):
-            if not w:
+        for name, dtype, wanted in zip(_NAMES, ctx.dtypes, ctx.needs_input_grad[1:], strict=True):
+            if not wanted:
                 out.append(None)
                 continue
-            full = torch.zeros_like(t)
-            full[rows] = getattr(grads, name).to(t.dtype)
-            out.append(full)
+            g = getattr(grads, name)
+            mask = computed.reshape((-1,) + (1,) * (g.ndim - 1))
+            out.append(torch.where(mask, g, torch.zeros_like(g)).to(dtype))
         return (None, *out)
 
 
-def _forward(options: _Options, tensors: tuple[torch.Tensor, ...]) -> tuple[Outputs, tuple[Any, ...]]:
-    """Validate, solve the valid elements, assemble full outputs; also return what backward needs."""
-    P, q, A, b, C, l, u = tensors
-    batch, n, m, p = q.shape[0], q.shape[1], b.shape[1], l.shape[1]
-    dtype, device = q.dtype, q.device
-    invalid = sf.invalid_elements(tensors)
-    if options.on_failure == "raise" and invalid:
-        raise ParameterError(sf.invalid_message(invalid))
-    bad = sorted({i for idx in invalid.values() for i in idx})
-    keep = torch.ones(batch, dtype=torch.bool)
-    keep[bad] = False
-    rows = keep.nonzero().squeeze(1).to(device)
+def _zero_failed(result: QPResult, ok: torch.Tensor) -> QPResult:
+    """The result with the rows of non-ok elements set to zero (the backward never reads NaN)."""
 
-    solver, caps = options.solver, options.solver.capabilities
-    solve_dtype = dtype if str(dtype).removeprefix("torch.") in caps.dtypes else torch.float64
-    data = QPData(*(t.detach()[rows].to(solve_dtype) for t in tensors))
-    result = (
-        _run(solver, options.settings, data, _select_warm(options.warm, rows, solve_dtype))
-        if rows.numel()
-        else None
-    )
-
-    def full(width: int, field: str) -> torch.Tensor:
-        out = torch.full((batch, width), float("nan"), dtype=dtype, device=device)
-        if result is not None:
-            out[rows] = getattr(result, field).to(dtype)
-        return out
-
-    status = torch.full((batch,), int(Status.NUMERICAL_ERROR), dtype=torch.int64, device=device)
-    if result is not None:
-        status[rows] = result.status.to(torch.int64)
-    x, y, z = full(n, "x"), full(m, "y"), full(p, "z")
-    se, si = full(m, "shift_eq"), full(p, "shift_in")
-
-    codes = status[rows].tolist()
-    ok = [i for i, c in enumerate(codes) if Status(c).ok]
-    failed = [(int(rows[i]), Status(c)) for i, c in enumerate(codes) if not Status(c).ok]
-    if failed and options.on_failure == "raise":
-        raise SolverError(
-            "the QP solve failed for batch elements "
-            + ", ".join(f"{i} ({s.label})" for i, s in failed)
-            + "; check those elements' data (bounded below? well scaled?), raise settings.max_iter, "
-            "or pass on_failure='nan' / 'ignore' to get the other elements anyway",
-            indices=[i for i, _ in failed],
-            statuses=[s.label for _, s in failed],
-        )
-    if failed and options.on_failure == "nan":
-        idx = torch.tensor([i for i, _ in failed], device=device)
-        for o in (x, y, z, se, si):
-            o[idx] = float("nan")
-
-    saved: tuple[Any, ...] = ()
-    if result is not None:
-        sel = torch.tensor(ok, dtype=torch.int64, device=device)
-        whole = len(ok) == rows.numel()
-        saved = (rows[sel], data if whole else data.select(sel), _select_result(result, sel, whole), tensors)
-    else:
-        saved = (rows, data, None, tensors)
-    return (x, y, z, se, si, status), saved
-
-
-def _run(solver: Backend, settings: Settings, data: QPData, warm: WarmStart | None) -> QPResult:
-    """Call the backend in its framework; return the result as torch tensors on the data's device."""
-    if not solver.capabilities.warm_start:
-        warm = None
-    if solver.capabilities.framework == "torch":
-        return solver.solve(data, settings, warm)
-    device, dtype = data.q.device, data.q.dtype
-    host = data.map_arrays(lambda t: np.ascontiguousarray(to_numpy(t)))
-    if warm is not None:
-        warm = WarmStart(
-            *(None if w is None else np.ascontiguousarray(to_numpy(w)) for w in (warm.x, warm.y, warm.z))
-        )
-    res = solver.solve(host, settings, warm)
-
-    def back(a: Any, dt: torch.dtype = dtype) -> torch.Tensor:
-        return torch.as_tensor(np.asarray(a), device=device).to(dt)
+    def zero(a: Any) -> Any:
+        return torch.where(ok[:, None], a, torch.zeros_like(a))
 
     return QPResult(
-        x=back(res.x),
-        y=back(res.y),
-        z=back(res.z),
-        shift_eq=back(res.shift_eq),
-        shift_in=back(res.shift_in),
-        status=back(res.status, torch.int64),
-        iterations=None if res.iterations is None else back(res.iterations, torch.int64),
-        prim_res=None if res.prim_res is None else back(res.prim_res),
-        dual_res=None if res.dual_res is None else back(res.dual_res),
-        objective=None if res.objective is None else back(res.objective),
+        x=zero(result.x),
+        y=zero(result.y),
+        z=zero(result.z),
+        shift_eq=zero(result.shift_eq),
+        shift_in=zero(result.shift_in),
+        status=result.status,
+        iterations=result.iterations,
+        prim_res=result.prim_res,
+        dual_res=result.dual_res,
     )
 
 
-def _select_result(result: QPResult, sel: torch.Tensor, whole: bool) -> QPResult:
-    """The rows ``sel`` of a torch result (extras such as factorisations kept only when whole)."""
-    if whole:
-        return result
-
-    def pick(a: Any) -> Any:
-        return None if a is None else a[sel]
-
-    return QPResult(
-        x=pick(result.x),
-        y=pick(result.y),
-        z=pick(result.z),
-        shift_eq=pick(result.shift_eq),
-        shift_in=pick(result.shift_in),
-        status=pick(result.status),
-        iterations=pick(result.iterations),
-        prim_res=pick(result.prim_res),
-        dual_res=pick(result.dual_res),
-        objective=pick(result.objective),
+def _forward(options: _Options, tensors: tuple[torch.Tensor, ...]) -> tuple[Outputs, Outcome]:
+    """Solve through the shared core; return the outputs and what the backward needs."""
+    data = QPData(*(t.detach() for t in tensors))
+    outcome = solve_batch(
+        options.solver, data, options.settings, options.warm, options.on_failure, options.shiftable
     )
+    options.info["outcome"] = outcome
+    res = outcome.result
+    dtype = tensors[1].dtype
+    outputs = tuple(a.to(dtype) for a in (res.x, res.y, res.z, res.shift_eq, res.shift_in))
+    return (*outputs, res.status), outcome
 
 
 def _broadcast(args: dict[str, torch.Tensor | None]) -> tuple[tuple[torch.Tensor, ...], bool]:

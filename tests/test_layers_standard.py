@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from qpdsl.backends import available_backends, get_backend
-from qpdsl.errors import ParameterError, SolverError
+from qpdsl.errors import BackendNotFound, ParameterError, SolverError
 from qpdsl.qp import Settings, Status, WarmStart
 from qpdsl.torch import QPLayer, solve_qp
 
@@ -294,7 +294,7 @@ def test_torch_bad_option_values() -> None:
     with pytest.raises(ParameterError, match="must be a torch.Tensor"):
         solve_qp(args[0].numpy(), *args[1:])
     if "jax" in available_backends():
-        with pytest.raises(ParameterError, match="qpdsl.jax"):
+        with pytest.raises(BackendNotFound, match="qpdsl.jax"):
             solve_qp(*args, backend="jax")
 
 
@@ -330,7 +330,7 @@ def test_qplayer_warm_start_reuses_previous_solution(monkeypatch: pytest.MonkeyP
     seen: list[WarmStart | None] = []
     original = solver.solve
 
-    def spy(data, settings, warm_start=None):  # type: ignore[no-untyped-def]
+    def spy(data, settings, warm_start=None, shiftable=None):  # type: ignore[no-untyped-def]
         seen.append(warm_start)  # what the layer hands over is checked here, not the backend's use of it
         return original(data, settings)
 
@@ -500,7 +500,7 @@ def test_jax_parameter_errors() -> None:
     with pytest.raises(ParameterError, match="float32 or float64"):
         jax_solve_qp(*(a.astype(jnp.int32) for a in args), backend="proxsuite")
     if "torch" in available_backends():
-        with pytest.raises(ParameterError, match="qpdsl.torch"):
+        with pytest.raises(BackendNotFound, match="qpdsl.torch"):
             jax_solve_qp(*args, backend="torch")
 
 

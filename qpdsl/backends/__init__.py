@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from ..errors import BackendNotFound
 from ..qp import QPData, QPResult, Settings, WarmStart
@@ -47,15 +47,64 @@ class Capabilities:
     description: str = ""
 
 
-class Backend(Protocol):
-    """The interface every backend implements."""
+class Backend:
+    """The base of every backend: a backend only solves a standard-form batch and reports a claim.
+
+    Subclasses implement :meth:`solve_raw` (and, for backends that run under ``jax.jit``,
+    :meth:`solve_raw_masked`). :meth:`solve` adds what every backend shares: verification of the
+    claims on the unscaled data and the closest feasible QP of infeasible elements.
+    """
 
     name: str
     capabilities: Capabilities
 
-    def solve(self, data: QPData, settings: Settings, warm_start: WarmStart | None = None) -> QPResult:
-        """Solve a batch of QPs; never raises for a failed element (its status says so)."""
-        ...
+    def solve_raw(self, data: QPData, settings: Settings, warm_start: WarmStart | None = None) -> QPResult:
+        """One solve of the batch: the backend's claim per element (never raises for a failed element).
+
+        An infeasible element is reported ``primal_infeasible`` (or any non-ok status); shifts are zero.
+        """
+        raise NotImplementedError
+
+    def solve_raw_masked(
+        self, data: QPData, settings: Settings, warm_start: WarmStart | None, mask: Any
+    ) -> QPResult:
+        """:meth:`solve_raw` on traced arrays, iterating only the elements in ``mask`` (B,) bool."""
+        raise NotImplementedError(f"backend {self.name!r} cannot run on traced arrays")
+
+    def solve(
+        self,
+        data: QPData,
+        settings: Settings,
+        warm_start: WarmStart | None = None,
+        shiftable: Any = None,
+    ) -> QPResult:
+        """Solve a batch: the claims of :meth:`solve_raw`, verified, with the closest feasible QP of
+        infeasible elements (only the rows ``shiftable`` marks are shifted; default: all).
+
+        Returns
+        -------
+        QPResult
+            In the framework of ``data``. ``extras["messages"]`` holds the backend's messages
+            about failed elements, when it gives any.
+        """
+        from ..solve.closest import Flow, TracedFlow, solve_with_closest_feasible, traced
+
+        messages: list[dict[int, str]] = []
+
+        def raw(d: QPData, w: WarmStart | None) -> QPResult:
+            res = self.solve_raw(d, settings, w)
+            messages.append(res.extras.get("messages", {}))
+            return res
+
+        if traced(data):
+            flow: Flow = TracedFlow(lambda d, w, m: self.solve_raw_masked(d, settings, w, m))
+        else:
+            flow = Flow(raw, bucket=self.capabilities.framework == "jax")
+        result = solve_with_closest_feasible(flow, data, settings, warm_start, shiftable)
+        if any(messages):
+            later = [msg for c in messages[1:] for msg in c.values()]
+            result = replace(result, extras={"messages": messages[0], "closest_feasible_messages": later})
+        return result
 
 
 @dataclass
@@ -67,12 +116,13 @@ class _Entry:
 
 _REGISTRY: dict[str, _Entry] = {}
 _PREFIXES: dict[str, _Entry] = {}
-_ALIASES = {"cpu": "proxsuite", "gpu": "torch"}
+_ALIASES = {"gpu": "torch"}
 _MODULES = {  # backend name (or prefix) -> the module that registers it, imported on first use
     "proxsuite": "proxsuite_backend",
     "qpsolvers": "qpsolvers_backend",
     "torch": "torch_backend",
     "jax": "jax_backend",
+    "cpu": "cpu_backend",
 }
 _loaded: set[str] = set()
 
@@ -103,7 +153,8 @@ def _load_all() -> None:
 
 
 def get_backend(name: str) -> Backend:
-    """Return the backend registered as ``name`` (aliases ``cpu``, ``gpu``, ``qpsolvers:<solver>`` included).
+    """Return the backend registered as ``name`` (alias ``gpu`` and ``qpsolvers:<solver>`` included;
+    ``auto`` is resolved per call by :func:`qpdsl.solve.resolve_backend`).
 
     Raises
     ------
@@ -115,7 +166,8 @@ def get_backend(name: str) -> Backend:
     _load(key)
     entry = _REGISTRY.get(name) if not sub else _PREFIXES.get(key)
     if entry is None:
-        known = sorted(_REGISTRY) + [f"{p}:<solver>" for p in _PREFIXES]
+        _load_all()
+        known = sorted(set(_REGISTRY) | set(_ALIASES) | {"auto"}) + [f"{p}:<solver>" for p in _PREFIXES]
         raise BackendNotFound(f"unknown backend {name!r}; known backends: {', '.join(known)}")
     if not entry.capabilities.installed:
         raise BackendNotFound(

@@ -15,8 +15,9 @@ import numpy as np
 
 from ..errors import ParameterError
 from ..qp import QPData, QPResult, Settings, SparseBatch, Status, WarmStart
-from . import Capabilities, register
-from .closest import _matvec, _select, solve_closest_feasible
+from ..solve.closest import select
+from ..solve.verify import _matvec
+from . import Backend, Capabilities, register
 
 try:
     from proxsuite import proxqp as _proxqp
@@ -31,8 +32,8 @@ _DIVERGED, _RECESSION_TOL = 10.0, 1e-6
 _ADVANCE = 10  # iterations taken to read the direction of a diverging iterate
 
 
-class ProxsuiteBackend:
-    """Solve batches of QPs with ProxQP; closest-feasible stage for infeasible elements."""
+class ProxsuiteBackend(Backend):
+    """Solve batches of QPs with ProxQP."""
 
     capabilities: Capabilities
 
@@ -40,9 +41,9 @@ class ProxsuiteBackend:
         self.name = name
         self.capabilities = CAPABILITIES
 
-    def solve(self, data: QPData, settings: Settings, warm_start: WarmStart | None = None) -> QPResult:
+    def solve_raw(self, data: QPData, settings: Settings, warm_start: WarmStart | None = None) -> QPResult:
         """Solve ``data`` (numpy arrays, dense or :class:`~qpdsl.qp.SparseBatch`); see :class:`Backend`."""
-        return solve_closest_feasible(lambda d, w: _solve_raw(d, settings, w), data, settings, warm_start)
+        return _solve_raw(data, settings, warm_start)
 
 
 def _solve_raw(data: QPData, settings: Settings, warm_start: WarmStart | None) -> QPResult:
@@ -124,7 +125,7 @@ def _diverged(data: QPData, x: np.ndarray, codes: list[int], advance: Any = None
     todo = np.flatnonzero(status == Status.MAX_ITER)
     if todo.size == 0:
         return status
-    sub = _select(data, todo)
+    sub = select(data, todo)
     q, b = np.asarray(sub.q, dtype=float), np.asarray(sub.b, dtype=float)
     l, u = np.asarray(sub.l, dtype=float), np.asarray(sub.u, dtype=float)
     finite_l, finite_u = np.isfinite(l), np.isfinite(u)
@@ -215,7 +216,8 @@ def _warm_arrays(warm: WarmStart, batch: int, n: int, p: int, m: int) -> list[np
                 f"warm_start.{name} has shape {a.shape}; expected ({batch}, {size}) or ({size},): the "
                 f"standard-form {name} of this batch (auxiliary variables and rows included)"
             )
-        return np.broadcast_to(a.reshape(-1, size), (batch, size))
+        # an explicit row count: reshape(-1, 0) is ambiguous for empty blocks
+        return np.broadcast_to(a.reshape(a.shape[0] if a.ndim == 2 else 1, size), (batch, size))
 
     return [arr(warm.x, n, "x"), arr(warm.y, p, "y"), arr(warm.z, m, "z")]
 

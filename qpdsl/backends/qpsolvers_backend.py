@@ -17,8 +17,7 @@ import numpy as np
 
 from ..errors import BackendNotFound, ParameterError
 from ..qp import QPData, QPResult, Settings, Status, WarmStart
-from . import Capabilities, register
-from .closest import solve_closest_feasible
+from . import Backend, Capabilities, register
 
 try:
     import qpsolvers as _qpsolvers
@@ -30,12 +29,26 @@ _TOLERANCES: dict[str, Any] = {
     "clarabel": lambda eps, rel, it: {
         "tol_feas": eps,
         "tol_gap_abs": eps,
-        "tol_gap_rel": max(rel, eps),
+        "tol_gap_rel": rel,
         "max_iter": it,
     },
-    "piqp": lambda eps, rel, it: {"eps_abs": eps, "eps_rel": rel, "max_iter": it},
+    # PIQP tests the duality gap against tolerances of its own (1e-8 absolute by default)
+    "piqp": lambda eps, rel, it: {
+        "eps_abs": eps,
+        "eps_rel": rel,
+        "eps_duality_gap_abs": eps,
+        "eps_duality_gap_rel": rel,
+        "max_iter": it,
+    },
     "osqp": lambda eps, rel, it: {"eps_abs": eps, "eps_rel": rel, "max_iter": it},
-    "proxqp": lambda eps, rel, it: {"eps_abs": eps, "eps_rel": rel, "max_iter": it},
+    "proxqp": lambda eps, rel, it: {
+        "eps_abs": eps,
+        "eps_rel": rel,
+        "check_duality_gap": True,
+        "eps_duality_gap_abs": eps,
+        "eps_duality_gap_rel": rel,
+        "max_iter": it,
+    },
     "qpalm": lambda eps, rel, it: {"eps_abs": eps, "eps_rel": rel, "max_iter": it},
     "scs": lambda eps, rel, it: {"eps_abs": eps, "eps_rel": rel, "max_iters": it},
     # HiGHS's QP solver has no iteration limit by default, and on some dense QPs it never stops
@@ -60,8 +73,8 @@ def _available() -> list[str]:
     return list(_qpsolvers.available_solvers) if _qpsolvers is not None else []
 
 
-class QpsolversBackend:
-    """Forward pass through ``qpsolvers.solve_problem``; closest-feasible stage for failed elements."""
+class QpsolversBackend(Backend):
+    """Forward pass through ``qpsolvers.solve_problem``, one element at a time."""
 
     capabilities: Capabilities
     available = staticmethod(_available)
@@ -77,25 +90,14 @@ class QpsolversBackend:
         self.solver = solver
         self.capabilities = CAPABILITIES
 
-    def solve(self, data: QPData, settings: Settings, warm_start: WarmStart | None = None) -> QPResult:
+    def solve_raw(self, data: QPData, settings: Settings, warm_start: WarmStart | None = None) -> QPResult:
         """Solve ``data`` (dense numpy arrays); see :class:`Backend`.
 
-        Solver errors go in ``extras``: ``"messages"`` maps batch indices to the first solve's errors,
-        ``"closest_feasible_messages"`` lists those of the closest-feasible stage's solves.
+        Solver errors go in ``extras["messages"]``, which maps batch indices to messages.
         """
-        calls: list[dict[int, str]] = []
-
-        def raw(d: QPData, w: WarmStart | None) -> QPResult:
-            calls.append({})
-            return self._solve_raw(d.dense(), settings, w, calls[-1])
-
-        result = solve_closest_feasible(raw, data, settings, warm_start)
-        later = [msg for c in calls[1:] for msg in c.values()]
-        if not calls[0] and not later:
-            return result
-        return replace(
-            result, extras={**result.extras, "messages": calls[0], "closest_feasible_messages": later}
-        )
+        messages: dict[int, str] = {}
+        result = self._solve_raw(data.dense(), settings, warm_start, messages)
+        return replace(result, extras={"messages": messages}) if messages else result
 
     def _solve_raw(
         self, data: QPData, settings: Settings, warm: WarmStart | None, messages: dict[int, str]
@@ -163,20 +165,6 @@ class QpsolversBackend:
                 status[i] = _failure_status(sol.extras)
         prim_res = _primal_residual(x, A, b, C, low, up)
         dual_res = _dual_residual(x, y, z, P, q, A, C)
-        # A solver's own test may be relative to its internal scaling (Clarabel's is): a point it
-        # calls solved whose residuals are far above eps (relative to the terms they sum) is not
-        # returned as solved (seen: Clarabel "solved" 10% above the optimum, dual residual 3e3 eps).
-        prim_scale, dual_scale = _residual_scales(x, y, z, P, q, A, b, C, low, up)
-        loose = (status == Status.SOLVED) & ~(
-            (prim_res <= _RESIDUAL_SLACK * eps * (1 + prim_scale))
-            & (dual_res <= _RESIDUAL_SLACK * eps * (1 + dual_scale))
-        )
-        for i in np.flatnonzero(loose):
-            messages[int(i)] = (
-                f"{self.solver}: reported solved with residuals {prim_res[i]:.3g} (primal), "
-                f"{dual_res[i]:.3g} (dual), far above the tolerance {eps:.3g}"
-            )
-        status[loose] = Status.NUMERICAL_ERROR
         return QPResult(
             x=x.astype(dtype),
             y=y.astype(dtype),
@@ -209,41 +197,6 @@ def _failure_status(extras: dict[str, Any]) -> int:
     if "iter" in text and ("max" in text or "limit" in text):
         return int(Status.MAX_ITER)
     return int(Status.NUMERICAL_ERROR)
-
-
-_RESIDUAL_SLACK = 1e3  # a "solved" point's residuals may exceed eps * (1 + scale) this many times
-
-
-def _residual_scales(
-    x: np.ndarray,
-    y: np.ndarray,
-    z: np.ndarray,
-    P: np.ndarray,
-    q: np.ndarray,
-    A: np.ndarray,
-    b: np.ndarray,
-    C: np.ndarray,
-    low: np.ndarray,
-    up: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per element, the largest term of the primal residual (|Ax|, |Cx|, |b|, finite |l|, |u|)
-    and of the dual residual (|Px|, |q|, |A'y|, |C'z|), for tolerances relative to the data."""
-    x, y, z = (np.nan_to_num(v) for v in (x, y, z))
-
-    def top(*arrays: np.ndarray) -> np.ndarray:
-        return np.concatenate([np.abs(a).reshape(a.shape[0], -1) for a in arrays], axis=1).max(
-            axis=1, initial=0.0
-        )
-
-    prim = top(
-        np.einsum("bij,bj->bi", A, x),
-        np.einsum("bij,bj->bi", C, x),
-        b,
-        np.where(np.isfinite(low), low, 0.0),
-        np.where(np.isfinite(up), up, 0.0),
-    )
-    dual = top(np.einsum("bij,bj->bi", P, x), q, np.einsum("bji,bj->bi", A, y), np.einsum("bji,bj->bi", C, z))
-    return prim, dual
 
 
 def _primal_residual(

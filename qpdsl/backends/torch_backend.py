@@ -15,7 +15,7 @@ from typing import Any
 from .._standard_form import NAMES
 from ..errors import ParameterError
 from ..qp import QPData, QPResult, Settings, WarmStart
-from . import Capabilities, register
+from . import Backend, Capabilities, register
 from .alm import core
 from .alm.scaling import Problem, check_shapes, equilibrate
 
@@ -30,8 +30,8 @@ REFRESH_EVERY = 8  # iterations between exact recomputations of the products K x
 COMPACT_BELOW = 0.75  # shrink the working batch once this fraction or less is still running
 
 
-class TorchBackend:
-    """Batched dense proximal ALM in PyTorch; closest-feasible stage for infeasible elements."""
+class TorchBackend(Backend):
+    """Batched dense proximal ALM in PyTorch."""
 
     capabilities: Capabilities
 
@@ -39,21 +39,19 @@ class TorchBackend:
         self.name = name
         self.capabilities = CAPABILITIES
 
-    def solve(self, data: QPData, settings: Settings, warm_start: WarmStart | None = None) -> QPResult:
-        """Solve a batch of dense (or SparseBatch, densified) torch QPs; see :class:`~qpdsl.backends.Backend`.
+    def solve_raw(self, data: QPData, settings: Settings, warm_start: WarmStart | None = None) -> QPResult:
+        """One solve of a batch of dense (or SparseBatch, densified) torch QPs; see :class:`Backend`.
 
         Raises
         ------
         ParameterError
             If the data are not torch tensors of consistent shapes on one device.
         """
-        from .closest import solve_closest_feasible
-
-        return solve_closest_feasible(lambda d, w: solve_raw(d, settings, w), data, settings, warm_start)
+        return solve_raw(data, settings, warm_start)
 
 
 def solve_raw(data: QPData, settings: Settings, warm_start: WarmStart | None = None) -> QPResult:
-    """One ALM solve of the batch, without the closest-feasible stage (infeasible: PRIMAL_INFEASIBLE)."""
+    """One ALM solve of the batch: the claims, unverified (an infeasible element: PRIMAL_INFEASIBLE)."""
     prob, r = _problem(data)
     dtype = prob.q.dtype
     cfg = core.make_config(settings, dtype)

@@ -10,6 +10,7 @@ import scipy.sparse as sp
 from ..errors import ModelError
 from ..expressions.constraints import Constraint
 from ..expressions.expression import Expression, Parameter, Variable
+from ..solve.closest import Shiftable
 from .affine import NONE, Affine
 from .canon import Context, quadratic_terms
 from .parametric import AffineMap, ConstraintRows, ParametricQP, VariableSlice
@@ -204,11 +205,14 @@ def compile_problem(
     blocks: dict[str, list[tuple[Affine, int]]] = {"eq": [], "in": []}
     counts = {"eq": 0, "in": 0}
     lower_rows: list[tuple[int, int]] = []  # rows of C bounded below (from "ge" constraints)
+    user_rows: dict[str, list[tuple[int, int]]] = {"eq": [], "in": []}
     for cc in ctx.constraints:
         group = "eq" if cc.kind == "eq" else "in"
         start = counts[group]
         blocks[group].extend((part, start) for part in cc.parts)
         counts[group] += cc.size
+        if cc.user:
+            user_rows[group].append((start, counts[group]))
         if cc.kind == "ge":
             lower_rows.append((start, counts[group]))
         if cc.origin is not None:
@@ -217,6 +221,10 @@ def compile_problem(
             )
     ctx.constraints.clear()
     n_eq, n_in = counts["eq"], counts["in"]
+    shiftable = {group: np.zeros(counts[group], dtype=bool) for group in counts}
+    for group, spans in user_rows.items():
+        for a, b in spans:
+            shiftable[group][a:b] = True
     is_lower = np.zeros(n_in, dtype=bool)
     for a, b in lower_rows:
         is_lower[a:b] = True
@@ -255,4 +263,5 @@ def compile_problem(
         maps=maps,
         variables=var_slices,
         constraints=rows_of,
+        shiftable=Shiftable(shiftable["eq"], shiftable["in"]),
     )

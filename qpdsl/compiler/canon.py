@@ -63,6 +63,7 @@ class CanonConstraint:
     parts: tuple[Affine, ...]
     size: int
     origin: Constraint | None
+    user: bool = False  # written by the user (a constraint or a sign attribute): may be shifted
 
 
 SLOT_BASE = 1 << 40  # slots are numbered from here, apart from the QP's variables 0, 1, ...
@@ -89,6 +90,7 @@ class Context:
         self.slots = Slots()
         self.constraints: list[CanonConstraint] = []
         self.cache: dict[int, Affine] = {}
+        self.user_variables = {v.id for v in variables}
         for v in variables:
             self.variable_offset(v)
 
@@ -98,7 +100,7 @@ class Context:
             self.var_offset[v] = self.n_var
             self.n_var += v.size
             if v.nonneg:
-                self.add_constraint(v >= 0, None)
+                self.add_constraint(v >= 0, None, user=v.id in self.user_variables)
         return self.var_offset[v]
 
     def new_slots(self, count: int) -> np.ndarray:
@@ -123,7 +125,10 @@ class Context:
         self.cache[expr.id] = out
         return out
 
-    def add_constraint(self, constraint: Constraint, origin: Constraint | None) -> None:
+    def add_constraint(self, constraint: Constraint, origin: Constraint | None, user: bool | None = None) -> None:
+        """Add ``constraint``; ``origin`` is the user's constraint it stands for (None for the
+        compiler's own rows). ``user`` (default: whether there is an origin) marks rows that the
+        closest feasible QP may shift."""
         expr = constraint.expr
         # the terms of a sum stay separate parts, summed when the compiler stacks A and C (so a
         # large ``A @ x`` term is written down once, there)
@@ -138,7 +143,8 @@ class Context:
         if kind == "le" and constraint.rhs.has_variables and not constraint.lhs.has_variables:
             # ``lo <= expr`` (e.g. x >= 0) becomes the lower bound of the row +expr, not -expr <= -lo
             parts, kind = [part.scale(-1.0) for part in parts], "ge"
-        self.constraints.append(CanonConstraint(kind, tuple(parts), expr.size, origin))
+        user = origin is not None if user is None else user
+        self.constraints.append(CanonConstraint(kind, tuple(parts), expr.size, origin, user))
 
     def aux(self, shape: tuple[int, ...], name: str) -> ex.Variable:
         v = ex.Variable(shape, name=f"_{name}")

@@ -173,6 +173,7 @@ class ParametricQP:
     maps: dict[str, AffineMap]
     variables: dict[Variable, VariableSlice]
     constraints: dict[Constraint, ConstraintRows]
+    shiftable: Any = None  # Shiftable: the rows the user wrote (the closest feasible QP may shift them)
 
     @property
     def nnz(self) -> dict[str, int]:

@@ -33,6 +33,7 @@ class QPGrads:
     C: Any
     l: Any
     u: Any
+    ok: Any = None  # (B,) bool: status ok and the adjoint system solved (else the gradients are zero)
 
 
 def qp_vjp(
@@ -82,7 +83,10 @@ def qp_vjp(
         )
     )
     g_dual = lin.project_duals(xp.concat([gy, gz * lin.act_f], axis=1))
-    w = -lin.solve(xp.concat([gx, g_dual], axis=1))
+    rhs = xp.concat([gx, g_dual], axis=1)
+    w = lin.solve(rhs)
+    solved = lin.ok & ~lin.kkt.failed(rhs, w)
+    w = -w
     w_x, w_y, w_z = w[:, :n], w[:, n : n + p], w[:, n + p :] * lin.act_f
 
     g_perp, w_s = shift_vjp(lin, gse - w_y, gsi - w_z)
@@ -103,7 +107,9 @@ def qp_vjp(
         l=xp.where(lin.lower, -u_z, zero),
         u=xp.where(lin.upper, -u_z, zero),
     )
-    return QPGrads(**{k: _mask(lin, v) for k, v in vars(grads).items()})
+    masked = {k: _mask(lin, v) for k, v in vars(grads).items() if k != "ok"}
+    kept = {k: xp.where(xp.reshape(solved, (-1,) + (1,) * (v.ndim - 1)), v, xp.zeros_like(v)) for k, v in masked.items()}
+    return QPGrads(**kept, ok=solved)
 
 
 def qp_jvp(data: QPData, result: QPResult, tangents: QPData) -> tuple[Any, Any, Any, Any, Any]:
@@ -139,7 +145,11 @@ def qp_jvp(data: QPData, result: QPResult, tangents: QPData) -> tuple[Any, Any, 
     )
     rhs_y = db + ds_eq - matvec(dA, lin.x)
     rhs_z = (dh + ds_in - matvec(dC, lin.x)) * lin.act_f
-    sol = lin.solve(xp.concat([rhs_x, rhs_y, rhs_z], axis=1))
+    rhs = xp.concat([rhs_x, rhs_y, rhs_z], axis=1)
+    sol = lin.solve(rhs)
+    # Traced, ``failed`` depends on the primal data only (a failed factorisation): zero those tangents.
+    solved = ~lin.kkt.failed(rhs, sol)
+    sol = xp.where(solved[:, None], sol, xp.zeros_like(sol))
     duals = lin.project_duals(sol[:, n:])
     outs = (sol[:, :n], duals[:, :p], duals[:, p:] * lin.act_f, ds_eq, ds_in)
     return tuple(_mask(lin, o) for o in outs)  # type: ignore[return-value]

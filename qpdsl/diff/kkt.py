@@ -117,6 +117,22 @@ class KKTSolver:
         idx = xp.nonzero(bad | ~self.chol_ok)[0]
         return put_rows(w, idx, self.take(idx)._solve_lu(xp.take(rhs, idx, axis=0)))
 
+    def failed(self, rhs: Any, w: Any) -> Any:
+        """(B,) mask of elements whose solution ``w`` of ``K w = rhs`` cannot be trusted.
+
+        Eagerly: a non-finite ``w`` or a residual above ``sqrt(eps)`` of ``|rhs| + |K| |w|`` after
+        refinement and the LU fallback. Traced (no fallback there): a failed Cholesky factorisation,
+        which depends on the primal data only, so linear maps built on it stay transposable.
+        """
+        xp = self.xp
+        if is_traced(rhs) or is_traced(w):
+            return ~self.chol_ok
+        eps = float(xp.finfo(rhs.dtype).eps)
+        r = rhs - self.matvec(w)
+        size = xp.max(xp.abs(rhs), axis=1) + self.scale * xp.max(xp.abs(w), axis=1)
+        finite = xp.all(xp.isfinite(w), axis=1)
+        return ~finite | xp.any(xp.abs(r) > math.sqrt(eps) * size[:, None], axis=1)
+
     def take(self, idx: Any) -> KKTSolver:
         """The solver of the elements ``idx`` only."""
         xp = self.xp

@@ -1,0 +1,480 @@
+"""The closest-feasible stage, shared by every backend, eager and traced.
+
+A backend solves the batch once and reports a claim per element; :func:`verify` checks the
+ok claims. Elements that are not ok (and not unbounded) get two more solves with the same
+backend:
+
+1. the least-squares feasibility QP, in residual form over ``(x, r_eq, r_in)``::
+
+       minimize    1/2 ||r_eq||² + 1/2 ||r_in||²
+       subject to  A x - D_eq r_eq = b,   l <= C x - D_in r_in <= u
+
+   where ``D`` is 1 on the rows that may be shifted (the user's constraints) and 0 on the rows
+   the compiler added (kept hard). Its optimal ``x_ls`` gives the unique minimal shift
+   ``s* = (A x_ls - b, C x_ls - clip(C x_ls, l, u))``. Its own point is verified like any
+   solution, which checks that the shift is the least-squares one.
+2. the shifted QP in its robust form: ``b' = A x_ls`` and, on the shifted rows,
+   ``l'_i = u'_i = C_i x_ls`` (every point of the shifted feasible set has residual s*, so
+   those rows are equalities there).
+
+Whether a row's shift is zero is decided row by row, relative to that row's own terms. An
+element whose shift is zero everywhere was feasible: it is solved once more from ``x_ls``
+and keeps the status of that solve. The final points are verified on the user's data.
+
+The control flow (any, cond, loop, masked solve) comes from a :class:`Flow`: plain Python on
+concrete arrays, where each solve only sees the elements that need it, and ``jax.lax`` under
+``jit``, where masks select them and the first and the shifted solve share one compiled loop body.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from .._array import device, is_traced, namespace, to_numpy
+from ..qp import QPData, QPResult, Settings, SparseBatch, Status, WarmStart
+from .verify import ROUNDING, _matvec, verify
+
+# A row's shift counts as zero below SHIFT_FACTOR times that row's verification tolerance: the
+# feasibility QP is itself solved to the tolerance.
+SHIFT_FACTOR = 10.0
+
+RawSolve = Callable[[QPData, "WarmStart | None", Any], QPResult]
+RESULT_FIELDS = ("x", "y", "z", "shift_eq", "shift_in", "status", "iterations", "prim_res", "dual_res", "objective")
+
+
+@dataclass(frozen=True)
+class Shiftable:
+    """Which rows the closest feasible QP may shift: (p,) and (m,) boolean numpy arrays.
+
+    ``None`` for a field means every row of that group (standard-form input).
+    """
+
+    eq: np.ndarray | None = None
+    ineq: np.ndarray | None = None
+
+    def masks(self, xp: Any, p: int, m: int, dtype: Any, dev: Any) -> tuple[Any, Any]:
+        """The masks as (1, p), (1, m) 0/1 arrays of ``dtype``."""
+        eq = np.ones(p) if self.eq is None else np.asarray(self.eq, dtype=float)
+        ineq = np.ones(m) if self.ineq is None else np.asarray(self.ineq, dtype=float)
+        return (xp.asarray(eq[None], dtype=dtype, device=dev), xp.asarray(ineq[None], dtype=dtype, device=dev))
+
+
+class Flow:
+    """Control flow for concrete arrays: Python branches; each solve sees only its elements.
+
+    With ``bucket``, a sub-batch is padded to a power of two (at most the full batch) by
+    repeating its last element, for backends that compile once per batch size.
+    """
+
+    def __init__(self, raw: Callable[[QPData, WarmStart | None], QPResult], bucket: bool = False):
+        self.raw = raw
+        self.bucket = bucket
+
+    def any(self, mask: Any) -> Any:
+        return bool(np.any(to_numpy(mask)))
+
+    def cond(self, pred: Any, true_fn: Callable, false_fn: Callable, operand: Any) -> Any:
+        return true_fn(operand) if pred else false_fn(operand)
+
+    def loop(self, cond_fn: Callable, body: Callable, carry: Any) -> Any:
+        while cond_fn(carry):
+            carry = body(carry)
+        return carry
+
+    def solve(self, data: QPData, warm: WarmStart | None, mask: Any, base: QPResult) -> QPResult:
+        """``base`` with the elements in ``mask`` replaced by a solve of ``data``."""
+        index = np.flatnonzero(to_numpy(mask))
+        if index.size == data.batch_size:
+            return _complete(self.raw(data, warm), base)
+        if index.size == 0:
+            return base
+        count = index.size
+        if self.bucket:
+            target = min(1 << (count - 1).bit_length(), data.batch_size)
+            index = np.concatenate([index, np.full(target - count, index[-1])])
+        part = _complete(self.raw(select(data, index), select_warm(warm, index)), None)
+        if index.size > count:
+            part = QPResult(**{f: getattr(part, f)[:count] for f in RESULT_FIELDS}, extras={})
+        return _merge_rows(base, part, index[:count])
+
+
+class TracedFlow(Flow):
+    """Control flow under ``jax.jit``: ``lax`` branches and loops; solves see masks."""
+
+    def __init__(self, raw_masked: Callable[[QPData, WarmStart | None, Any], QPResult]):
+        self.raw_masked = raw_masked
+
+    def any(self, mask: Any) -> Any:
+        import jax.numpy as jnp
+
+        return jnp.any(mask)
+
+    def cond(self, pred: Any, true_fn: Callable, false_fn: Callable, operand: Any) -> Any:
+        import jax
+
+        return jax.lax.cond(pred, true_fn, false_fn, operand)
+
+    def loop(self, cond_fn: Callable, body: Callable, carry: Any) -> Any:
+        import jax
+
+        return jax.lax.while_loop(cond_fn, body, carry)
+
+    def solve(self, data: QPData, warm: WarmStart | None, mask: Any, base: QPResult) -> QPResult:
+        res = _complete(self.raw_masked(data, warm, mask), base)
+        return _where_rows(mask, res, base)
+
+
+def solve_with_closest_feasible(
+    flow: Flow,
+    data: QPData,
+    settings: Settings,
+    warm_start: WarmStart | None = None,
+    shiftable: Shiftable | None = None,
+) -> QPResult:
+    """Solve ``data`` through ``flow``; verify; replace infeasible elements by their closest feasible QP.
+
+    Returns
+    -------
+    QPResult
+        Per element: the verified first result when it is ok or unbounded; otherwise, when the
+        problem is infeasible, the solution of the shifted QP with status
+        ``solved_closest_feasible`` and ``shift_eq``, ``shift_in`` equal to s*; a feasible
+        element that the first solve missed gets the status of its second solve. With
+        ``settings.closest_feasible=False`` a ``primal_infeasible`` claim is reported only when
+        the feasibility QP confirms a nonzero shift (else ``inaccurate``).
+    """
+    shiftable = shiftable or Shiftable()
+    xp = namespace(data.q)
+    tol = settings.tolerance(data.q.dtype)
+    batch = data.batch_size
+    everyone = xp.ones((batch,), dtype=xp.bool, device=device(data.q))
+    first = verify(data, flow.solve(data, warm_start, everyone, _blank(data)), settings)
+    if data.n_eq + data.n_in == 0:
+        return first
+    status = first.status
+    if settings.closest_feasible:
+        todo = ~_is_ok(status) & (status != int(Status.DUAL_INFEASIBLE))
+    else:
+        todo = status == int(Status.PRIMAL_INFEASIBLE)
+
+    feasibility = _feasibility_qp(data, shiftable)
+
+    def stage(_: Any) -> tuple[Any, Any, Any, Any, Any]:
+        blank = _blank(feasibility)
+        feas = verify(feasibility, flow.solve(feasibility, None, todo, blank), settings)
+        x_ls = xp.where(todo[:, None], feas.x[:, : data.n], xp.zeros_like(feas.x[:, : data.n]))
+        sh = closest_shift(data, x_ls, tol, settings.eps_rel)
+        feas_ok = todo & _is_ok(feas.status)
+        return sh, feas_ok, feas.iterations, x_ls, feas_ok & sh.shifted
+
+    def no_stage(_: Any) -> tuple[Any, Any, Any, Any, Any]:
+        sh = _zero_shift(data)
+        none = xp.zeros_like(everyone)
+        return sh, none, first.iterations * 0, xp.zeros_like(data.q), none
+
+    sh, feas_ok, feas_iters, x_ls, shifted = flow.cond(flow.any(todo), stage, no_stage, None)
+
+    if not settings.closest_feasible:
+        confirmed = shifted
+        code = xp.where(
+            todo & ~confirmed, xp.asarray(int(Status.INACCURATE), dtype=status.dtype, device=device(status)), status
+        )
+        return replace(first, status=code)
+
+    # Second solve: shifted elements on the robust shifted QP, false alarms on their own QP,
+    # both started from the least-squares point.
+    again = feas_ok
+    first = replace(first, compl_res=None, gap=None, extras={})  # the fields every solve fills
+    robust = shifted_data(data, sh)
+    warm2 = WarmStart(x=x_ls, y=None if warm_start is None else warm_start.y, z=None if warm_start is None else warm_start.z)
+    second = flow.cond(
+        flow.any(again),
+        lambda _: flow.solve(robust, warm2, again, first),
+        lambda _: first,
+        None,
+    )
+    rows = shifted[:, None]
+    zero_eq, zero_in = xp.zeros_like(sh.s_eq), xp.zeros_like(sh.s_in)
+    new_status = xp.where(shifted, closest_status(xp, second.status), second.status)
+    merged = replace(
+        _where_rows(again, second, first),
+        status=xp.where(again, new_status, first.status),
+        shift_eq=xp.where(rows, sh.s_eq, zero_eq),
+        shift_in=xp.where(rows, sh.s_in, zero_in),
+        iterations=xp.where(again, second.iterations + first.iterations + feas_iters, first.iterations),
+    )
+    return verify(data, merged, settings)
+
+
+def _is_ok(status: Any) -> Any:
+    return (status == int(Status.SOLVED)) | (status == int(Status.SOLVED_CLOSEST_FEASIBLE))
+
+
+class Shift(NamedTuple):
+    """The minimal shift read off the least-squares point ``x_ls``, per element (dense arrays)."""
+
+    ax: Any  # (B, p) A x_ls
+    cx: Any  # (B, m) C x_ls
+    s_eq: Any  # (B, p) A x_ls - b, zero on rows whose shift is not significant
+    s_in: Any  # (B, m) C x_ls - clip(C x_ls, l, u), likewise
+    shifted: Any  # (B,) bool, whether some row of the element has a significant shift
+
+
+def closest_shift(data: QPData, x_ls: Any, tolerance: float, eps_rel: float = 0.0) -> Shift:
+    """The shift of every element read off ``x_ls``; rows below their own tolerance count as zero.
+
+    Row i's tolerance is ``SHIFT_FACTOR * (tolerance + (eps_rel + 10 u) * scale_i)`` with
+    ``scale_i`` the size of that row's terms (``|A_i| |x_ls| + |b_i|``, and likewise with the
+    finite bound for an inequality row), so a large bound on one row never hides the shift of
+    another. Traceable (no host synchronisation).
+    """
+    xp = namespace(x_ls)
+    u = float(xp.finfo(x_ls.dtype).eps) / 2.0
+    rel = float(eps_rel) + ROUNDING * u
+    ax, ax_abs = _matvec(data.A, x_ls), _matvec(data.A, xp.abs(x_ls), absolute=True)
+    cx, cx_abs = _matvec(data.C, x_ls), _matvec(data.C, xp.abs(x_ls), absolute=True)
+    b = xp.asarray(data.b, dtype=x_ls.dtype)
+    l, up = xp.asarray(data.l, dtype=x_ls.dtype), xp.asarray(data.u, dtype=x_ls.dtype)
+    s_eq = ax - b
+    s_in = cx - xp.minimum(xp.maximum(cx, l), up)
+    zero = xp.zeros_like(s_in)
+    bound = xp.where(s_in > 0, xp.abs(up), xp.where(s_in < 0, xp.abs(l), zero))
+    tol_eq = SHIFT_FACTOR * (tolerance + rel * (ax_abs + xp.abs(b)))
+    tol_in = SHIFT_FACTOR * (tolerance + rel * (cx_abs + bound))
+    big_eq, big_in = xp.abs(s_eq) > tol_eq, xp.abs(s_in) > tol_in
+    s_eq = xp.where(big_eq, s_eq, xp.zeros_like(s_eq))
+    s_in = xp.where(big_in, s_in, zero)
+    shifted = _row_any(xp, big_eq) | _row_any(xp, big_in)
+    return Shift(ax, cx, s_eq, s_in, shifted)
+
+
+def _zero_shift(data: QPData) -> Shift:
+    xp = namespace(data.q)
+    zeros_eq = xp.zeros_like(xp.asarray(data.b, dtype=data.q.dtype))
+    zeros_in = xp.zeros_like(xp.asarray(data.l, dtype=data.q.dtype))
+    none = xp.zeros((data.batch_size,), dtype=xp.bool, device=device(data.q))
+    return Shift(zeros_eq, zeros_in, zeros_eq, zeros_in, none)
+
+
+def shifted_data(data: QPData, sh: Shift) -> QPData:
+    """The shifted QP of every element in its robust form: ``b' = b + s_eq``, ``l'_i = u'_i = C_i x_ls``
+    on the shifted inequality rows, elsewhere ``[l, u]`` widened to hold ``C x_ls``."""
+    xp = namespace(sh.cx)
+    moved = sh.s_in != 0
+    return replace(
+        data,
+        b=data.b + sh.s_eq,
+        l=xp.where(moved, sh.cx, xp.minimum(data.l, sh.cx)),
+        u=xp.where(moved, sh.cx, xp.maximum(data.u, sh.cx)),
+    )
+
+
+def closest_status(xp: Any, codes: Any) -> Any:
+    """Status codes of the shifted solves as reported for the original QPs: ok becomes
+    ``solved_closest_feasible``, ``primal_infeasible`` (cannot happen in exact arithmetic)
+    becomes ``numerical_error``, anything else stays."""
+    failed = xp.where(codes == int(Status.PRIMAL_INFEASIBLE), int(Status.NUMERICAL_ERROR), codes)
+    return xp.where(_is_ok(codes), int(Status.SOLVED_CLOSEST_FEASIBLE), failed)
+
+
+def _feasibility_qp(data: QPData, shiftable: Shiftable) -> QPData:
+    """The least-squares feasibility QP over ``(x, r_eq, r_in)`` (see the module docstring)."""
+    n, p, m = data.n, data.n_eq, data.n_in
+    if data.is_sparse:
+        return _sparse_feasibility_qp(data, shiftable)
+    xp = namespace(data.q)
+    batch, dtype, dev = data.batch_size, data.q.dtype, device(data.q)
+    d_eq, d_in = shiftable.masks(xp, p, m, dtype, dev)
+
+    def zeros(r: int, c: int) -> Any:
+        return xp.zeros((batch, r, c), dtype=dtype, device=dev)
+
+    def diag(v: Any) -> Any:
+        k = v.shape[1]
+        return xp.broadcast_to(xp.eye(k, dtype=dtype, device=dev)[None] * v[:, None, :], (batch, k, k))
+
+    P = xp.concat(
+        [
+            xp.concat([zeros(n, n), zeros(n, p), zeros(n, m)], axis=2),
+            xp.concat([zeros(p, n), diag(xp.ones_like(d_eq)), zeros(p, m)], axis=2),
+            xp.concat([zeros(m, n), zeros(m, p), diag(xp.ones_like(d_in))], axis=2),
+        ],
+        axis=1,
+    )
+    return QPData(
+        P=P,
+        q=xp.zeros((batch, n + p + m), dtype=dtype, device=dev),
+        A=xp.concat([xp.asarray(data.A, dtype=dtype), -diag(d_eq), zeros(p, m)], axis=2),
+        b=data.b,
+        C=xp.concat([xp.asarray(data.C, dtype=dtype), zeros(m, p), -diag(d_in)], axis=2),
+        l=data.l,
+        u=data.u,
+    )
+
+
+def _sparse_feasibility_qp(data: QPData, shiftable: Shiftable) -> QPData:
+    n, p, m = data.n, data.n_eq, data.n_in
+    batch, size = data.batch_size, n + p + m
+    dtype = np.asarray(data.q).dtype
+    diag = np.arange(n, size)
+    P = SparseBatch(diag, diag, np.ones((batch, p + m), dtype=dtype), (size, size))
+
+    def with_identity(M: Any, offset: int, k: int, mask: np.ndarray | None) -> SparseBatch:
+        S = _as_sparse(M)
+        keep = np.arange(k) if mask is None else np.flatnonzero(mask)
+        return SparseBatch(
+            np.concatenate([S.rows, keep]),
+            np.concatenate([S.cols, offset + keep]),
+            np.concatenate([np.asarray(S.values), -np.ones((batch, keep.size), dtype=dtype)], axis=1),
+            (k, size),
+        )
+
+    return QPData(
+        P=P,
+        q=np.zeros((batch, size), dtype=dtype),
+        A=with_identity(data.A, n, p, shiftable.eq),
+        b=data.b,
+        C=with_identity(data.C, n + p, m, shiftable.ineq),
+        l=data.l,
+        u=data.u,
+    )
+
+
+def _as_sparse(M: Any) -> SparseBatch:
+    """A numpy SparseBatch holding ``M`` (the union of the batch's nonzero patterns if dense)."""
+    if isinstance(M, SparseBatch):
+        return M
+    M = np.asarray(M)
+    rows, cols = np.nonzero(np.any(M != 0, axis=0))
+    return SparseBatch(rows, cols, M[:, rows, cols], (M.shape[1], M.shape[2]))
+
+
+def _row_any(xp: Any, mask: Any) -> Any:
+    if mask.shape[1] == 0:
+        return xp.zeros(mask.shape[0], dtype=xp.bool, device=device(mask))
+    return xp.any(mask, axis=1)
+
+
+# --------------------------------------------------------------------------- batch plumbing
+
+
+def _blank(data: QPData) -> QPResult:
+    """A result of the right shapes that claims nothing (status ``numerical_error``, zeros)."""
+    xp = namespace(data.q)
+    dtype, dev, batch = data.q.dtype, device(data.q), data.batch_size
+
+    def zeros(width: int) -> Any:
+        return xp.zeros((batch, width), dtype=dtype, device=dev)
+
+    scalar = xp.zeros((batch,), dtype=dtype, device=dev)
+    return QPResult(
+        x=zeros(data.n),
+        y=zeros(data.n_eq),
+        z=zeros(data.n_in),
+        shift_eq=zeros(data.n_eq),
+        shift_in=zeros(data.n_in),
+        status=xp.full((batch,), int(Status.NUMERICAL_ERROR), dtype=xp.int64, device=dev),
+        iterations=xp.zeros((batch,), dtype=xp.int64, device=dev),
+        prim_res=scalar,
+        dual_res=scalar,
+        objective=scalar,
+    )
+
+
+def _complete(res: QPResult, like: QPResult | None) -> QPResult:
+    """``res`` with the optional fields filled (NaN) and ints in int64, so that results merge."""
+    xp = namespace(res.x)
+    batch, dtype, dev = res.x.shape[0], res.x.dtype, device(res.x)
+    nan = xp.full((batch,), float("nan"), dtype=dtype, device=dev)
+
+    def fill(a: Any, integer: bool = False) -> Any:
+        if a is None:
+            return xp.zeros((batch,), dtype=xp.int64, device=dev) if integer else nan
+        a = xp.reshape(xp.asarray(a, device=dev), (batch,))
+        return xp.astype(a, xp.int64 if integer else dtype)
+
+    return replace(
+        res,
+        status=fill(res.status, True),
+        iterations=fill(res.iterations, True),
+        prim_res=fill(res.prim_res),
+        dual_res=fill(res.dual_res),
+        objective=fill(res.objective),
+        compl_res=None,
+        gap=None,
+        extras={},
+    )
+
+
+def _where_rows(mask: Any, new: QPResult, old: QPResult) -> QPResult:
+    """Per element, ``new`` where ``mask`` else ``old`` (fields present in both)."""
+    xp = namespace(new.x)
+
+    def pick(a: Any, b: Any) -> Any:
+        if a is None or b is None:
+            return b if a is None else a
+        m = xp.reshape(mask, (mask.shape[0],) + (1,) * (a.ndim - 1))
+        return xp.where(m, a, xp.astype(b, a.dtype))
+
+    return QPResult(**{f: pick(getattr(new, f), getattr(old, f)) for f in RESULT_FIELDS}, extras={})
+
+
+def _merge_rows(base: QPResult, part: QPResult, index: np.ndarray) -> QPResult:
+    """``base`` with rows ``index`` replaced by ``part`` (no in-place update)."""
+    out = {}
+    for f in RESULT_FIELDS:
+        full, sub = getattr(base, f), getattr(part, f)
+        out[f] = full if sub is None else _scatter_rows(full, sub, index, base.x.shape[0])
+    return QPResult(**out, extras={})
+
+
+def select(data: QPData, index: np.ndarray) -> QPData:
+    """The sub-batch ``index`` of dense or sparse data."""
+    xp = namespace(data.q)
+    k = _take(xp, index, device(data.q))
+
+    def sel(a: Any) -> Any:
+        if a is None:
+            return None
+        if isinstance(a, SparseBatch):
+            return replace(a, values=np.asarray(a.values)[index])
+        return xp.take(a, k, axis=0)
+
+    return QPData(**{f.name: sel(getattr(data, f.name)) for f in fields(QPData)})
+
+
+def select_warm(warm: WarmStart | None, index: np.ndarray) -> WarmStart | None:
+    if warm is None:
+        return None
+
+    def sel(a: Any) -> Any:
+        if a is None:
+            return None
+        xp = namespace(a)
+        return xp.take(a, _take(xp, index, device(a)), axis=0)
+
+    return WarmStart(sel(warm.x), sel(warm.y), sel(warm.z))
+
+
+def _scatter_rows(full: Any, part: Any, index: np.ndarray, batch: int) -> Any:
+    """``full`` with rows ``index`` replaced by ``part``."""
+    xp = namespace(full, part)
+    dev = device(full)
+    pos = np.zeros(batch, dtype=np.int64)
+    pos[index] = np.arange(index.size)
+    mask = np.zeros((batch,) + (1,) * (full.ndim - 1), dtype=bool)
+    mask[index] = True
+    taken = xp.take(xp.astype(part, full.dtype), _take(xp, pos, dev), axis=0)
+    return xp.where(xp.asarray(mask, device=dev), taken, full)
+
+
+def _take(xp: Any, index: np.ndarray, dev: Any = None) -> Any:
+    return xp.asarray(np.asarray(index, dtype=np.int64), device=dev)
+
+
+def traced(data: QPData) -> bool:
+    return any(is_traced(getattr(data, f.name)) for f in fields(QPData) if getattr(data, f.name) is not None)

@@ -1,0 +1,240 @@
+"""Independent verification of a backend's answer on the unscaled standard-form data.
+
+A backend's status is a claim. Before an element is reported ``solved`` or
+``solved_closest_feasible``, its point ``(x, y, z)`` with shift ``(s_eq, s_in)`` is checked on
+the data the user gave (the shifted bounds ``b + s_eq``, ``l + min(s_in, 0)``,
+``u + max(s_in, 0)`` for a closest-feasible element), row by row:
+
+- primal residual of every equality and inequality row;
+- dual residual ``P x + q + A'y + C'z`` of every variable;
+- complementarity of every inequality row (``z_i > 0`` only where row i is at its upper
+  bound, ``z_i < 0`` only at its lower bound, never on an infinite side);
+- the duality gap ``x'Px + q'x + b'y + u'[z]_+ - l'[z]_-`` of the element.
+
+Each quantity passes when it is within ``eps_abs + eps_rel * scale + 10 * u * scale``, where
+``scale`` is the sum of the magnitudes of the terms that make it up (for a row, that row's own
+terms only) and ``u`` the unit roundoff of the dtype: a large number in one row can neither
+hide nor fake an error in another, and a point correct to rounding is never condemned.
+Bounds of magnitude 1e20 or more are infinite.
+
+The code uses only array-API operations without host synchronisation, so the same check runs
+on numpy, torch (CPU or CUDA) and JAX arrays, eagerly and under ``jax.jit``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from .._array import device, namespace
+from ..qp import QPData, QPResult, Settings, SparseBatch, Status
+
+INFINITE_BOUND = 1e20
+ROUNDING = 10.0  # rounding allowance, in units of roundoff times the scale of the terms
+
+
+class Check(NamedTuple):
+    """Per-element outcome of :func:`check_point` (all (B,) arrays)."""
+
+    passed: Any  # bool
+    prim_res: Any  # largest primal residual (absolute)
+    dual_res: Any  # largest dual residual
+    compl_res: Any  # largest complementarity violation
+    gap: Any  # |duality gap|
+
+
+def check_point(
+    data: QPData,
+    x: Any,
+    y: Any,
+    z: Any,
+    s_eq: Any,
+    s_in: Any,
+    eps_abs: float,
+    eps_rel: float,
+) -> Check:
+    """Check ``(x, y, z)`` as a solution of the QPs ``data`` with constraint shifts ``(s_eq, s_in)``.
+
+    Parameters
+    ----------
+    data
+        The batch (dense arrays of any framework, or numpy :class:`~qpdsl.qp.SparseBatch` matrices).
+    x, y, z
+        The point, (B, n), (B, p), (B, m).
+    s_eq, s_in
+        Shifts of the equality and inequality rows, (B, p), (B, m) (zeros for a plain solve).
+    eps_abs, eps_rel
+        The requested tolerances.
+
+    Returns
+    -------
+    Check
+        Whether every residual of the element is within its tolerance, and the residuals.
+        Non-finite points fail.
+    """
+    xp = namespace(x)
+    dtype = x.dtype
+    u = float(xp.finfo(dtype).eps) / 2.0
+    rel = float(eps_rel) + ROUNDING * u
+
+    def within(value: Any, scale: Any) -> Any:
+        return value <= eps_abs + rel * scale
+
+    def row_all(mask: Any) -> Any:
+        return xp.all(mask, axis=1) if mask.shape[1] else xp.ones(mask.shape[0], dtype=xp.bool, device=device(mask))
+
+    def row_max(a: Any) -> Any:
+        if a.shape[1] == 0:
+            return xp.zeros(a.shape[0], dtype=a.dtype, device=device(a))
+        return xp.max(a, axis=1)
+
+    ax, ax_abs = _matvec(data.A, x), _matvec(data.A, xp.abs(x), absolute=True)
+    cx, cx_abs = _matvec(data.C, x), _matvec(data.C, xp.abs(x), absolute=True)
+    b = xp.asarray(data.b, dtype=dtype)
+    l, up = xp.asarray(data.l, dtype=dtype), xp.asarray(data.u, dtype=dtype)
+    zero_in = xp.zeros_like(s_in)
+    lo = l + xp.minimum(s_in, zero_in)
+    hi = up + xp.maximum(s_in, zero_in)
+    # A shifted row holds with equality at every point of the shifted feasible set (its residual is
+    # the least possible): its multiplier may take either sign.
+    moved = s_in != 0
+    target = xp.where(s_in > 0, hi, lo)
+    lo, hi = xp.where(moved, target, lo), xp.where(moved, target, hi)
+    lo_inf, hi_inf = lo <= -INFINITE_BOUND, hi >= INFINITE_BOUND
+    lo_f = xp.where(lo_inf, zero_in, lo)
+    hi_f = xp.where(hi_inf, zero_in, hi)
+
+    # primal residuals, row by row
+    b_s = b + s_eq
+    r_eq = xp.abs(ax - b_s)
+    ok_eq = row_all(within(r_eq, ax_abs + xp.abs(b) + xp.abs(s_eq)))
+    viol = xp.where(hi_inf, zero_in, xp.maximum(cx - hi_f, zero_in)) + xp.where(
+        lo_inf, zero_in, xp.maximum(lo_f - cx, zero_in)
+    )
+    bound_scale = xp.maximum(xp.abs(lo_f), xp.abs(hi_f)) + xp.abs(s_in)
+    ok_in = row_all(within(viol, cx_abs + bound_scale))
+
+    # dual residual, variable by variable
+    px, px_abs = _matvec(data.P, x), _matvec(data.P, xp.abs(x), absolute=True)
+    q = xp.asarray(data.q, dtype=dtype)
+    grad = px + q + _rmatvec(data.A, y) + _rmatvec(data.C, z)
+    grad_scale = px_abs + xp.abs(q) + _rmatvec(data.A, xp.abs(y), absolute=True)
+    grad_scale = grad_scale + _rmatvec(data.C, xp.abs(z), absolute=True)
+    r_dual = xp.abs(grad)
+    ok_dual = row_all(within(r_dual, grad_scale))
+
+    # complementarity, row by row: a multiplier only where its side is active and finite
+    z_up, z_lo = xp.maximum(z, zero_in), xp.maximum(-z, zero_in)
+    z_size = row_max(xp.abs(z))
+    wrong_side = xp.where(hi_inf, z_up, zero_in) + xp.where(lo_inf, z_lo, zero_in)
+    ok_sign = row_all(within(wrong_side, z_size[:, None] + zero_in))
+    slack = xp.where(hi_inf, zero_in, z_up * xp.maximum(hi_f - cx, zero_in)) + xp.where(
+        lo_inf, zero_in, z_lo * xp.maximum(cx - lo_f, zero_in)
+    )
+    one = xp.ones_like(z)
+    compl_tol = (eps_abs + rel * (cx_abs + bound_scale)) * xp.maximum(xp.abs(z), one)
+    ok_compl = row_all(slack <= compl_tol)
+
+    # duality gap of the element
+    xpx = xp.sum(x * px, axis=1)
+    qx = xp.sum(q * x, axis=1)
+    by = xp.sum(b_s * y, axis=1)
+    support = xp.sum(xp.where(hi_inf, zero_in, hi_f * z_up) - xp.where(lo_inf, zero_in, lo_f * z_lo), axis=1)
+    gap = xp.abs(xpx + qx + by + support)
+    gap_scale = (
+        xp.sum(xp.abs(x) * px_abs, axis=1)
+        + xp.sum(xp.abs(q * x), axis=1)
+        + xp.sum(xp.abs(b_s * y), axis=1)
+        + xp.sum(xp.where(hi_inf, zero_in, xp.abs(hi_f) * z_up) + xp.where(lo_inf, zero_in, xp.abs(lo_f) * z_lo), axis=1)
+    )
+    ok_gap = within(gap, gap_scale)
+
+    finite = row_all(xp.isfinite(x)) & row_all(xp.isfinite(y)) & row_all(xp.isfinite(z))
+    passed = finite & ok_eq & ok_in & ok_dual & ok_sign & ok_compl & ok_gap
+    prim = xp.maximum(row_max(r_eq), row_max(viol))
+    compl = xp.maximum(row_max(slack), row_max(wrong_side))
+    return Check(passed, prim, row_max(r_dual), compl, gap)
+
+
+def verify(data: QPData, result: QPResult, settings: Settings) -> QPResult:
+    """``result`` with every ok claim that fails :func:`check_point` downgraded to ``inaccurate``.
+
+    Other statuses are kept as reported. The residuals measured on ``data`` replace the
+    backend's own (``prim_res``, ``dual_res``) and are added (``compl_res``, ``gap``) for the
+    elements with an ok claim; the others keep what the backend reported.
+    """
+    xp = namespace(result.x)
+    dtype = result.x.dtype
+    status = result.status
+    claimed = (status == int(Status.SOLVED)) | (status == int(Status.SOLVED_CLOSEST_FEASIBLE))
+    closest = status == int(Status.SOLVED_CLOSEST_FEASIBLE)
+    rows = closest[:, None]
+    s_eq = xp.where(rows, result.shift_eq, xp.zeros_like(result.shift_eq))
+    s_in = xp.where(rows, result.shift_in, xp.zeros_like(result.shift_in))
+    # Elements that claim nothing are checked on zeros: finite arithmetic, result ignored.
+    def clean(a: Any) -> Any:
+        return xp.where(claimed[:, None], a, xp.zeros_like(a))
+
+    chk = check_point(
+        data, clean(result.x), clean(result.y), clean(result.z), s_eq, s_in,
+        settings.tolerance(dtype), settings.eps_rel,
+    )
+    failed = claimed & ~chk.passed
+    code = xp.asarray(int(Status.INACCURATE), dtype=status.dtype, device=device(status))
+    new_status = xp.where(failed, code, status)
+
+    def keep(mine: Any, theirs: Any) -> Any:
+        if theirs is None:
+            theirs = xp.full(mine.shape, float("nan"), dtype=dtype, device=device(mine))
+        return xp.where(claimed, xp.astype(mine, dtype), xp.astype(xp.asarray(theirs, device=device(mine)), dtype))
+
+    return replace(
+        result,
+        status=new_status,
+        prim_res=keep(chk.prim_res, result.prim_res),
+        dual_res=keep(chk.dual_res, result.dual_res),
+        compl_res=keep(chk.compl_res, None),
+        gap=keep(chk.gap, None),
+    )
+
+
+def _matvec(M: Any, x: Any, absolute: bool = False) -> Any:
+    """Batched ``M @ x`` (``|M| @ x`` with ``absolute``) for a dense (B, r, c) array or a SparseBatch."""
+    if isinstance(M, SparseBatch):
+        return _sparse_sum(M.rows, M.shape[0], _values(M, absolute) * np.asarray(x)[:, M.cols])
+    xp = namespace(x)
+    M = xp.asarray(M, dtype=x.dtype)
+    if absolute:
+        M = xp.abs(M)
+    if M.shape[1] == 0:
+        return xp.zeros((x.shape[0], 0), dtype=x.dtype, device=device(x))
+    return xp.matmul(M, x[..., None])[..., 0]
+
+
+def _rmatvec(M: Any, v: Any, absolute: bool = False) -> Any:
+    """Batched ``M' @ v`` (``|M|' @ v`` with ``absolute``)."""
+    if isinstance(M, SparseBatch):
+        return _sparse_sum(M.cols, M.shape[1], _values(M, absolute) * np.asarray(v)[:, M.rows])
+    xp = namespace(v)
+    M = xp.asarray(M, dtype=v.dtype)
+    if absolute:
+        M = xp.abs(M)
+    if M.shape[1] == 0:
+        return xp.zeros((v.shape[0], M.shape[2]), dtype=v.dtype, device=device(v))
+    return xp.matmul(v[..., None, :], M)[..., 0, :]
+
+
+def _values(M: SparseBatch, absolute: bool) -> np.ndarray:
+    values = np.asarray(M.values)
+    return np.abs(values) if absolute else values
+
+
+def _sparse_sum(index: np.ndarray, size: int, terms: np.ndarray) -> np.ndarray:
+    """``out[:, i] = sum of terms[:, k] over k with index[k] == i`` for a (B, nnz) batch of terms."""
+    import scipy.sparse as sp
+
+    nnz = index.size
+    gather = sp.csr_matrix((np.ones(nnz), (index, np.arange(nnz))), shape=(size, nnz))
+    return np.asarray(gather @ terms.T).T
