@@ -402,12 +402,21 @@ def test_unsupported_atoms_raise():
     _raises(cp.Problem(cp.Minimize(cp.sum(x / p))), "divides by a non-constant")
 
 
+def test_non_dpp_product_of_parameters_is_rewritten():
+    x = cp.Variable(3)
+    a = cp.Parameter(value=1.5)
+    b = cp.Parameter(value=2.0)
+    prob = qd.from_cvxpy(cp.Problem(cp.Minimize(cp.sum_squares(x) + a * (b * cp.sum(x)))))
+    sol = prob.solve(backend="proxsuite")
+    np.testing.assert_allclose(sol[prob.cvxpy_map[x]], -np.full(3, 1.5), atol=1e-7)
+
+
 def test_non_dpp_and_non_convex_raise():
     x = cp.Variable(3)
-    a = cp.Parameter(value=1.0)
-    b = cp.Parameter(value=2.0)
-    with pytest.raises(qd.ModelError, match="two parameter"):
-        qd.from_cvxpy(cp.Problem(cp.Minimize(cp.sum_squares(x) + a * (b * cp.sum(x)))))
+    g = cp.Parameter(nonneg=True, value=1.0)
+    q = cp.Parameter((3, 3), PSD=True, value=np.eye(3))
+    with pytest.raises(qd.ModelError, match="products of parameters"):
+        qd.from_cvxpy(cp.Problem(cp.Minimize(g * cp.quad_form(x, q))))
     with pytest.raises(qd.ModelError, match="not convex"):
         qd.from_cvxpy(cp.Problem(cp.Minimize(-cp.sum_squares(x))))
     with pytest.raises(qd.ModelError, match="quadratic"):

@@ -193,18 +193,28 @@ def test_variable_times_variable(m):
     raises_model(lambda: m.X @ qd.Variable(3, name="v"), "X @ v", "not affine")
 
 
-def test_parameter_times_parameter_times_variable(m):
-    raises_model(lambda: m.p * m.p * m.x, "p * p", "two parameter expressions", "single Parameter")
-    raises_model(lambda: (m.p * m.x) * m.p, "p * x * p", "two parameter expressions")
-    raises_model(lambda: m.P @ (m.P @ m.x), "P @ P @ x", "not be affine in the parameters")
+def test_parameter_times_parameter_times_variable_is_rewritten(m):
+    # an auxiliary variable keeps these affine in the parameters (tests/test_language_extensions.py)
+    for expr in (m.p * m.p * m.x, (m.p * m.x) * m.p, m.P @ (m.P @ m.x)):
+        qd.Problem(qd.Minimize(qd.sum_squares(m.x) + qd.sum(expr)))
+
+
+def test_product_of_parameter_matrices_as_factor(m):
+    raises_model(
+        lambda: qd.Problem(qd.Minimize(qd.sum_squares(m.x) + qd.sum((m.P @ m.P) @ m.x))),
+        "P @ P @ x",
+        "itself a product of parameters",
+        "the other way round",
+    )
 
 
 def test_parameter_scaling_parametric_quadratic(m):
     raises_model(
         lambda: qd.Problem(qd.Minimize(m.g * qd.quad_form(m.x, m.S))),
         "g * quad_form(x, S)",
-        "two parameter expressions",
-        "single Parameter",
+        "products of parameters",
+        "Parameter(psd=True)",
+        "qd.sum_squares(F @ w)",
     )
 
 

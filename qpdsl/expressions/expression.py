@@ -525,7 +525,7 @@ def _paren(e: Expression) -> str:
 
 
 class _Product(Expression):
-    """Shared facts of elementwise and matrix products: one factor must be constant data."""
+    """Shared facts of elementwise and matrix products: one factor must be free of variables."""
 
     symbol = "*"
 
@@ -536,11 +536,8 @@ class _Product(Expression):
                 f"the product {self.describe()} multiplies two expressions that both hold variables; "
                 "it is not affine. Write quadratic terms with qd.quad_form, qd.sum_squares or qd.square"
             )
-        if lhs.has_parameters and rhs.has_parameters:
-            raise ModelError(
-                f"the product {self.describe()} multiplies two parameter expressions, so the QP data "
-                "would not be affine in the parameters; pass their product as a single Parameter"
-            )
+        # a product of two parameter expressions is not refused here: the compiler makes one side
+        # an auxiliary variable (t == side), which keeps the QP data affine in the parameters
 
     @property
     def factor(self) -> Expression:
