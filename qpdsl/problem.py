@@ -106,7 +106,7 @@ class Problem:
         if not isinstance(objective, (Minimize, Maximize)):
             raise ModelError("the objective must be qd.Minimize(expr) or qd.Maximize(expr)")
         self.objective = objective
-        self.constraints: list[Constraint] = list(constraints or [])
+        self.constraints: list[Constraint] = _constraint_list(constraints)
         for c in self.constraints:
             if not isinstance(c, Constraint):
                 raise ModelError(f"{c!r} is not a constraint; write expressions with ==, <= or >=")
@@ -255,6 +255,23 @@ class Problem:
         data = _to_framework(data, caps.framework)
         result = solver.solve(data, Settings().with_options(**settings), warm_start)
         return Solution(self, qp, _result_to_numpy(result), to_numpy_data(data), batched)
+
+
+def _constraint_list(constraints: Any) -> list[Constraint]:
+    """The constraints as a list; a single constraint or expression is refused (cvxpy needs a list too)."""
+    if constraints is None:
+        return []
+    if isinstance(constraints, Constraint):
+        raise ModelError(
+            "the constraints of a Problem are a list: wrap the single constraint in [ ], "
+            f"qd.Problem(objective, [{constraints.describe()}])"
+        )
+    if isinstance(constraints, Expression):
+        raise ModelError(
+            f"{constraints.describe()} is an expression, not a list of constraints; "
+            "write constraints with ==, <= or >= and pass them in a list"
+        )
+    return list(constraints)
 
 
 def _check_on_failure(on_failure: str) -> str:

@@ -492,3 +492,42 @@ def test_parameter_default_value_is_checked(pp):
     prob = qd.Problem(qd.Minimize(w * qd.sum_squares(x)))
     with pytest.raises(qd.ParameterError, match="parameter w"):
         prob.solve({})
+
+
+# ---------------------------------------------------------------- operators qpdsl does not have
+
+
+def test_not_equal(m):
+    raises_model(lambda: m.x != 1, "x != 1", "no != constraint", "<=", ">=", "not a QP")
+    raises_model(lambda: 1 != m.x, "!= constraint")
+
+
+def test_single_constraint_not_in_a_list(m):
+    raises_model(lambda: qd.Problem(qd.Minimize(qd.sum(m.x)), m.x >= 0), "a list", "[0 <= x]")
+
+
+def test_power(m):
+    raises_model(lambda: m.x**2, "x ** 2", "qd.square(x)", "qd.sum_squares(x)")
+    raises_model(lambda: m.x**3, "x ** 3", "only")
+    raises_model(lambda: 2**m.x, "2 ** x", "not")
+    assert (m.x**1) is m.x
+
+
+def test_axis_must_be_none_or_int(m):
+    for fn in (qd.sum, qd.mean, qd.max, qd.min):
+        raises_model(lambda fn=fn: fn(m.X, axis=(0, 1)), "axis=(0, 1)", "axis=None or an int")
+    raises_model(lambda: m.X.sum(axis=(0, 1)), "axis=None or an int")
+    raises_model(lambda: qd.cumsum(m.X, axis=(0,)), "an int")
+
+
+def test_index_must_be_int_slice_or_int_array(m):
+    raises_model(lambda: m.x[1.5], "x[1.5]", "int, a slice", "integer array")
+    raises_model(lambda: m.x[np.array([0.0, 1.0])], "integer array")
+    raises_model(lambda: m.X[0, 1.0], "int, a slice")
+    raises_model(lambda: m.x[5], "out of range")
+
+
+def test_division_by_variable(m):
+    raises_model(lambda: m.x / m.y[:3], "division by y[:3]", "holds variables", "numeric constants")
+    raises_model(lambda: 1 / m.x, "division by x", "holds variables")
+    raises_model(lambda: m.x / m.p, "division by p", "1/p", "numeric constants")

@@ -32,6 +32,7 @@ from .expression import (
     Sum,
     as_expr,
     broadcast_shapes,
+    check_axis,
 )
 
 INCREASING, DECREASING, NONMONOTONE = 1, -1, 0
@@ -268,10 +269,7 @@ class NormInf(_Scalar):
 class _Reduce(Atom):
     def __init__(self, x: Any, axis: int | None = None):
         super().__init__(x)
-        arg = self.args[0]
-        if axis is not None and not -arg.ndim <= axis < arg.ndim:
-            raise ModelError(f"{type(self).__name__.lower()} over axis {axis} of shape {arg.shape}")
-        self.axis = None if axis is None else axis % arg.ndim
+        self.axis = check_axis(axis, self.args[0], self.fname)
 
     @property
     def shape(self) -> Shape:
