@@ -124,6 +124,8 @@ class Context:
         if hit is not None:
             return hit
         rule = RULES.get(type(expr))
+        if rule is None:  # a subclass (such as the Parameters that from_cvxpy makes) uses its base's rule
+            rule = next((RULES[c] for c in type(expr).__mro__ if c in RULES), None)
         if rule is None:
             raise ModelError(f"qpdsl cannot compile {type(expr).__name__} ({expr.describe()})")
         out = rule(expr, self)
@@ -498,11 +500,25 @@ def _quad_form(e: at.QuadForm, ctx: Context) -> Affine:
             w = ctx.aux((k,), "quad_form_arg")
             ctx.add_constraint(w == ex.Reshape(x, (k,)), None)
             aff = ctx.canon(w)
-        v = aff.selected_vars()
-        i, j = np.meshgrid(np.arange(k), np.arange(k), indexing="ij")
-        i, j = i.reshape(-1), j.reshape(-1)
-        ctx.slots.add(np.full(i.size, slot[0]), v[i], v[j], ctx.param_offset[Q] + i * k + j, np.ones(i.size))
+        ctx.slots.add(*_symmetric_form(slot[0], aff.selected_vars(), ctx.param_offset[Q], k))
     return Affine.variable(int(slot[0]), 1)
+
+
+def _symmetric_form(slot: int, v: np.ndarray, offset: int, k: int) -> tuple[np.ndarray, ...]:
+    """Slot terms of ``x' Q x`` for a parameter Q (k x k at ``offset`` of theta), x the variables ``v``.
+
+    The form only sees the symmetric part of Q: entry (i, j) is ``(Q_ij + Q_ji) / 2``, so P is
+    symmetric even for an unsymmetric value of Q (a psd parameter may be any square matrix
+    with a PSD symmetric part).
+    """
+    i, j = np.meshgrid(np.arange(k), np.arange(k), indexing="ij")
+    i, j = i.reshape(-1), j.reshape(-1)
+    off = i != j
+    va = np.concatenate([v[i], v[i[off]]])
+    vb = np.concatenate([v[j], v[j[off]]])
+    theta = np.concatenate([offset + i * k + j, offset + (j * k + i)[off]])
+    val = np.concatenate([np.where(off, 0.5, 1.0), np.full(int(off.sum()), 0.5)])
+    return np.full(va.size, slot), va, vb, theta, val
 
 
 @rule(at.Huber)

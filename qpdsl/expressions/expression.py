@@ -388,11 +388,13 @@ class Parameter(Leaf):
     name
         Used in messages and by ``Problem.solve`` when values are passed by name.
     psd
-        The value is a symmetric positive semidefinite matrix: allows ``quad_form(x, P)``.
+        The value is a square matrix whose symmetric part is positive semidefinite: allows
+        ``quad_form(x, P)`` (which only sees the symmetric part).
     nonneg
         The value is elementwise nonnegative: allows e.g. ``lam * norm1(x)`` in a minimisation.
     value
-        An optional default value.
+        An optional default value, checked as values passed to ``solve`` are (assigning
+        ``p.value = ...`` later is checked the same way).
     """
 
     def __init__(
@@ -410,7 +412,20 @@ class Parameter(Leaf):
             )
         self.psd = psd
         self.nonneg = nonneg
-        self.value = None if value is None else np.asarray(value, dtype=float)
+        self._value: np.ndarray | None = None
+        if value is not None:
+            self.value = value
+
+    @property
+    def value(self) -> np.ndarray | None:
+        """The default value (a float array of the parameter's shape), or None."""
+        return self._value
+
+    @value.setter
+    def value(self, value: Any) -> None:
+        from ..validation import checked_value
+
+        self._value = None if value is None else checked_value(self, value)
 
     @property
     def curvature(self) -> Curvature:
