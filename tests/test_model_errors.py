@@ -532,3 +532,10 @@ def test_division_by_variable(m):
     raises_model(lambda: m.x / m.y[:3], "division by y[:3]", "holds variables", "numeric constants")
     raises_model(lambda: 1 / m.x, "division by x", "holds variables")
     raises_model(lambda: m.x / m.p, "division by p", "1/p", "numeric constants")
+
+
+def test_atom_of_data_only(m):
+    # abs(p) would be an epigraph variable t >= |p| that nothing pushes down: refused, not mis-solved
+    raises_model(lambda: qd.abs(m.p), "abs(p)", "not affine in the parameters", "own Parameter")
+    raises_model(lambda: qd.maximum(m.q, 1.0), "maximum(q, 1)", "not affine in the parameters")
+    raises_model(lambda: qd.abs(np.array([-3.0, 1.0])), "numeric constant", "numpy")
