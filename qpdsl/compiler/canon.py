@@ -235,17 +235,20 @@ def _product_sides(
     return left, _scaled_operand(e, ctx, left, right)
 
 
-def _scaled_operand(e: ex.Multiply | ex.MatMul, ctx: Context, factor: Affine, operand: Affine) -> Affine:
+def _scaled_operand(
+    e: ex.Multiply | ex.MatMul, ctx: Context, factor: Affine | None, operand: Affine
+) -> Affine:
     """The operand's coefficients, free of parameters when the factor holds some.
 
     A product of two parameter-dependent coefficients would not be affine in the parameters,
     so the operand's linear part becomes an auxiliary variable t with the (compiler) rows
     ``t == operand``: the product is then ``factor * t``. Its quadratic slots cannot be
-    rewritten like that (their P entries would become products of parameters).
+    rewritten like that (their P entries would become products of parameters). ``factor``
+    None stands for a Parameter leaf (not written down: it may be a large matrix).
     """
-    if not factor.has_params:
+    if factor is not None and not factor.has_params:
         return operand
-    if factor.has_vars:
+    if factor is not None and factor.has_vars:
         raise ModelError(
             f"{e.describe()}: the factor {e.factor.describe()} is itself a product of parameters; "
             "write the product the other way round (p * (q * x) rather than (p @ q) @ x) or pass the "
@@ -296,7 +299,7 @@ def _matmul(e: ex.MatMul, ctx: Context) -> Affine:
     for side, other, left in ((lhs, rhs, True), (rhs, lhs, False)):
         base, transposed = (side.args[0], True) if isinstance(side, ex.Transpose) else (side, False)
         if isinstance(base, ex.Parameter) and base in ctx.param_offset:
-            aff = _scaled_operand(e, ctx, ctx.canon(side), ctx.canon(other))
+            aff = _scaled_operand(e, ctx, None, ctx.canon(other))
             return Affine.param_times(aff, ctx.param_offset[base], base.shape, left, transposed, m, k, n)
     i, l, j = np.meshgrid(np.arange(m), np.arange(k), np.arange(n), indexing="ij")
     out = (i * n + j).reshape(-1)
