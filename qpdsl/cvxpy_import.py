@@ -1,7 +1,8 @@
 """Import a cvxpy problem into qpdsl: :func:`from_cvxpy`.
 
 The cvxpy expression tree is walked once and rebuilt from qpdsl nodes: cvxpy Variables and
-Parameters become qpdsl ones (same names, same attributes, parameters keep their values),
+Parameters become qpdsl ones (same names, same attributes; parameters read their cvxpy
+Parameter's value when the problem is solved),
 affine operators and the QP-representable atoms map one to one, constant subtrees are
 evaluated. Anything else raises :class:`qpdsl.ModelError` naming the cvxpy expression.
 
@@ -129,32 +130,42 @@ class _Importer:
                 )
         if attrs.get("sparsity") is not None and attrs.get("sparsity") is not False:
             raise ModelError(f"from_cvxpy: variable {v.name()} has a sparsity pattern; not supported")
-        nonneg = bool(attrs.get("nonneg") or attrs.get("pos"))
-        out = ex.Variable(v.shape, name=v.name(), nonneg=nonneg)
+        # sign attributes and bounds become user constraints (with duals and shifts), not compiler rows
+        out = ex.Variable(v.shape, name=v.name())
+        if attrs.get("nonneg") or attrs.get("pos"):
+            self.extra.append(out >= 0)
         if attrs.get("nonpos") or attrs.get("neg"):
             self.extra.append(out <= 0)
         if attrs.get("symmetric") and out.ndim == 2:
             self.extra.append(out == out.T)
         bounds = attrs.get("bounds")
         if bounds is not None:
-            lo, hi = bounds
-            for bound, lower in ((lo, True), (hi, False)):
-                if bound is None:
-                    continue
-                b = (
-                    self.expr(bound)
-                    if isinstance(bound, self.cp.Expression)
-                    else np.asarray(bound, dtype=float)
-                )
-                if isinstance(b, np.ndarray):
-                    finite = np.isfinite(b)
-                    if not finite.any():
-                        continue
-                    if not finite.all():
-                        b = np.where(finite, b, -1e20 if lower else 1e20)  # never active
-                    b = ex.Constant(b)
-                self.extra.append(out >= b if lower else out <= b)
+            for bound, lower in zip(bounds, (True, False), strict=True):
+                if bound is not None:
+                    self.bound(out, bound, lower)
         return out
+
+    def bound(self, out: ex.Variable, bound: Any, lower: bool) -> None:
+        """The constraint of one side of a cvxpy ``bounds=`` attribute.
+
+        Infinite entries of a numeric bound bound nothing: they get no row (which is what an
+        infinite bound is), rather than a large finite stand-in.
+        """
+        if isinstance(bound, self.cp.Expression):
+            b: Any = self.expr(bound)
+            target: ex.Expression = out
+        else:
+            values = np.broadcast_to(np.asarray(bound, dtype=float), out.shape)
+            finite = np.isfinite(values)
+            if not finite.any():
+                return
+            if finite.all():
+                target, b = out, ex.Constant(values)
+            else:
+                index = np.flatnonzero(finite)
+                target = ex.Index(ex.Reshape(out, (out.size,)) if out.ndim != 1 else out, index)
+                b = ex.Constant(values.reshape(-1)[index])
+        self.extra.append(target >= b if lower else target <= b)
 
     def parameter(self, p: Any) -> ex.Parameter:
         attrs = p.attributes
@@ -165,8 +176,7 @@ class _Importer:
                 raise ModelError(
                     f"from_cvxpy: parameter {p.name()} has the attribute {bad}=True; not supported"
                 )
-        value = None if p.value is None else _dense(p.value)
-        return ex.Parameter(p.shape, name=p.name(), psd=psd, nonneg=nonneg, value=value)
+        return _CvxpyParameter(p, psd=psd, nonneg=nonneg)
 
     # -------------------------------------------------------- expressions
     def expr(self, e: Any) -> ex.Expression:
@@ -478,6 +488,30 @@ class _Importer:
         )
 
 
+class _CvxpyParameter(ex.Parameter):
+    """A qpdsl Parameter whose value is its cvxpy Parameter's value at the time it is read.
+
+    ``solve()`` (and a layer, for the parameters that are not its inputs) thus sees a value
+    assigned to the cvxpy Parameter after the import; assigning ``value`` here is checked by
+    qpdsl and written through to the cvxpy Parameter.
+    """
+
+    def __init__(self, source: Any, psd: bool, nonneg: bool):
+        self.source = source
+        super().__init__(source.shape, name=source.name(), psd=psd, nonneg=nonneg)
+
+    @property
+    def value(self) -> np.ndarray | None:
+        current = self.source.value
+        return None if current is None else _dense(current)
+
+    @value.setter
+    def value(self, value: Any) -> None:
+        from .validation import checked_value
+
+        self.source.value = None if value is None else checked_value(self, value)
+
+
 def _types(items: Any) -> tuple[type, ...]:
     return tuple(t for t in items if isinstance(t, type))
 
@@ -542,8 +576,10 @@ def from_cvxpy(problem: Any) -> Any:
     -------
     qpdsl.Problem
         With the attribute ``cvxpy_map`` ``{cvxpy Variable / Parameter / Constraint -> qpdsl
-        object}``. Parameters keep their names and current values (so ``solve()`` with no
-        arguments solves at cvxpy's values); ``psd=True`` and ``nonneg=True`` carry over.
+        object}``. Parameters keep their names and read the cvxpy Parameters' values when the
+        problem is solved (so ``solve()`` with no arguments solves at cvxpy's current values);
+        ``psd=True`` and ``nonneg=True`` carry over. Variable sign attributes and ``bounds=``
+        become user constraints.
 
     Raises
     ------

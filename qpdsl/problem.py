@@ -9,14 +9,14 @@ from typing import Any
 
 import numpy as np
 
-from ._array import framework, to_numpy
+from ._array import to_numpy
 from .compiler import ParametricQP, compile_problem
 from .cvxpy_import import translate
 from .errors import ModelError, ParameterError
 from .expressions.constraints import Constraint
 from .expressions.expression import Expression, Parameter, Variable, as_expr
 from .qp import QPData, QPResult, Settings, Status, WarmStart
-from .validation import check_parameter_values
+from .validation import as_real_array, check_parameter_values
 
 
 class Minimize:
@@ -106,7 +106,7 @@ class Problem:
         if not isinstance(objective, (Minimize, Maximize)):
             raise ModelError("the objective must be qd.Minimize(expr) or qd.Maximize(expr)")
         self.objective = objective
-        self.constraints: list[Constraint] = list(constraints or [])
+        self.constraints: list[Constraint] = _constraint_list(constraints)
         for c in self.constraints:
             if not isinstance(c, Constraint):
                 raise ModelError(f"{c!r} is not a constraint; write expressions with ==, <= or >=")
@@ -214,11 +214,23 @@ class Problem:
     def _layer_signature(
         self, parameters: Sequence[Parameter] | None, variables: Sequence[Any] | None
     ) -> tuple[Sequence[Parameter], Sequence[Any]]:
-        """A layer's inputs and outputs: the given ones resolved, or every parameter and variable."""
-        return (
-            self.parameters() if parameters is None else translate(self, parameters),
-            self.variables() if variables is None else translate(self, variables),
-        )
+        """A layer's inputs and outputs: the given ones resolved, or every parameter and variable.
+
+        Raises
+        ------
+        ParameterError
+            When a parameter is listed twice (its gradient would be split between two inputs).
+        """
+        inputs = self.parameters() if parameters is None else translate(self, parameters)
+        seen: set[int] = set()
+        for p in inputs:
+            if id(p) in seen:
+                raise ParameterError(
+                    f"parameter {getattr(p, 'name', p)} is listed twice in parameters=[...]; "
+                    "list each layer input once"
+                )
+            seen.add(id(p))
+        return inputs, self.variables() if variables is None else translate(self, variables)
 
     # ------------------------------------------------------------ solving
     def solve(
@@ -259,6 +271,23 @@ class Problem:
         return Solution(self, qp, _result_to_numpy(outcome.result), to_numpy_data(data), batched)
 
 
+def _constraint_list(constraints: Any) -> list[Constraint]:
+    """The constraints as a list; a single constraint or expression is refused (cvxpy needs a list too)."""
+    if constraints is None:
+        return []
+    if isinstance(constraints, Constraint):
+        raise ModelError(
+            "the constraints of a Problem are a list: wrap the single constraint in [ ], "
+            f"qd.Problem(objective, [{constraints.describe()}])"
+        )
+    if isinstance(constraints, Expression):
+        raise ModelError(
+            f"{constraints.describe()} is an expression, not a list of constraints; "
+            "write constraints with ==, <= or >= and pass them in a list"
+        )
+    return list(constraints)
+
+
 def _check_on_failure(on_failure: str) -> str:
     if on_failure not in ("raise", "nan", "ignore"):
         raise ParameterError(f"on_failure must be 'raise', 'nan' or 'ignore', not {on_failure!r}")
@@ -275,23 +304,13 @@ def collect_parameter_values(
     ParameterError
         Unknown or missing parameters, wrong shapes, NaN/Inf, invalid PSD or sign data.
     """
-    by_name = {p.name: p for p in parameters}
-    ids = {p.id for p in parameters}
+    lookup = _ParameterLookup(parameters)
     given: dict[Parameter, np.ndarray] = {}
     for key, value in params.items():
-        p = by_name.get(key) if isinstance(key, str) else key
-        if not isinstance(p, Parameter) or p.id not in ids:
-            name = key if isinstance(key, str) else getattr(key, "name", repr(key))
-            raise ParameterError(
-                f"{name!r} is not a parameter of this problem (its parameters: "
-                f"{', '.join(by_name) or 'none'})"
-            )
-        if framework(value) != "numpy":
-            value = to_numpy(value)
-        try:
-            given[p] = np.asarray(value, dtype=float)
-        except (TypeError, ValueError) as exc:
-            raise ParameterError(f"parameter {p.name}: value is not numeric ({exc})") from exc
+        p = lookup(key)
+        if p in given:
+            raise ParameterError(f"parameter {p.name} is given twice (by name and by object); give it once")
+        given[p] = as_real_array(p, value)
     for p in parameters:
         if p not in given:
             if p.value is None:
@@ -321,6 +340,32 @@ def collect_parameter_values(
     for p, v in out.items():
         check_parameter_values(p, v, batched=given[p].shape != p.shape)
     return out, batch, batched
+
+
+class _ParameterLookup:
+    """Find a problem's parameter by object or by name; a name that two parameters share is refused."""
+
+    def __init__(self, parameters: Sequence[Parameter]):
+        self.ids = {id(p) for p in parameters}
+        self.by_name: dict[str, list[Parameter]] = {}
+        for p in parameters:
+            self.by_name.setdefault(p.name, []).append(p)
+
+    def __call__(self, key: Any) -> Parameter:
+        if isinstance(key, str):
+            named = self.by_name.get(key, [])
+            if len(named) > 1:
+                raise ParameterError(
+                    f"{len(named)} parameters named {key!r} in this problem; pass the Parameter objects "
+                    "as keys instead of the name (or give the parameters distinct names)"
+                )
+            if named:
+                return named[0]
+        elif isinstance(key, Parameter) and id(key) in self.ids:
+            return key
+        name = key if isinstance(key, str) else getattr(key, "name", repr(key))
+        known = ", ".join(self.by_name) or "none"
+        raise ParameterError(f"{name!r} is not a parameter of this problem (its parameters: {known})")
 
 
 def _to_framework(data: QPData, fw: str) -> QPData:

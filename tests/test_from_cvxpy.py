@@ -138,7 +138,9 @@ def test_lp():
     A = rng.standard_normal((m, n))
     prob = cp.Problem(cp.Minimize(c @ x), [A @ x >= -1, cp.sum(x) == 3, x <= 2])
     q = check(prob)  # LP solutions need not be unique: compare the objective only
-    assert q.cvxpy_map[x].nonneg
+    # nonneg=True is a user constraint (with a dual and a shift), not a compiler row
+    qx = q.cvxpy_map[x]
+    assert any(c.rhs is qx and c.lhs.describe() == "0" for c in q.constraints)
 
 
 def test_mpc():
@@ -402,13 +404,59 @@ def test_unsupported_atoms_raise():
     _raises(cp.Problem(cp.Minimize(cp.sum(x / p))), "divides by a non-constant")
 
 
+def test_non_dpp_product_of_parameters_is_rewritten():
+    x = cp.Variable(3)
+    a = cp.Parameter(value=1.5)
+    b = cp.Parameter(value=2.0)
+    prob = qd.from_cvxpy(cp.Problem(cp.Minimize(cp.sum_squares(x) + a * (b * cp.sum(x)))))
+    sol = prob.solve(backend="proxsuite")
+    np.testing.assert_allclose(sol[prob.cvxpy_map[x]], -np.full(3, 1.5), atol=1e-7)
+
+
 def test_non_dpp_and_non_convex_raise():
     x = cp.Variable(3)
-    a = cp.Parameter(value=1.0)
-    b = cp.Parameter(value=2.0)
-    with pytest.raises(qd.ModelError, match="two parameter"):
-        qd.from_cvxpy(cp.Problem(cp.Minimize(cp.sum_squares(x) + a * (b * cp.sum(x)))))
+    g = cp.Parameter(nonneg=True, value=1.0)
+    q = cp.Parameter((3, 3), PSD=True, value=np.eye(3))
+    with pytest.raises(qd.ModelError, match="products of parameters"):
+        qd.from_cvxpy(cp.Problem(cp.Minimize(g * cp.quad_form(x, q))))
     with pytest.raises(qd.ModelError, match="not convex"):
         qd.from_cvxpy(cp.Problem(cp.Minimize(-cp.sum_squares(x))))
     with pytest.raises(qd.ModelError, match="quadratic"):
         qd.from_cvxpy(cp.Problem(cp.Minimize(cp.sum(x)), [cp.sum_squares(x) <= 1]))
+
+
+# ---------------------------------------------------------------- parameter values and variable attributes
+
+
+def test_parameter_values_are_read_at_solve_time():
+    x = cp.Variable(2)
+    a = cp.Parameter(value=1.0)
+    prob = qd.from_cvxpy(cp.Problem(cp.Minimize(cp.sum_squares(x - a))))
+    a.value = 5.0  # after the import
+    np.testing.assert_allclose(prob.solve(backend="proxsuite")[prob.cvxpy_map[x]], [5.0, 5.0], atol=1e-7)
+    b = cp.Parameter()
+    prob = qd.from_cvxpy(cp.Problem(cp.Minimize(cp.sum_squares(x - b))))
+    with pytest.raises(qd.ParameterError, match="has no value"):
+        prob.solve(backend="proxsuite")
+    b.value = -2.0
+    np.testing.assert_allclose(prob.solve(backend="proxsuite")[prob.cvxpy_map[x]], [-2.0, -2.0], atol=1e-7)
+
+
+def test_infinite_bounds_stay_infinite_and_bounds_are_user_constraints():
+    lo, hi = np.array([-np.inf, 0.0, -1.0]), np.array([1.0, np.inf, np.inf])
+    x = cp.Variable(3, bounds=[lo, hi])
+    z = cp.Variable(2, nonneg=True)
+    target = np.array([3.0, -3.0, -3.0])
+    cvx = cp.Problem(cp.Minimize(cp.sum_squares(x - target) + cp.sum_squares(z + 1)))
+    prob = qd.from_cvxpy(cvx)
+    qp = prob.compile()
+    data = qp.apply(np.ones((1, qp.n_theta + 1))).dense()
+    bounds = np.concatenate([data.l[0], data.u[0]])
+    assert not np.any(np.isfinite(bounds) & (np.abs(bounds) > 1e10))  # no 1e20 stand-ins
+    # every inequality row belongs to a user constraint (shiftable), none is a compiler row
+    user_rows = sum(r.stop - r.start for r in qp.constraints.values() if r.kind == "in")
+    assert user_rows == qp.n_in
+    assert set(qp.constraints) == set(prob.constraints)
+    sol = prob.solve(backend="proxsuite")
+    np.testing.assert_allclose(sol[prob.cvxpy_map[x]], [1.0, 0.0, -1.0], atol=1e-7)
+    np.testing.assert_allclose(sol[prob.cvxpy_map[z]], [0.0, 0.0], atol=1e-7)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import qpdsl as qd
+from qpdsl.validation import check_parameter_values
 
 
 @pytest.fixture
@@ -193,18 +194,28 @@ def test_variable_times_variable(m):
     raises_model(lambda: m.X @ qd.Variable(3, name="v"), "X @ v", "not affine")
 
 
-def test_parameter_times_parameter_times_variable(m):
-    raises_model(lambda: m.p * m.p * m.x, "p * p", "two parameter expressions", "single Parameter")
-    raises_model(lambda: (m.p * m.x) * m.p, "p * x * p", "two parameter expressions")
-    raises_model(lambda: m.P @ (m.P @ m.x), "P @ P @ x", "not be affine in the parameters")
+def test_parameter_times_parameter_times_variable_is_rewritten(m):
+    # an auxiliary variable keeps these affine in the parameters (tests/test_language_extensions.py)
+    for expr in (m.p * m.p * m.x, (m.p * m.x) * m.p, m.P @ (m.P @ m.x)):
+        qd.Problem(qd.Minimize(qd.sum_squares(m.x) + qd.sum(expr)))
+
+
+def test_product_of_parameter_matrices_as_factor(m):
+    raises_model(
+        lambda: qd.Problem(qd.Minimize(qd.sum_squares(m.x) + qd.sum((m.P @ m.P) @ m.x))),
+        "P @ P @ x",
+        "itself a product of parameters",
+        "the other way round",
+    )
 
 
 def test_parameter_scaling_parametric_quadratic(m):
     raises_model(
         lambda: qd.Problem(qd.Minimize(m.g * qd.quad_form(m.x, m.S))),
         "g * quad_form(x, S)",
-        "two parameter expressions",
-        "single Parameter",
+        "products of parameters",
+        "Parameter(psd=True)",
+        "qd.sum_squares(F @ w)",
     )
 
 
@@ -409,8 +420,11 @@ def test_non_finite_batched_names_element(pp):
     raises_param(pp, {pp.q: q}, "batch element(s) 0, 2")
 
 
-def test_psd_parameter_not_symmetric(pp):
-    raises_param(pp, {pp.S: np.triu(np.ones((3, 3)))}, "parameter S", "not symmetric", "(M + M.T) / 2")
+def test_psd_parameter_unsymmetric_checked_on_symmetric_part(pp):
+    # x'Mx only sees (M + M') / 2: an unsymmetric M with a PSD symmetric part is a valid value
+    check_parameter_values(pp.S, np.triu(np.ones((3, 3)))[None])
+    M = np.array([[1.0, 2.5, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])  # symmetric part indefinite
+    raises_param(pp, {pp.S: M}, "parameter S", "negative eigenvalue", "(M + M.T) / 2")
 
 
 def test_psd_parameter_indefinite(pp):
@@ -424,8 +438,8 @@ def test_psd_parameter_batched_names_element(pp):
     S[3] = np.diag([1.0, -0.5, 1.0])
     raises_param(pp, {pp.S: S}, "parameter S", "negative eigenvalue", "batch element(s) 3")
     S = np.stack([np.eye(3)] * 4)
-    S[1, 0, 2] = 0.3
-    raises_param(pp, {pp.S: S}, "parameter S", "not symmetric", "batch element(s) 1")
+    S[1, 0, 2] = 3.0
+    raises_param(pp, {pp.S: S}, "parameter S", "negative eigenvalue", "batch element(s) 1")
 
 
 def test_psd_parameter_tiny_asymmetry_and_semidefinite_accepted(pp):
@@ -477,8 +491,51 @@ def test_unbatched_invalid_value_broadcast_into_batch_is_not_blamed_on_elements(
 
 
 def test_parameter_default_value_is_checked(pp):
-    x = qd.Variable(2, name="x")
-    w = qd.Parameter(name="w", nonneg=True, value=-1.0)
-    prob = qd.Problem(qd.Minimize(w * qd.sum_squares(x)))
     with pytest.raises(qd.ParameterError, match="parameter w"):
-        prob.solve({})
+        qd.Parameter(name="w", nonneg=True, value=-1.0)  # checked when given, not at solve time
+
+
+# ---------------------------------------------------------------- operators qpdsl does not have
+
+
+def test_not_equal(m):
+    raises_model(lambda: m.x != 1, "x != 1", "no != constraint", "<=", ">=", "not a QP")
+    raises_model(lambda: 1 != m.x, "!= constraint")
+
+
+def test_single_constraint_not_in_a_list(m):
+    raises_model(lambda: qd.Problem(qd.Minimize(qd.sum(m.x)), m.x >= 0), "a list", "[0 <= x]")
+
+
+def test_power(m):
+    raises_model(lambda: m.x**2, "x ** 2", "qd.square(x)", "qd.sum_squares(x)")
+    raises_model(lambda: m.x**3, "x ** 3", "only")
+    raises_model(lambda: 2**m.x, "2 ** x", "not")
+    assert (m.x**1) is m.x
+
+
+def test_axis_must_be_none_or_int(m):
+    for fn in (qd.sum, qd.mean, qd.max, qd.min):
+        raises_model(lambda fn=fn: fn(m.X, axis=(0, 1)), "axis=(0, 1)", "axis=None or an int")
+    raises_model(lambda: m.X.sum(axis=(0, 1)), "axis=None or an int")
+    raises_model(lambda: qd.cumsum(m.X, axis=(0,)), "an int")
+
+
+def test_index_must_be_int_slice_or_int_array(m):
+    raises_model(lambda: m.x[1.5], "x[1.5]", "int, a slice", "integer array")
+    raises_model(lambda: m.x[np.array([0.0, 1.0])], "integer array")
+    raises_model(lambda: m.X[0, 1.0], "int, a slice")
+    raises_model(lambda: m.x[5], "out of range")
+
+
+def test_division_by_variable(m):
+    raises_model(lambda: m.x / m.y[:3], "division by y[:3]", "holds variables", "numeric constants")
+    raises_model(lambda: 1 / m.x, "division by x", "holds variables")
+    raises_model(lambda: m.x / m.p, "division by p", "1/p", "numeric constants")
+
+
+def test_atom_of_data_only(m):
+    # abs(p) would be an epigraph variable t >= |p| that nothing pushes down: refused, not mis-solved
+    raises_model(lambda: qd.abs(m.p), "abs(p)", "not affine in the parameters", "own Parameter")
+    raises_model(lambda: qd.maximum(m.q, 1.0), "maximum(q, 1)", "not affine in the parameters")
+    raises_model(lambda: qd.abs(np.array([-3.0, 1.0])), "numeric constant", "numpy")

@@ -87,6 +87,10 @@ class Affine:
         np.add(self.row, row_offset, out=row)
         var[...], theta[...], val[...] = self.var, self.theta, self.val
 
+    def subset(self, keep: np.ndarray) -> Affine:
+        """The entries where the boolean mask ``keep`` holds (same rows)."""
+        return Affine(self.size, self.row[keep], self.var[keep], self.theta[keep], self.val[keep])
+
     def constant_part(self) -> np.ndarray:
         """Dense vector of the terms with neither variable nor parameter."""
         mask = (self.var == NONE) & (self.theta == NONE)

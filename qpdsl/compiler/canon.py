@@ -31,12 +31,19 @@ class Slots:
     vb: list[np.ndarray] = field(default_factory=list)
     theta: list[np.ndarray] = field(default_factory=list)
     val: list[np.ndarray] = field(default_factory=list)
+    with_params: set[int] = field(default_factory=set)  # slots whose terms hold a parameter
 
     def add(
         self, slot: np.ndarray, va: np.ndarray, vb: np.ndarray, theta: np.ndarray, val: np.ndarray
     ) -> None:
         for name, arr in zip(("slot", "va", "vb", "theta", "val"), (slot, va, vb, theta, val), strict=True):
             getattr(self, name).append(np.asarray(arr))
+        theta = np.asarray(theta)
+        self.with_params.update(np.unique(np.asarray(slot)[theta != NONE]).tolist())
+
+    def hold_params(self, slots: np.ndarray) -> bool:
+        """Whether any of the given slots is a quadratic form with parameter coefficients."""
+        return bool(self.with_params) and bool(np.isin(slots, list(self.with_params)).any())
 
     def arrays(self) -> tuple[np.ndarray, ...]:
         def cat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
@@ -119,6 +126,8 @@ class Context:
         if hit is not None:
             return hit
         rule = RULES.get(type(expr))
+        if rule is None:  # a subclass (such as the Parameters that from_cvxpy makes) uses its base's rule
+            rule = next((RULES[c] for c in type(expr).__mro__ if c in RULES), None)
         if rule is None:
             raise ModelError(f"qpdsl cannot compile {type(expr).__name__} ({expr.describe()})")
         out = rule(expr, self)
@@ -211,10 +220,69 @@ def _multiply(e: ex.Multiply, ctx: Context) -> Affine:
         if isinstance(const, ex.Constant) and not const.is_sparse:
             factor = np.broadcast_to(const.value, e.shape).reshape(-1)
             return _broadcast(ctx.canon(other), other.shape, e.shape).scale(factor)
-    left = _broadcast(ctx.canon(lhs), lhs.shape, e.shape)
-    right = _broadcast(ctx.canon(rhs), rhs.shape, e.shape)
+    factor = e.factor
+    if isinstance(factor, ex.Multiply) and not factor.has_variables and factor.args[0].has_parameters:
+        # (p * q) * x as p * (q * x): the inner product then keeps x's side, not p * q, parametric
+        a, b = factor.args
+        return ctx.canon(ex.Multiply(a, ex.Multiply(b, e.operand)))
+    left, right = _product_sides(e, ctx, ctx.canon(lhs), ctx.canon(rhs))
+    left = _broadcast(left, lhs.shape, e.shape)
+    right = _broadcast(right, rhs.shape, e.shape)
     idx = np.arange(e.size, dtype=np.int64)
     return Affine.bilinear(left, right, idx, idx, idx, e.size, e.describe())
+
+
+def _product_sides(
+    e: ex.Multiply | ex.MatMul, ctx: Context, left: Affine, right: Affine
+) -> tuple[Affine, Affine]:
+    """The coefficients of a product's two sides, made fit to multiply (see :func:`_scaled_operand`)."""
+    if e.operand is e.args[0]:
+        return _scaled_operand(e, ctx, right, left), right
+    return left, _scaled_operand(e, ctx, left, right)
+
+
+def _scaled_operand(
+    e: ex.Multiply | ex.MatMul, ctx: Context, factor: Affine | None, operand: Affine
+) -> Affine:
+    """The operand's coefficients, free of parameters when the factor holds some.
+
+    A product of two parameter-dependent coefficients would not be affine in the parameters,
+    so the operand's linear part becomes an auxiliary variable t with the (compiler) rows
+    ``t == operand``: the product is then ``factor * t``. Its quadratic slots cannot be
+    rewritten like that (their P entries would become products of parameters). ``factor``
+    None stands for a Parameter leaf (not written down: it may be a large matrix).
+    """
+    if factor is not None and not factor.has_params:
+        return operand
+    if factor is not None and factor.has_vars:
+        raise ModelError(
+            f"{e.describe()}: the factor {e.factor.describe()} is itself a product of parameters; "
+            "write the product the other way round (p * (q * x) rather than (p @ q) @ x) or pass the "
+            "product as one Parameter"
+        )
+    slot = ctx.is_slot_mask(operand.var)
+    if slot.any():
+        quad = operand.subset(slot)
+        if quad.has_params or ctx.slots.hold_params(quad.var):
+            raise ModelError(_parametric_quadratic_message(e))
+    if not operand.has_params:
+        return operand
+    linear = operand.subset(~slot) if slot.any() else operand
+    t = ctx.canon(ctx.aux((operand.size,), "product_arg"))
+    ctx.constraints.append(CanonConstraint("eq", (linear, t.scale(-1.0)), operand.size, None))
+    return Affine.concat([operand.subset(slot), t], operand.size) if slot.any() else t
+
+
+def _parametric_quadratic_message(e: ex.Expression | None) -> str:
+    where = f"{e.describe()}: " if e is not None else ""
+    return (
+        f"{where}a parameter scales a quadratic term whose coefficients already hold parameters "
+        "(such as quad_form(w, Sigma) with a Parameter Sigma), so the entries of P would be products "
+        "of parameters, which no auxiliary variable makes affine. Instead pass the product as one "
+        "Parameter(psd=True) (gamma * Sigma computed outside), write the quadratic with a factor, "
+        "gamma * qd.sum_squares(F @ w) with Sigma = F'F (a parameter may scale it), or make one of "
+        "the two a numeric constant"
+    )
 
 
 def _as_matrix(shape: tuple[int, ...], left: bool) -> tuple[int, int]:
@@ -237,14 +305,14 @@ def _matmul(e: ex.MatMul, ctx: Context) -> Affine:
     for side, other, left in ((lhs, rhs, True), (rhs, lhs, False)):
         base, transposed = (side.args[0], True) if isinstance(side, ex.Transpose) else (side, False)
         if isinstance(base, ex.Parameter) and base in ctx.param_offset:
-            aff = ctx.canon(other)
-            if not aff.has_params:
-                return Affine.param_times(aff, ctx.param_offset[base], base.shape, left, transposed, m, k, n)
+            aff = _scaled_operand(e, ctx, None, ctx.canon(other))
+            return Affine.param_times(aff, ctx.param_offset[base], base.shape, left, transposed, m, k, n)
     i, l, j = np.meshgrid(np.arange(m), np.arange(k), np.arange(n), indexing="ij")
     out = (i * n + j).reshape(-1)
+    left_aff, right_aff = _product_sides(e, ctx, ctx.canon(lhs), ctx.canon(rhs))
     return Affine.bilinear(
-        ctx.canon(lhs),
-        ctx.canon(rhs),
+        left_aff,
+        right_aff,
         out,
         (i * k + l).reshape(-1),
         (l * n + j).reshape(-1),
@@ -441,11 +509,25 @@ def _quad_form(e: at.QuadForm, ctx: Context) -> Affine:
             w = ctx.aux((k,), "quad_form_arg")
             ctx.add_constraint(w == ex.Reshape(x, (k,)), None)
             aff = ctx.canon(w)
-        v = aff.selected_vars()
-        i, j = np.meshgrid(np.arange(k), np.arange(k), indexing="ij")
-        i, j = i.reshape(-1), j.reshape(-1)
-        ctx.slots.add(np.full(i.size, slot[0]), v[i], v[j], ctx.param_offset[Q] + i * k + j, np.ones(i.size))
+        ctx.slots.add(*_symmetric_form(slot[0], aff.selected_vars(), ctx.param_offset[Q], k))
     return Affine.variable(int(slot[0]), 1)
+
+
+def _symmetric_form(slot: int, v: np.ndarray, offset: int, k: int) -> tuple[np.ndarray, ...]:
+    """Slot terms of ``x' Q x`` for a parameter Q (k x k at ``offset`` of theta), x the variables ``v``.
+
+    The form only sees the symmetric part of Q: entry (i, j) is ``(Q_ij + Q_ji) / 2``, so P is
+    symmetric even for an unsymmetric value of Q (a psd parameter may be any square matrix
+    with a PSD symmetric part).
+    """
+    i, j = np.meshgrid(np.arange(k), np.arange(k), indexing="ij")
+    i, j = i.reshape(-1), j.reshape(-1)
+    off = i != j
+    va = np.concatenate([v[i], v[i[off]]])
+    vb = np.concatenate([v[j], v[j[off]]])
+    theta = np.concatenate([offset + i * k + j, offset + (j * k + i)[off]])
+    val = np.concatenate([np.where(off, 0.5, 1.0), np.full(int(off.sum()), 0.5)])
+    return np.full(va.size, slot), va, vb, theta, val
 
 
 @rule(at.Huber)
@@ -481,10 +563,7 @@ def quadratic_terms(ctx: Context, objective: Affine) -> tuple[np.ndarray, ...]:
     item = lo[owner] + (np.arange(int(counts.sum())) - first[owner])
     ct, st = coef_theta[owner], s_theta[item]
     if np.any((ct != NONE) & (st != NONE)):
-        raise ModelError(
-            "a quadratic term with a parameter matrix (quad_form with a Parameter) is scaled by a "
-            "parameter; the QP data would not be affine in the parameters. Fold the scale into the matrix"
-        )
+        raise ModelError(_parametric_quadratic_message(None))
     rest = Affine(
         objective.size,
         objective.row[~slot_mask],

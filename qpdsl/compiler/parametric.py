@@ -1,4 +1,4 @@
-"""The compiled program: standard-form QP data as sparse affine maps of the parameters (DESIGN §2)."""
+"""The compiled program: standard-form QP data as sparse affine maps of the parameters."""
 
 from __future__ import annotations
 

@@ -32,6 +32,7 @@ from .expression import (
     Sum,
     as_expr,
     broadcast_shapes,
+    check_axis,
 )
 
 INCREASING, DECREASING, NONMONOTONE = 1, -1, 0
@@ -50,6 +51,8 @@ class Atom(Expression):
 
     def __init__(self, *args: Any):
         super().__init__([as_expr(a) for a in args])
+        if not any(a.has_variables for a in self.args):
+            raise _data_only_error(self)
         for a in self.args:
             if a.is_quadratic:
                 raise ModelError(
@@ -92,6 +95,18 @@ class Atom(Expression):
 
     def describe(self) -> str:
         return f"{self.fname}({', '.join(a.describe() for a in self.args)})"
+
+
+def _data_only_error(atom: Atom) -> ModelError:
+    """An atom of data alone would be canonicalised as a free epigraph variable: refuse it."""
+    if any(a.has_parameters for a in atom.args):
+        return ModelError(
+            f"{atom.describe()}: {atom.fname} of parameters alone is not affine in the parameters; "
+            "compute it outside the model and pass the result as its own Parameter"
+        )
+    return ModelError(
+        f"{atom.describe()}: {atom.fname} of a numeric constant; compute it with numpy and use the number"
+    )
 
 
 class _Elementwise(Atom):
@@ -268,10 +283,7 @@ class NormInf(_Scalar):
 class _Reduce(Atom):
     def __init__(self, x: Any, axis: int | None = None):
         super().__init__(x)
-        arg = self.args[0]
-        if axis is not None and not -arg.ndim <= axis < arg.ndim:
-            raise ModelError(f"{type(self).__name__.lower()} over axis {axis} of shape {arg.shape}")
-        self.axis = None if axis is None else axis % arg.ndim
+        self.axis = check_axis(axis, self.args[0], self.fname)
 
     @property
     def shape(self) -> Shape:

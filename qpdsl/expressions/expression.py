@@ -231,18 +231,32 @@ class Expression:
     def __truediv__(self, other: Any) -> Expression:
         other = as_expr(other)
         if not isinstance(other, Constant):
-            raise ModelError(
-                f"division by {other.describe()} is not affine in the parameters; "
-                "divide only by numeric constants (multiply by a parameter holding 1/value instead)"
-            )
+            raise _division_error(other)
         if np.any(other.value == 0):
             raise ModelError(f"division of {self.describe()} by zero")
         return Multiply(self, Constant(1.0 / other.value))
 
     def __rtruediv__(self, other: Any) -> Expression:
+        raise _division_error(self)
+
+    def __pow__(self, exponent: Any) -> Expression:
+        if isinstance(exponent, (int, float, np.integer, np.floating)) and exponent == 1:
+            return self
+        base = _paren(self)
+        if isinstance(exponent, (int, float, np.integer, np.floating)) and exponent == 2:
+            raise ModelError(
+                f"{base} ** 2: write qd.square({self.describe()}) for the elementwise square or "
+                f"qd.sum_squares({self.describe()}) for the sum of squares (quadratic atoms, allowed in "
+                "the objective)"
+            )
         raise ModelError(
-            f"division by {self.describe()} is not affine in the parameters; "
-            "divide only by numeric constants (multiply by a parameter holding 1/value instead)"
+            f"{base} ** {_describe_any(exponent)}: qpdsl accepts only ** 1; write squares with qd.square or "
+            "qd.sum_squares (other powers are not QP-representable)"
+        )
+
+    def __rpow__(self, base: Any) -> Expression:
+        raise ModelError(
+            f"{_describe_any(base)} ** {_paren(self)}: an expression in an exponent is not QP-representable"
         )
 
     def __matmul__(self, other: Any) -> Expression:
@@ -281,6 +295,13 @@ class Expression:
             "use >= instead"
         )
 
+    def __ne__(self, other: Any) -> Any:  # type: ignore[override]
+        raise ModelError(
+            f"{self.describe()} != {_describe_any(other)}: qpdsl (like cvxpy) has no != constraint. The "
+            "points where two expressions differ are not a convex set, so this is not a QP: use <= or >= "
+            "for the side you mean (choosing between both sides is a boolean model, not a QP)"
+        )
+
     def __bool__(self) -> bool:
         raise ModelError(f"the truth value of an expression ({self.describe()}) is undefined")
 
@@ -292,6 +313,7 @@ class Expression:
         return Sum(self, axis)
 
     def mean(self, axis: int | None = None) -> Expression:
+        axis = check_axis(axis, self, "mean")
         count = self.size if axis is None else self.shape[axis]
         return Sum(self, axis) * (1.0 / count)
 
@@ -366,11 +388,13 @@ class Parameter(Leaf):
     name
         Used in messages and by ``Problem.solve`` when values are passed by name.
     psd
-        The value is a symmetric positive semidefinite matrix: allows ``quad_form(x, P)``.
+        The value is a square matrix whose symmetric part is positive semidefinite: allows
+        ``quad_form(x, P)`` (which only sees the symmetric part).
     nonneg
         The value is elementwise nonnegative: allows e.g. ``lam * norm1(x)`` in a minimisation.
     value
-        An optional default value.
+        An optional default value, checked as values passed to ``solve`` are (assigning
+        ``p.value = ...`` later is checked the same way).
     """
 
     def __init__(
@@ -388,7 +412,20 @@ class Parameter(Leaf):
             )
         self.psd = psd
         self.nonneg = nonneg
-        self.value = None if value is None else np.asarray(value, dtype=float)
+        self._value: np.ndarray | None = None
+        if value is not None:
+            self.value = value
+
+    @property
+    def value(self) -> np.ndarray | None:
+        """The default value (a float array of the parameter's shape), or None."""
+        return self._value
+
+    @value.setter
+    def value(self, value: Any) -> None:
+        from ..validation import checked_value
+
+        self._value = None if value is None else checked_value(self, value)
 
     @property
     def curvature(self) -> Curvature:
@@ -449,6 +486,34 @@ class Constant(Leaf):
         if self.size == 1 and not self.is_sparse:
             return f"{float(self.value.reshape(-1)[0]):g}"
         return self.name
+
+
+def check_axis(axis: Any, arg: Expression, what: str, allow_none: bool = True) -> int | None:
+    """``axis`` as a nonnegative int (or None) for reducing ``arg``; a :class:`ModelError` otherwise."""
+    if axis is None and allow_none:
+        return None
+    if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)):
+        accepted = (
+            "axis=None or an int (None reduces over every entry, an int over one axis)"
+            if allow_none
+            else "an int axis"
+        )
+        raise ModelError(f"{what}({arg.describe()}, axis={axis!r}): pass {accepted}")
+    if not -arg.ndim <= axis < arg.ndim:
+        raise ModelError(f"{what} over axis {axis} of {arg.describe()} with shape {arg.shape}")
+    return int(axis) % arg.ndim
+
+
+def _division_error(divisor: Expression) -> ModelError:
+    if divisor.has_variables:
+        return ModelError(
+            f"division by {divisor.describe()}, which holds variables, is not QP-representable; "
+            "divide only by numeric constants"
+        )
+    return ModelError(
+        f"division by {divisor.describe()}: 1/{_paren(divisor)} is not affine in the parameters; divide only "
+        f"by numeric constants, or pass 1/{_paren(divisor)} as its own Parameter and multiply by it"
+    )
 
 
 def _describe_any(value: Any) -> str:
@@ -525,7 +590,7 @@ def _paren(e: Expression) -> str:
 
 
 class _Product(Expression):
-    """Shared facts of elementwise and matrix products: one factor must be constant data."""
+    """Shared facts of elementwise and matrix products: one factor must be free of variables."""
 
     symbol = "*"
 
@@ -536,11 +601,8 @@ class _Product(Expression):
                 f"the product {self.describe()} multiplies two expressions that both hold variables; "
                 "it is not affine. Write quadratic terms with qd.quad_form, qd.sum_squares or qd.square"
             )
-        if lhs.has_parameters and rhs.has_parameters:
-            raise ModelError(
-                f"the product {self.describe()} multiplies two parameter expressions, so the QP data "
-                "would not be affine in the parameters; pass their product as a single Parameter"
-            )
+        # a product of two parameter expressions is not refused here: the compiler makes one side
+        # an auxiliary variable (t == side), which keeps the QP data affine in the parameters
 
     @property
     def factor(self) -> Expression:
@@ -602,6 +664,7 @@ class Index(AffineOp):
 
     def __init__(self, arg: Expression, key: Any):
         super().__init__([arg])
+        _check_key(arg, key)
         try:
             self.flat_index = np.arange(arg.size).reshape(arg.shape)[key]
         except IndexError as exc:
@@ -619,6 +682,29 @@ class Index(AffineOp):
 
     def describe(self) -> str:
         return f"{_paren(self.args[0])}[{_format_key(self.key)}]"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer))
+
+
+def _check_key(arg: Expression, key: Any) -> None:
+    """Refuse index parts that NumPy would refuse by type (floats, expressions, strings)."""
+    for part in key if isinstance(key, tuple) else (key,):
+        if part is None or part is Ellipsis or _is_int(part):
+            continue
+        if isinstance(part, slice):
+            ok = all(v is None or _is_int(v) for v in (part.start, part.stop, part.step))
+        else:
+            try:
+                ok = not isinstance(part, Expression) and np.asarray(part).dtype.kind in "iub"
+            except (TypeError, ValueError):
+                ok = False
+        if not ok:
+            raise ModelError(
+                f"{_paren(arg)}[{_format_key(key)}]: each index must be an int, a slice, or an integer "
+                f"array (or a boolean mask), not {part!r}"
+            )
 
 
 def _format_key(key: Any) -> str:
@@ -645,9 +731,7 @@ class Transpose(AffineOp):
 class Sum(AffineOp):
     def __init__(self, arg: Expression, axis: int | None = None):
         super().__init__([arg])
-        if axis is not None and not -arg.ndim <= axis < arg.ndim:
-            raise ModelError(f"sum over axis {axis} of {arg.describe()} with shape {arg.shape}")
-        self.axis = None if axis is None else axis % arg.ndim
+        self.axis = check_axis(axis, arg, "sum")
 
     @property
     def shape(self) -> Shape:
@@ -729,9 +813,9 @@ class Diag(AffineOp):
 class Cumsum(AffineOp):
     def __init__(self, arg: Expression, axis: int = 0):
         super().__init__([arg])
-        if arg.ndim == 0 or not -arg.ndim <= axis < arg.ndim:
-            raise ModelError(f"cumsum over axis {axis} of {arg.describe()} with shape {arg.shape}")
-        self.axis = axis % arg.ndim
+        if arg.ndim == 0:
+            raise ModelError(f"cumsum of the scalar {arg.describe()}: it needs a vector or a matrix")
+        self.axis = check_axis(axis, arg, "cumsum", allow_none=False)
 
     @property
     def shape(self) -> Shape:
