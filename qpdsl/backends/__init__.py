@@ -67,9 +67,10 @@ class _Entry:
 
 _REGISTRY: dict[str, _Entry] = {}
 _PREFIXES: dict[str, _Entry] = {}
-_ALIASES = {"cpu": "proxsuite", "gpu": "torch"}
+_ALIASES = {"gpu": "torch"}
 _MODULES = {  # backend name (or prefix) -> the module that registers it, imported on first use
     "proxsuite": "proxsuite_backend",
+    "cpu": "cpu_backend",
     "qpsolvers": "qpsolvers_backend",
     "torch": "torch_backend",
     "jax": "jax_backend",
@@ -103,7 +104,7 @@ def _load_all() -> None:
 
 
 def get_backend(name: str) -> Backend:
-    """Return the backend registered as ``name`` (aliases ``cpu``, ``gpu``, ``qpsolvers:<solver>`` included).
+    """Return the backend registered as ``name`` (alias ``gpu``, ``qpsolvers:<solver>`` included).
 
     Raises
     ------
