@@ -100,7 +100,7 @@ def _arrays(data: QPData) -> tuple[list[np.ndarray], Any]:
     out_dtype = np.dtype(np.float32) if dtype == np.float32 else np.dtype(np.float64)
     if dtype.kind not in "biuf":
         raise ParameterError(f"the cpu backend solves real data, got dtype {dtype}")
-    arrays = [np.ascontiguousarray(a, dtype=np.float64) for a in raw]
+    arrays = [_kernel_array(a) for a in raw]
     check_shapes(Problem(*arrays))
     return arrays, out_dtype
 
@@ -115,7 +115,13 @@ def _warm(a: Any, batch: int, size: int, name: str) -> np.ndarray:
             f"warm_start.{name} has shape {a.shape}; expected ({batch}, {size}) or ({size},): the "
             f"standard-form {name} of this batch (auxiliary variables and rows included)"
         )
-    return np.ascontiguousarray(np.broadcast_to(a.reshape(-1, size), (batch, size)))
+    return _kernel_array(np.broadcast_to(a.reshape(-1, size), (batch, size)))
+
+
+def _kernel_array(a: Any) -> np.ndarray:
+    """``a`` as a C-contiguous, writable float64 array (the kernels' one signature), copied if need be."""
+    out = np.ascontiguousarray(a, dtype=np.float64)
+    return out if out.flags.writeable else out.copy()
 
 
 CAPABILITIES = Capabilities(

@@ -18,6 +18,7 @@ from typing import Any
 import numba
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+LOCATOR: Any = None  # the locator class, once installed
 
 
 def _stamp() -> str:
@@ -29,18 +30,21 @@ def _stamp() -> str:
 
 
 def _install() -> None:
+    global LOCATOR
     try:
         from numba.core import caching, config
     except ImportError:
         return
     base = getattr(caching, "_CacheLocator", None)
-    impl = getattr(caching, "_CacheImpl", None)
+    impl = getattr(caching, "CacheImpl", None) or getattr(caching, "_CacheImpl", None)
     if base is None or impl is None or not isinstance(getattr(impl, "_locator_classes", None), list):
         return
     stamp = _stamp()
 
     class PackageLocator(base):  # type: ignore[misc, valid-type]
         """Caches this package's kernels with a stamp of all its sources."""
+
+        qpdsl_cpu_alm = True  # marks it, so that a reload replaces it
 
         def __init__(self, py_func: Any, path: str) -> None:
             self._lineno = py_func.__code__.co_firstlineno
@@ -68,8 +72,9 @@ def _install() -> None:
                 return self
             return None
 
-    if not any(getattr(c, "__name__", "") == "PackageLocator" for c in impl._locator_classes):
-        impl._locator_classes.insert(0, PackageLocator)
+    impl._locator_classes[:] = [c for c in impl._locator_classes if not hasattr(c, "qpdsl_cpu_alm")]
+    impl._locator_classes.insert(0, PackageLocator)
+    LOCATOR = PackageLocator
 
 
 def cache_dirs(py_file: str, numba_cache_dir: str = "") -> list[str]:

@@ -194,13 +194,15 @@ def _certificates(K, n, p, qs, lo, hi, row_norm, x, xp, v, vp, eps_pinf, eps_din
     size = _norm(dv)
     primal = False
     if size > 0.0:
+        tol = eps_pinf * size
         support = 0.0
         for i in range(k):
-            if dv[i] > 0.0:
+            # A multiplier of the order of the tolerance on an infinite side is rounding noise
+            # (the exact certificate is zero there), not an infinite support.
+            if dv[i] > 0.0 and (hi[i] < np.inf or dv[i] > tol):
                 support += hi[i] * dv[i]
-            elif dv[i] < 0.0:
+            elif dv[i] < 0.0 and (lo[i] > -np.inf or dv[i] < -tol):
                 support += lo[i] * dv[i]
-        tol = eps_pinf * size
         if support < -tol:
             GTdv = np.empty(n)
             rmatvec(K[n:], dv, GTdv)
