@@ -44,14 +44,31 @@ def rmatvec(M: np.ndarray, a: np.ndarray, out: np.ndarray) -> None:
 
 
 @njit(**FAST)
-def add_outer_lower(H: np.ndarray, row: np.ndarray, weight: float) -> None:
-    """``H += weight * row row'`` on the lower triangle."""
-    for a in range(H.shape[0]):
-        f = weight * row[a]
-        if f != 0.0:
-            Ha = H[a]
-            for b in range(a + 1):
-                Ha[b] += f * row[b]
+def add_gram_lower(
+    H: np.ndarray, GT: np.ndarray, first: int, last: int, use: np.ndarray, scale: float, W: np.ndarray
+) -> None:
+    """``H += scale² G_S' G_S`` on the lower triangle, ``S`` the rows ``first <= i < last`` with ``use[i]``.
+
+    ``GT`` is ``G'`` (n, k); the columns of ``S`` are gathered into the work array ``W`` (n, k) so
+    that every entry is a dot product of two contiguous rows.
+    """
+    n = GT.shape[0]
+    count = 0
+    for i in range(first, last):
+        if use[i]:
+            for a in range(n):
+                W[a, count] = GT[a, i] * scale
+            count += 1
+    if count == 0:
+        return
+    for a in range(n):
+        Wa, Ha = W[a], H[a]
+        for b in range(a + 1):
+            Wb = W[b]
+            acc = 0.0
+            for t in range(count):
+                acc += Wa[t] * Wb[t]
+            Ha[b] += acc
 
 
 @njit(**FAST)

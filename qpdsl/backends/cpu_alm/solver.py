@@ -26,7 +26,7 @@ from numba import cfunc, njit, prange, types
 
 from ...qp import Status
 from . import params as prm
-from .linalg import KERNEL, add_outer_lower, cho_solve, cholesky, matvec, rank_one, rmatvec
+from .linalg import KERNEL, add_gram_lower, cho_solve, cholesky, matvec, rank_one
 from .linesearch import exact_step
 from .scaling import cost_scale, equilibrate
 
@@ -70,7 +70,7 @@ def _valid(P, q, A, b, C, l, u) -> bool:
 
 
 @njit(**KERNEL)
-def _evaluate(K, n, p, qs, lo, hi, x, xp, v, vp, KX, mu_eq, mu_in, rho, w, r, rmu, GTv, GTr, dual, rx, grad):
+def _evaluate(GT, n, p, qs, lo, hi, x, xp, v, vp, KX, mu_eq, mu_in, rho, w, r, rmu, GTv, GTr, dual, rx, grad):
     """The subproblem's optimality equations at ``(x, v)``, given ``KX = [P x; G x]``.
 
     ``w = Gx + mu v_prox``, ``r = [w - hi]_+ + [w - lo]_- - mu v`` (the equation for ``v``),
@@ -85,8 +85,8 @@ def _evaluate(K, n, p, qs, lo, hi, x, xp, v, vp, KX, mu_eq, mu_in, rho, w, r, rm
         out = wi - hi[i] if wi > hi[i] else (wi - lo[i] if wi < lo[i] else 0.0)
         r[i] = out - mu * v[i]
         rmu[i] = r[i] / mu
-    rmatvec(K[n:], v, GTv)
-    rmatvec(K[n:], rmu, GTr)
+    matvec(GT, v, GTv)
+    matvec(GT, rmu, GTr)
     for j in range(n):
         dual[j] = KX[j] + qs[j] + GTv[j]
         rx[j] = dual[j] + rho * (x[j] - xp[j])
@@ -182,7 +182,7 @@ def _original_check(P, q, A, b, C, lo0, hi0, lo0_fin, hi0_fin, xo, yo, zo, eps_a
 
 
 @njit(**KERNEL)
-def _certificates(K, n, p, qs, lo, hi, row_norm, x, xp, v, vp, eps_pinf, eps_dinf):
+def _certificates(K, GT, n, p, qs, lo, hi, row_norm, x, xp, v, vp, eps_pinf, eps_dinf):
     """Primal and dual infeasibility certificates from the last outer step.
 
     Primal: ``dv = v - v_prox`` with ``G'dv ≈ 0`` and ``hi'[dv]_+ + lo'[dv]_- < 0`` (Farkas).
@@ -205,7 +205,7 @@ def _certificates(K, n, p, qs, lo, hi, row_norm, x, xp, v, vp, eps_pinf, eps_din
                 support += lo[i] * dv[i]
         if support < -tol:
             GTdv = np.empty(n)
-            rmatvec(K[n:], dv, GTdv)
+            matvec(GT, dv, GTdv)
             primal = _norm(GTdv) <= tol
     dx = x - xp
     size_x = _norm(dx)
@@ -278,6 +278,10 @@ def solve_one(P, q, A, b, C, l, u, x0, y0, z0, fp, ip, x_out, y_out, z_out, info
     row_norm = np.zeros(k)
     for i in range(k):
         row_norm[i] = _norm(G[i])
+    GT = np.empty((n, k))  # G' for the products G'v and the Gram matrices of the Hessian
+    for i in range(k):
+        for j in range(n):
+            GT[j, i] = G[i, j]
 
     # The state: the warm start (zeros when cold) in scaled variables.
     x = np.where(np.isfinite(x0), x0, 0.0) / D
@@ -302,7 +306,7 @@ def solve_one(P, q, A, b, C, l, u, x0, y0, z0, fp, ip, x_out, y_out, z_out, info
         np.empty(n),
         np.empty(n),
     )
-    row, t, delta = np.empty(n), np.empty(2 * m), np.empty(2 * m)
+    row, t, delta, W = np.empty(n), np.empty(2 * m), np.empty(2 * m), np.empty((n, k))
     active = np.zeros(k, dtype=np.bool_)
     factored = np.zeros(k, dtype=np.bool_)
     H_eq = np.empty((n, n))  # P + rho I + A'A / mu_eq (lower triangle), for mu_eq = H_eq_mu
@@ -316,7 +320,7 @@ def solve_one(P, q, A, b, C, l, u, x0, y0, z0, fp, ip, x_out, y_out, z_out, info
     prim_res, dual_res = np.inf, np.inf
     while True:
         _evaluate(
-            K, n, p, qs, lo, hi, x, xp, v, vp, KX, mu_eq, mu_in, rho, w, r, rmu, GTv, GTr, dual, rx, grad
+            GT, n, p, qs, lo, hi, x, xp, v, vp, KX, mu_eq, mu_in, rho, w, r, rmu, GTv, GTr, dual, rx, grad
         )
         prim, prim_comp, gap, g_scale = _residuals(
             KX[n:], _dot(x, KX[:n]), _dot(qs, x), v, v_scale, inv_E, lo, hi, lo_fin, hi_fin, eps_abs
@@ -344,7 +348,7 @@ def solve_one(P, q, A, b, C, l, u, x0, y0, z0, fp, ip, x_out, y_out, z_out, info
         if max(_norm(rx), _norm(r)) <= eps_in or stalled or inner >= max_inner:
             # BCL update: accept the multipliers when the (scaled) violation is small enough.
             primal_inf, dual_inf = _certificates(
-                K, n, p, qs, lo, hi, row_norm, x, xp, v, vp, fp[prm.EPS_PRIMAL_INF], fp[prm.EPS_DUAL_INF]
+                K, GT, n, p, qs, lo, hi, row_norm, x, xp, v, vp, fp[prm.EPS_PRIMAL_INF], fp[prm.EPS_DUAL_INF]
             )
             violation = 0.0
             for i in range(k):
@@ -374,7 +378,7 @@ def solve_one(P, q, A, b, C, l, u, x0, y0, z0, fp, ip, x_out, y_out, z_out, info
             xp[:] = x
             inner = 0
             _evaluate(
-                K, n, p, qs, lo, hi, x, xp, v, vp, KX, mu_eq, mu_in, rho, w, r, rmu, GTv, GTr, dual, rx, grad
+                GT, n, p, qs, lo, hi, x, xp, v, vp, KX, mu_eq, mu_in, rho, w, r, rmu, GTv, GTr, dual, rx, grad
             )
 
         if iters >= max_iter:
@@ -406,13 +410,10 @@ def solve_one(P, q, A, b, C, l, u, x0, y0, z0, fp, ip, x_out, y_out, z_out, info
                         for j in range(a + 1):
                             H_eq[a, j] = 0.5 * (K[a, j] + K[j, a])
                         H_eq[a, a] += rho
-                    for i in range(p):
-                        add_outer_lower(H_eq, G[i], 1.0 / mu_eq)
+                    add_gram_lower(H_eq, GT, 0, p, active, 1.0 / math.sqrt(mu_eq), W)
                     H_eq_mu = mu_eq
                 L[:] = H_eq
-                for i in range(p, k):
-                    if active[i]:
-                        add_outer_lower(L, G[i], 1.0 / mu_in)
+                add_gram_lower(L, GT, p, k, active, 1.0 / math.sqrt(mu_in), W)
                 updates = 0
                 fresh = cholesky(L)
                 info[5] += 1
