@@ -221,7 +221,13 @@ def jaxopt_osqp_peer(tol: float = 1e-6, maxiter: int = 4000) -> JaxPeer:
 
 
 # (front end, backend) pairs of qpdsl that are benchmarked when available.
-_QPDSL_RUNS = (("torch", "proxsuite"), ("torch", "torch"), ("jax", "jax"), ("jax", "proxsuite"))
+_QPDSL_RUNS = (
+    ("torch", "proxsuite"),
+    ("torch", "cpu"),
+    ("torch", "torch"),
+    ("jax", "jax"),
+    ("jax", "proxsuite"),
+)
 # qpsolvers backends: only when a peer prefix names them (``--dense-peers qpdsl[qpsolvers``), since
 # they solve one element at a time and some need many iterations to reach 1e-9
 QPSOLVERS_PREFIX = "qpdsl[qpsolvers"

@@ -359,7 +359,6 @@ def test_registry(monkeypatch):
     )
     monkeypatch.setattr(backends, "_loaded", set())
     assert isinstance(backends.get_backend("proxsuite"), ProxsuiteBackend)
-    assert backends.get_backend("cpu") is backends.get_backend("proxsuite")
     clarabel = backends.get_backend("qpsolvers:clarabel")
     assert isinstance(clarabel, QpsolversBackend) and clarabel.solver == "clarabel"
     names = backends.available_backends()

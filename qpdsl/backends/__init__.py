@@ -119,10 +119,10 @@ _PREFIXES: dict[str, _Entry] = {}
 _ALIASES = {"gpu": "torch"}
 _MODULES = {  # backend name (or prefix) -> the module that registers it, imported on first use
     "proxsuite": "proxsuite_backend",
+    "cpu": "cpu_backend",
     "qpsolvers": "qpsolvers_backend",
     "torch": "torch_backend",
     "jax": "jax_backend",
-    "cpu": "cpu_backend",
 }
 _loaded: set[str] = set()
 
@@ -154,7 +154,7 @@ def _load_all() -> None:
 
 def get_backend(name: str) -> Backend:
     """Return the backend registered as ``name`` (alias ``gpu`` and ``qpsolvers:<solver>`` included;
-    ``auto`` is resolved per call by :func:`qpdsl.solve.resolve_backend`).
+    ``auto`` is resolved per call by :func:`qpdsl.solve.core.resolve_backend`).
 
     Raises
     ------
