@@ -33,7 +33,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(PY) -m ruff check qpdsl tests benchmarks examples
+	$(PY) -m ruff check qpdsl tests benchmarks examples .ci
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py --quick

@@ -1,8 +1,9 @@
 """Helpers shared by the examples: build one differentiable layer per "model" from a qpdsl problem.
 
 Every model solves the *same* standard-form QP: the one qpdsl compiles from the problem
-(``prob.compile()``, DESIGN §2). The qpdsl models are ``prob.to_torch(...)`` with a backend;
-the peer models take that compiled data (as differentiable torch tensors) and hand it to
+(``prob.compile()``: data affine in the parameters, see docs/design.md). The qpdsl models are
+``prob.to_torch(...)`` with a backend; the peer models take that compiled data (as
+differentiable torch tensors) and hand it to
 
 - ``qpth``: OptNet's batched interior-point layer (``qpth.qp.QPFunction``), which needs a
   positive definite P and one-sided inequalities ``G x <= h``;
@@ -18,12 +19,17 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 import qpdsl as qd
+
+#: Where the examples write their outputs by default: ``results/`` at the top of the checkout, which
+#: git ignores. Figures for the documentation are written only when asked (``--img docs/img``).
+RESULTS = Path(__file__).resolve().parent.parent / "results"
 
 
 @contextlib.contextmanager
@@ -186,6 +192,47 @@ def usable_models(
         else:
             log(f"skipping {s.name}: {cache[key]}")
     return out
+
+
+class _NoBar:
+    """Stands in for a tqdm bar when tqdm is not installed (or the bar is disabled): does nothing."""
+
+    def update(self, n: int = 1) -> None:
+        """Ignore progress."""
+
+    def set_postfix(self, **kwargs: Any) -> None:
+        """Ignore the bar's trailing text."""
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+def progress(total: int, desc: str, disable: bool = False, **kwargs: Any) -> Any:
+    """A tqdm progress bar, or a silent stand-in when ``disable`` is set or tqdm is not installed.
+
+    Parameters
+    ----------
+    total
+        Number of steps the bar counts to.
+    desc
+        Label shown in front of the bar.
+    disable
+        No bar at all (``--no-progress``).
+    **kwargs
+        Further options of ``tqdm.tqdm``.
+
+    Returns
+    -------
+    object
+        Something with tqdm's ``update``, ``set_postfix`` and ``close``.
+    """
+    if disable:
+        return _NoBar()
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm is optional: pip install tqdm (or the `examples` extra) for a bar
+        return _NoBar()
+    return tqdm(total=total, desc=desc, **kwargs)
 
 
 class Timer:

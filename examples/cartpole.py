@@ -25,6 +25,9 @@ on its own machine and sizes — ours are measured here).
 
     python examples/cartpole.py              # default: 512 samples, 5 epochs
     python examples/cartpole.py --quick      # smoke test (CI)
+
+Results go to ``--out`` (default ``results/``, ignored by git); ``--img docs/img`` also writes
+them where the documentation reads them.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 
-from _peers import ModelSpec, Timer, float64, format_table, usable_models  # noqa: E402
+from _peers import RESULTS, ModelSpec, Timer, float64, format_table, progress, usable_models  # noqa: E402
 
 import qpdsl as qd  # noqa: E402
 
@@ -183,8 +186,6 @@ def expert_data(
 
 
 def train_model(spec: ModelSpec, data: dict[str, torch.Tensor], args: argparse.Namespace) -> dict[str, Any]:
-    from tqdm import tqdm
-
     problem, params, u = mpc_problem(args.horizon)
     policy = MPCPolicy(spec.build(problem, params, [u]), WRONG, (1.0, 1.0, 1.0, 1.0), 1.0)
     opt = torch.optim.Adam(policy.parameters(), lr=args.lr)
@@ -209,9 +210,7 @@ def train_model(spec: ModelSpec, data: dict[str, torch.Tensor], args: argparse.N
         "backward_ms_batch": [],
     }
     n_batches = math.ceil(len(X) / args.batch_size)
-    bar = tqdm(
-        total=args.epochs * n_batches, desc=f"{spec.name:>16}", disable=args.no_progress, dynamic_ncols=True
-    )
+    bar = progress(args.epochs * n_batches, f"{spec.name:>16}", disable=args.no_progress, dynamic_ncols=True)
     try:
         for _ in range(args.epochs):
             timer = Timer()
@@ -261,7 +260,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--lr", type=float, default=0.02)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "docs" / "img"))
+    ap.add_argument("--out", default=str(RESULTS), help="folder of cartpole.json (default: %(default)s)")
+    ap.add_argument("--img", default=None, help="also write cartpole.json here (e.g. docs/img)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     if args.quick:
@@ -334,7 +334,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         rows,
     )
     print("\n" + table, flush=True)
-    config = {k: v for k, v in vars(args).items() if k not in ("out", "no_progress")}
+    config = {k: v for k, v in vars(args).items() if k not in ("out", "img", "no_progress")}
     config.update(
         torch_threads=torch.get_num_threads(),
         cpu_count=os.cpu_count(),
@@ -342,8 +342,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         command="python examples/cartpole.py " + " ".join(sys.argv[1:] if argv is None else argv),
     )
     report = {"config": config, "skipped": skipped, "models": results, "table": table}
-    (out / "cartpole.json").write_text(json.dumps(report, indent=1))
-    print(f"wrote {out / 'cartpole.json'}", flush=True)
+    for folder in [out] + ([Path(args.img)] if args.img else []):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "cartpole.json").write_text(json.dumps(report, indent=1))
+        print(f"wrote {folder / 'cartpole.json'}", flush=True)
     return report
 
 

@@ -62,7 +62,12 @@ def true_curves(t: np.ndarray, centre: np.ndarray, slope: np.ndarray) -> np.ndar
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--backend", default="proxsuite", help="a name from qd.available_backends()")
+    ap.add_argument(
+        "--backend", default="auto", help="a name from qd.available_backends(), or auto (chosen per call)"
+    )
+    ap.add_argument(
+        "--quick", action="store_true", help="smoke test: 3 curves, 15 knots, 20 samples, 5 steps"
+    )
     ap.add_argument("--curves", type=int, default=8)
     ap.add_argument("--knots", type=int, default=30)
     ap.add_argument(
@@ -74,7 +79,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--lr", type=float, default=0.2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.curves, args.knots, args.samples, args.steps = 3, 15, 20, 5
+    return args
 
 
 def finite_difference_check(

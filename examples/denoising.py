@@ -62,7 +62,14 @@ def mse(layer: torch.nn.Module, noisy: torch.Tensor, clean: torch.Tensor, lam: t
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--backend", default="proxsuite", help="a name from qd.available_backends()")
+    ap.add_argument(
+        "--backend", default="auto", help="a name from qd.available_backends(), or auto (chosen per call)"
+    )
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke test: n = 40, 2 signals, 3 jumps, 6 iterations, 5 grid points",
+    )
     ap.add_argument("--n", type=int, default=100, help="signal length")
     ap.add_argument("--signals", type=int, default=4, help="training signals (and as many test signals)")
     ap.add_argument("--jumps", type=int, default=6, help="jumps per clean signal")
@@ -72,7 +79,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--grid", type=int, default=9, help="grid-search points, log-spaced in [0.05, 5]")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.n, args.signals, args.jumps, args.max_iter, args.grid = 40, 2, 3, 6, 5
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

@@ -6,12 +6,13 @@ mean-variance portfolio
     maximize    mu'w - gamma w'Sigma w
     subject to  sum(w) = 1,  0 <= w <= w_max,
 
-exported with ``prob.to_jax(parameters=[mu], variables=[w], backend="jax")``. One jitted
-function maps a batch of return-estimate scenarios through ``jax.vmap`` of the layer and
-returns the downstream loss (minus the mean *realised* utility r_s'w_s - gamma w_s'Sigma w_s
-of each scenario's portfolio) together with ``jax.grad`` of that loss with respect to every
-scenario's mu. The script checks the portfolios against ``prob.solve`` with proxsuite and the
-gradient against central finite differences, and prints the per-asset sensitivities.
+exported with ``prob.to_jax(parameters=[mu], variables=[w])`` (backend ``auto``, which runs
+``jax`` for JAX arrays). One jitted function maps a batch of return-estimate scenarios
+through ``jax.vmap`` of the layer and returns the downstream loss (minus the mean *realised*
+utility r_s'w_s - gamma w_s'Sigma w_s of each scenario's portfolio) together with ``jax.grad``
+of that loss with respect to every scenario's mu. The script checks the portfolios against
+``prob.solve`` with proxsuite and the gradient against central finite differences, and prints
+the per-asset sensitivities.
 
     python examples/portfolio_jax.py                     # 8 assets, 64 scenarios (JIT compile ~15 s)
     python examples/portfolio_jax.py --backend proxsuite # proxsuite reached through jax.pure_callback
@@ -55,14 +56,20 @@ def portfolio_problem(
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--backend", default="jax", help="a name from qd.available_backends()")
+    ap.add_argument(
+        "--backend", default="auto", help="a name from qd.available_backends(), or auto (chosen per call)"
+    )
+    ap.add_argument("--quick", action="store_true", help="smoke test: 4 assets, 6 scenarios, w_max 0.6")
     ap.add_argument("--assets", type=int, default=8)
     ap.add_argument("--scenarios", type=int, default=64, help="batch of return estimates (vmapped)")
     ap.add_argument("--gamma", type=float, default=2.0, help="risk aversion")
     ap.add_argument("--w-max", type=float, default=0.4, help="cap on each weight")
     ap.add_argument("--noise", type=float, default=0.02, help="standard deviation of the estimates' error")
     ap.add_argument("--seed", type=int, default=0)
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.assets, args.scenarios, args.w_max = 4, 6, 0.6
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

@@ -89,7 +89,10 @@ def make_blobs(
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--backend", default="proxsuite", help="a name from qd.available_backends()")
+    ap.add_argument(
+        "--backend", default="auto", help="a name from qd.available_backends(), or auto (chosen per call)"
+    )
+    ap.add_argument("--quick", action="store_true", help="smoke test: 1 epoch, 64 training / 64 test samples")
     ap.add_argument("--classes", type=int, default=5)
     ap.add_argument("--features", type=int, default=10)
     ap.add_argument("--spread", type=float, default=0.8, help="standard deviation of each blob")
@@ -100,7 +103,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.epochs, args.train_size, args.test_size = 1, 64, 64
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

@@ -26,8 +26,10 @@ Models (each skipped with a message when it cannot run here):
     qplayer-qp, qplayer-lp                  proxsuite's QPLayer on the same data
 
 Run ``python examples/sudoku.py`` (the project demo, a few minutes on 2 cores) or
-``python examples/sudoku.py --epochs 1 --train-size 40 --test-size 20`` for a smoke test.
-Results (per-epoch curves as JSON, a PNG plot) go to ``--out`` (default docs/img).
+``python examples/sudoku.py --quick`` for a smoke test (1 epoch, 40 training / 20 test puzzles).
+Results (per-epoch curves as JSON, a PNG plot when matplotlib is installed) go to ``--out``
+(default ``results/``, ignored by git); ``--img docs/img`` also writes them where the
+documentation shows them.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 
-from _peers import ModelSpec, Timer, float64, format_table, usable_models  # noqa: E402
+from _peers import RESULTS, ModelSpec, Timer, float64, format_table, progress, usable_models  # noqa: E402
 
 import qpdsl as qd  # noqa: E402
 
@@ -191,8 +193,6 @@ class SudokuNet(torch.nn.Module):
 def train_model(
     spec: ModelSpec, data: dict[str, torch.Tensor], args: argparse.Namespace, show_progress: bool
 ) -> dict[str, Any]:
-    from tqdm import tqdm
-
     problem, params, x = sudoku_problem(args.m, quadratic=spec.variant == "qp")
     net = SudokuNet(spec.build(problem, params, [x]), args.m, args.seed)
     opt = torch.optim.Adam(net.parameters(), lr=args.lr)
@@ -219,12 +219,8 @@ def train_model(
         "backward_s": [],
     }
     batches = math.ceil(n_train / args.batch_size)
-    bar = tqdm(
-        total=args.epochs * batches,
-        desc=f"{spec.name:>20}",
-        disable=not show_progress,
-        leave=True,
-        dynamic_ncols=True,
+    bar = progress(
+        args.epochs * batches, f"{spec.name:>20}", disable=not show_progress, leave=True, dynamic_ncols=True
     )
     try:
         for epoch in range(1, args.epochs + 1):
@@ -262,8 +258,13 @@ def train_model(
     return hist
 
 
-def plot(results: dict[str, dict[str, Any]], path: Path, title: str) -> None:
-    import matplotlib
+def plot(results: dict[str, dict[str, Any]], path: Path, title: str) -> bool:
+    """Draw the training curves into ``path``; returns False (and draws nothing) without matplotlib."""
+    try:
+        import matplotlib
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install matplotlib)", flush=True)
+        return False
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -291,6 +292,7 @@ def plot(results: dict[str, dict[str, Any]], path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return True
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -298,6 +300,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--quick", action="store_true", help="smoke test: 1 epoch, 40 training / 20 test puzzles")
     ap.add_argument(
         "--models",
         default="",
@@ -316,9 +319,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=1,
         help="torch threads (0: torch's default; 1 is fastest for these small batches)",
     )
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "docs" / "img"))
+    ap.add_argument(
+        "--out", default=str(RESULTS), help="folder of sudoku.json and sudoku.png (default: %(default)s)"
+    )
+    ap.add_argument("--img", default=None, help="also write sudoku.json and sudoku.png here (e.g. docs/img)")
     ap.add_argument("--no-progress", action="store_true")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.epochs, args.train_size, args.test_size = 1, 40, 20
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -380,22 +389,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         rows,
     )
     print("\n" + table, flush=True)
-    config = {k: v for k, v in vars(args).items() if k not in ("out", "no_progress")}
+    config = {k: v for k, v in vars(args).items() if k not in ("out", "img", "no_progress")}
     config.update(
         torch_threads=torch.get_num_threads(),
         cpu_count=os.cpu_count(),
         command="python examples/sudoku.py " + " ".join(sys.argv[1:] if argv is None else argv),
     )
     report = {"config": config, "skipped": skipped, "models": results, "table": table}
-    (out / "sudoku.json").write_text(json.dumps(report, indent=1))
-    if results:
-        plot(
-            results,
-            out / "sudoku.png",
-            f"4x4 Sudoku, learned A ({args.m}x{NX}) and b; {args.train_size} train / {args.test_size} test "
-            f"puzzles, {args.blanks} blanks",
+    title = (
+        f"4x4 Sudoku, learned A ({args.m}x{NX}) and b; {args.train_size} train / {args.test_size} test "
+        f"puzzles, {args.blanks} blanks"
+    )
+    for folder in [out] + ([Path(args.img)] if args.img else []):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "sudoku.json").write_text(json.dumps(report, indent=1))
+        drawn = bool(results) and plot(results, folder / "sudoku.png", title)
+        print(
+            f"wrote {folder / 'sudoku.json'}" + (f" and {folder / 'sudoku.png'}" if drawn else ""), flush=True
         )
-    print(f"wrote {out / 'sudoku.json'}" + (f" and {out / 'sudoku.png'}" if results else ""), flush=True)
     return report
 
 
