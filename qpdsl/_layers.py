@@ -128,7 +128,10 @@ def broadcast_arguments(
             else:
                 for idx in invalid_parameter_elements(p, values[p]).values():
                     invalid.update(idx)
-    return qp.stack_theta(values, batch), batch, batched, sorted(invalid)
+    theta = qp.stack_theta(values, batch)
+    if framework(theta) == "numpy":  # a problem without parameters: theta is a column of ones
+        theta = convert(theta)
+    return theta, batch, batched, sorted(invalid)
 
 
 def mark_invalid(data: QPData, invalid: list[int]) -> QPData:

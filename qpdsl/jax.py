@@ -190,7 +190,8 @@ def _solve_by_callback(
         # leading axes are folded into one batch.
         lead = host_arrays[1].shape[:-1]
         cores = [a.shape[len(lead) :] for a in host_arrays]
-        flat = [np.asarray(a).reshape(-1, *core) for a, core in zip(host_arrays, cores, strict=True)]
+        count = int(np.prod(lead))  # explicit: reshape(-1, 0) is ambiguous for empty blocks
+        flat = [np.asarray(a).reshape(count, *core) for a, core in zip(host_arrays, cores, strict=True)]
         data, warm = QPData(*flat[:7]), flat[7:]
         outcome = solve_batch(solver, data, settings, WarmStart(*warm) if warm else None, on_failure, shiftable)
         res = outcome.result

@@ -114,7 +114,8 @@ def _warm(a: Any, batch: int, size: int, name: str) -> np.ndarray:
             f"warm_start.{name} has shape {a.shape}; expected ({batch}, {size}) or ({size},): the "
             f"standard-form {name} of this batch (auxiliary variables and rows included)"
         )
-    return _kernel_array(np.broadcast_to(a.reshape(-1, size), (batch, size)))
+    # an explicit row count: reshape(-1, 0) is ambiguous for empty blocks
+    return _kernel_array(np.broadcast_to(a.reshape(a.shape[0] if a.ndim == 2 else 1, size), (batch, size)))
 
 
 def _kernel_array(a: Any) -> np.ndarray:

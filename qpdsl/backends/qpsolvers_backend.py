@@ -104,9 +104,10 @@ class QpsolversBackend(Backend):
     ) -> QPResult:
         batch, n, p, m = data.batch_size, data.n, data.n_eq, data.n_in
         dtype = np.asarray(data.q).dtype
-        # C-contiguous copies: some wrapped solvers (daqp) ignore strides and misread views
+        # Writable C-contiguous copies: some wrapped solvers (daqp) ignore strides and misread views,
+        # and refuse read-only buffers (arrays that come from JAX are read-only)
         P, q, A, b, C, low, up = (
-            np.ascontiguousarray(a, dtype=np.float64)
+            np.array(a, dtype=np.float64, order="C", copy=True)
             for a in (data.P, data.q, data.A, data.b, data.C, data.l, data.u)
         )
         eps = settings.tolerance(dtype)

@@ -1,0 +1,327 @@
+"""No wrong point with an ok status: verification, the closest-feasible stage, the layer core.
+
+Each test reproduces a way qpdsl once returned a wrong answer (or crashed) in ordinary use and
+checks the answer against values computed by hand or by an independent solver.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import qpdsl as qd
+from qpdsl.backends import Backend, Capabilities, available_backends, get_backend
+from qpdsl.errors import BackendNotFound, ParameterError, SolverError
+from qpdsl.qp import QPData, QPResult, Settings, Status, WarmStart
+
+NUMPY_BACKENDS = [
+    b
+    for b in ("cpu", "proxsuite", "torch", "jax", "qpsolvers:clarabel", "qpsolvers:piqp")
+    if b in available_backends()
+]
+
+# PIQP stops at its iteration limit on the shifted QP when a bound of 1e8 sits beside it.
+MAY_DECLINE = {"qpsolvers:piqp"}
+
+
+def _infeasible_with_large_bound(bound: float) -> tuple[qd.Problem, qd.Variable, list]:
+    x = qd.Variable(2, name="x")
+    constraints = [x[0] <= 1, x[0] >= 2, x[1] <= bound]
+    return qd.Problem(qd.Minimize(qd.sum_squares(x - 3)), constraints), x, constraints
+
+
+@pytest.mark.parametrize("bound", [1e3, 1e8, 1e15])
+@pytest.mark.parametrize("backend", NUMPY_BACKENDS)
+def test_infeasible_row_is_shifted_whatever_the_bounds_of_other_rows(backend: str, bound: float) -> None:
+    """x0 <= 1 and x0 >= 2 conflict; a large bound on x1 must not hide it (it once made the
+    shift test relative to 1e8, and the QP was reported solved with x = (1.5, 3), shift 0)."""
+    if backend == "jax":
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+    prob, x, (c1, c2, c3) = _infeasible_with_large_bound(bound)
+    sol = prob.solve(backend=backend)
+    if backend in MAY_DECLINE and sol.status != "solved_closest_feasible":
+        assert not qd.Status[sol.status.upper()].ok  # declining is allowed, a wrong answer is not
+        return
+    assert sol.status == "solved_closest_feasible"
+    np.testing.assert_allclose(sol[x], [1.5, 3.0], atol=1e-6)
+    np.testing.assert_allclose([sol.shift[c1], sol.shift[c2], sol.shift[c3]], [0.5, 0.5, 0.0], atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", NUMPY_BACKENDS)
+def test_only_the_users_rows_are_shifted(backend: str) -> None:
+    """norm1(x) <= -1 is relaxed to norm1(x) <= 0: x = 0, and the user's constraint's shift is 1.0
+    (the epigraph rows of norm1 are the compiler's and stay hard)."""
+    if backend == "jax":
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+    x = qd.Variable(3, name="x")
+    r = qd.Parameter(name="r")
+    c = qd.norm1(x) <= r
+    prob = qd.Problem(qd.Minimize(qd.sum_squares(x - 1)), [c])
+    sol = prob.solve({r: -1.0}, backend=backend)
+    assert sol.status == "solved_closest_feasible"
+    np.testing.assert_allclose(sol[x], 0.0, atol=1e-6)
+    np.testing.assert_allclose(sol.shift[c], 1.0, atol=1e-6)
+    # the user's constraint, relaxed by its shift, holds at the returned point
+    assert np.abs(sol[x]).sum() <= -1.0 + sol.shift[c] + 1e-6
+
+
+def test_closest_feasible_with_hard_rows_matches_independent_reference() -> None:
+    """|x - a|_1 <= r with r < 0 beside x == b: only the user's two rows shift. Reference: the
+    least-squares shift computed by hand (cvxpy minimising the shift norm)."""
+    cp = pytest.importorskip("cvxpy")
+    a = np.array([1.0, -2.0, 0.5])
+    x = qd.Variable(3, name="x")
+    c_norm = qd.norm1(x - a) <= -1.0
+    c_eq = qd.sum(x) == 4.0
+    sol = qd.Problem(qd.Minimize(qd.sum_squares(x)), [c_norm, c_eq]).solve(backend="proxsuite")
+    assert sol.status == "solved_closest_feasible"
+    xc, s1, s2 = cp.Variable(3), cp.Variable(), cp.Variable()
+    ls = cp.Problem(cp.Minimize(s1**2 + s2**2), [cp.norm1(xc - a) <= -1.0 + s1, cp.sum(xc) == 4.0 + s2])
+    ls.solve(solver=cp.CLARABEL)
+    np.testing.assert_allclose([sol.shift[c_norm], sol.shift[c_eq]], [s1.value, s2.value], atol=1e-5)
+
+
+# --------------------------------------------------------------------------- verification
+
+
+class _Liar(Backend):
+    """A backend that claims ``solved`` for a point it perturbs: verification must catch it."""
+
+    def __init__(self, perturb: dict[str, float]) -> None:
+        self.name = "liar"
+        self.capabilities = Capabilities(framework="numpy", warm_start=False)
+        self.perturb = perturb
+
+    def solve_raw(self, data: QPData, settings: Settings, warm_start: WarmStart | None = None) -> QPResult:
+        res = get_backend("proxsuite").solve_raw(data, Settings(eps_abs=1e-12))
+        out = {k: np.array(getattr(res, k), copy=True) for k in ("x", "y", "z")}
+        for k, delta in self.perturb.items():
+            out[k][:, 0] += delta
+        return QPResult(**out, shift_eq=res.shift_eq, shift_in=res.shift_in, status=res.status,
+                        iterations=res.iterations, prim_res=res.prim_res, dual_res=res.dual_res)
+
+
+def _box_qp() -> QPData:
+    """min 1/2 |x|² - [2, 2]'x  s.t.  x0 + x1 = 1,  -1 <= x <= 0.8: x = (0.5, 0.5), inactive box."""
+    eye = np.eye(2)[None]
+    return QPData(eye, np.array([[-2.0, -2.0]]), np.ones((1, 1, 2)), np.array([[1.0]]), eye,
+                  np.full((1, 2), -1.0), np.full((1, 2), 0.8))
+
+
+@pytest.mark.parametrize("perturb", [{"x": 1e-6}, {"y": 1e-6}, {"z": 1e-6}, {"z": -1e-6}])
+def test_a_claim_off_by_more_than_the_tolerance_is_inaccurate(perturb: dict[str, float]) -> None:
+    res = _Liar(perturb).solve(_box_qp(), Settings(eps_abs=1e-9))
+    assert res.statuses() == [Status.INACCURATE]
+    assert not Status.INACCURATE.ok
+
+
+def test_a_claim_correct_to_rounding_is_kept() -> None:
+    res = _Liar({"x": 1e-13}).solve(_box_qp(), Settings(eps_abs=1e-9))
+    assert res.statuses() == [Status.SOLVED]
+    assert float(res.prim_res[0]) < 1e-9 and float(res.gap[0]) < 1e-9
+
+
+def test_large_terms_in_one_row_neither_hide_nor_fake_an_error_in_another() -> None:
+    """Row scales are per row: 1e8 in one row allows rounding there only."""
+    from qpdsl.solve.verify import check_point
+
+    # min 1/2 |x|² - 1e8 x1  s.t.  x0 <= 1, x1 <= 1e8: x = (0, 1e8), both multipliers zero
+    data = QPData(np.eye(2)[None], np.array([[0.0, -1e8]]), np.zeros((1, 0, 2)), np.zeros((1, 0)),
+                  np.eye(2)[None], np.array([[-np.inf, -np.inf]]), np.array([[1.0, 1e8]]))
+    z = np.zeros((1, 2))
+    x_bad = np.array([[1.0 + 1e-7, 1e8]])  # row 0 violated by 1e-7
+    assert not check_point(data, x_bad, np.zeros((1, 0)), z, np.zeros((1, 0)), z, 1e-9, 0.0).passed[0]
+    x_round = np.array([[0.0, 1e8 * (1 + 2e-16)]])  # row 1 off by one ulp of 1e8
+    assert check_point(data, x_round, np.zeros((1, 0)), z, np.zeros((1, 0)), z, 1e-9, 0.0).passed[0]
+
+
+def test_inaccurate_makes_the_layer_raise_or_nan() -> None:
+    torch = pytest.importorskip("torch")
+    import qpdsl.torch as qt
+
+    liar = _Liar({"x": 1e-4})
+    d = _box_qp()
+    args = [torch.as_tensor(a[0]) for a in d.arrays()]
+    from qpdsl.backends import _REGISTRY, _Entry
+
+    _REGISTRY["liar"] = _Entry(lambda name: liar, liar.capabilities)
+    try:
+        with pytest.raises(SolverError, match="inaccurate"):
+            qt.solve_qp(*args, backend="liar")
+        x, *_, status = qt.solve_qp(*args, backend="liar", on_failure="nan")
+        assert int(status) == Status.INACCURATE and torch.isnan(x).all()
+    finally:
+        del _REGISTRY["liar"]
+
+
+@pytest.mark.parametrize("solver", ["qpsolvers:qpax", "qpsolvers:jaxopt_osqp"])
+def test_loose_third_party_claims_are_downgraded_or_accurate(solver: str) -> None:
+    """qpax and jaxopt's OSQP once reported solved far from the optimum: whatever they claim now
+    is checked against Clarabel at 1e-12."""
+    if solver not in available_backends():
+        pytest.skip(f"{solver} not installed")
+    rng = np.random.default_rng(0)
+    n, m = 6, 8
+    M = rng.standard_normal((3, n, n))
+    data = QPData(M @ M.transpose(0, 2, 1) + np.eye(n), rng.standard_normal((3, n)), np.zeros((3, 0, n)),
+                  np.zeros((3, 0)), rng.standard_normal((3, m, n)), np.full((3, m), -np.inf), np.ones((3, m)))
+    res = get_backend(solver).solve(data, Settings(eps_abs=1e-9))
+    ref = get_backend("qpsolvers:clarabel").solve(data, Settings(eps_abs=1e-12))
+    for i, s in enumerate(res.statuses()):
+        if s.ok:
+            np.testing.assert_allclose(res.x[i], ref.x[i], atol=1e-6)
+
+
+# --------------------------------------------------------------------------- eager and jit
+
+
+def test_eager_and_jit_agree_on_the_closest_feasible_stage() -> None:
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+
+    prob, x, constraints = _infeasible_with_large_bound(1e8)
+    f = prob.to_jax(parameters=[], variables=[x, qd.Shift(constraints[1])], backend="jax")
+    eager = f()
+    jitted = jax.jit(f)()
+    for a, b in zip(eager, jitted, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-7)
+    np.testing.assert_allclose(np.asarray(jitted[0]), [1.5, 3.0], atol=1e-6)
+    data = QPData(*(jnp.asarray(a) for a in _box_qp().arrays()))
+    s_eager = get_backend("jax").solve(data, Settings()).status
+    s_jit = jax.jit(lambda d: get_backend("jax").solve(d, Settings()).status)(data)
+    assert np.asarray(s_eager).tolist() == np.asarray(s_jit).tolist() == [Status.SOLVED]
+
+
+@pytest.mark.parametrize("backend", ["jax", "proxsuite", "cpu"])
+def test_worked_example_through_jax_eager_and_jit(backend: str) -> None:
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    if backend not in available_backends():
+        pytest.skip(f"{backend} not installed")
+    from qpdsl.jax import solve_qp
+
+    def x_of(b: object, u: object) -> object:
+        args = (np.eye(1), np.zeros(1), np.ones((1, 1)), b, np.ones((1, 1)), np.array([-3.0]), u)
+        return solve_qp(*(jax.numpy.asarray(a) for a in args), backend=backend)[0][0]
+
+    b, u = jax.numpy.array([5.0]), jax.numpy.array([3.0])
+    for fn in (x_of, jax.jit(x_of)):
+        assert abs(float(fn(b, u)) - 4.0) < 1e-6
+        gb, gu = jax.grad(fn, argnums=(0, 1))(b, u)
+        np.testing.assert_allclose([float(gb[0]), float(gu[0])], [0.5, 0.5], atol=1e-6)
+
+
+# --------------------------------------------------------------------------- layer state
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpu", "proxsuite"])
+def test_failed_elements_never_become_warm_starts(backend: str) -> None:
+    torch = pytest.importorskip("torch")
+    if backend not in available_backends():
+        pytest.skip(f"{backend} not installed")
+    x = qd.Variable(3, name="x")
+    a = qd.Parameter(3, name="a")
+    prob = qd.Problem(qd.Minimize(qd.sum_squares(x - a)), [x >= 0, qd.sum(x) == 1])
+    layer = prob.to_torch(parameters=[a], variables=[x], backend=backend, warm_start=True, on_failure="nan")
+    bad = torch.tensor([[1.0, 2.0, 3.0], [float("nan"), 0.0, 0.0]], dtype=torch.float64)
+    (x1,) = layer(bad)
+    assert torch.isnan(x1[1]).all() and not torch.isnan(x1[0]).any()
+    good = torch.tensor([[1.0, 2.0, 3.0], [0.2, 0.3, 0.1]], dtype=torch.float64)
+    (x2,) = layer(good)
+    assert layer.last_status.tolist() == [Status.SOLVED, Status.SOLVED]
+    np.testing.assert_allclose(x2[1].numpy(), [0.2, 0.3, 0.1] + np.full(3, 0.4 / 3), atol=1e-7)
+
+
+@pytest.mark.parametrize("backend", ["proxsuite", "cpu", "torch"])
+@pytest.mark.parametrize("rows", ["only_eq", "only_in"])
+def test_warm_start_with_an_empty_block(backend: str, rows: str) -> None:
+    torch = pytest.importorskip("torch")
+    if backend not in available_backends():
+        pytest.skip(f"{backend} not installed")
+    x = qd.Variable(2, name="x")
+    a = qd.Parameter(2, name="a")
+    cons = [qd.sum(x) == 1] if rows == "only_eq" else [x <= 0.25]
+    layer = qd.Problem(qd.Minimize(qd.sum_squares(x - a)), cons).to_torch(
+        parameters=[a], backend=backend, warm_start=True
+    )
+    value = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    first = layer(value)[0]
+    second = layer(value)[0]
+    expected = [0.0, 1.0] if rows == "only_eq" else [0.25, 0.25]
+    np.testing.assert_allclose(first.numpy(), expected, atol=1e-7)
+    np.testing.assert_allclose(second.numpy(), expected, atol=1e-7)
+
+
+def test_cpu_backends_behind_to_jax_without_inequalities() -> None:
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    x = qd.Variable(2, name="x")
+    a = qd.Parameter(2, name="a")
+    prob = qd.Problem(qd.Minimize(qd.sum_squares(x - a)), [qd.sum(x) == 1])
+    for backend in ("proxsuite", "qpsolvers:daqp", "cpu"):
+        if backend not in available_backends():
+            continue
+        f = prob.to_jax(parameters=[a], backend=backend)
+        for fn in (f, jax.jit(f)):
+            np.testing.assert_allclose(np.asarray(fn(jax.numpy.array([1.0, 2.0]))[0]), [0.0, 1.0], atol=1e-7)
+
+
+def test_layer_of_a_problem_without_parameters() -> None:
+    pytest.importorskip("torch")
+    x = qd.Variable(2, name="x")
+    prob = qd.Problem(qd.Minimize(qd.sum_squares(x - 1)), [x <= 0.5])
+    (out,) = prob.to_torch()()
+    np.testing.assert_allclose(out.numpy(), [0.5, 0.5], atol=1e-7)
+
+
+def test_backward_failure_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch = pytest.importorskip("torch")
+    import qpdsl.torch as qt
+    from qpdsl.diff import kkt
+
+    d = _box_qp()
+    args = [torch.as_tensor(a[0]).requires_grad_(True) for a in d.arrays()]
+    monkeypatch.setattr(kkt.KKTSolver, "failed", lambda self, rhs, w: self.xp.ones(rhs.shape[0], dtype=bool))
+    x = qt.solve_qp(*args, backend="proxsuite")[0]
+    with pytest.raises(SolverError, match="backward"):
+        x.sum().backward()
+    layer = qt.QPLayer(backend="proxsuite", on_failure="nan")
+    layer(*args)[0].sum().backward()
+    assert layer.last_backward_status.tolist() == [False]
+    assert all(float(a.grad.abs().sum()) == 0.0 for a in args if a.grad is not None)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_unknown_backend_lists_every_registered_backend() -> None:
+    with pytest.raises(BackendNotFound) as err:
+        get_backend("nosuch")
+    for name in ("cpu", "torch", "jax", "proxsuite", "auto", "qpsolvers:<solver>"):
+        assert name in str(err.value)
+
+
+def test_torch_layer_with_the_jax_backend_says_to_use_to_jax() -> None:
+    pytest.importorskip("torch")
+    if "jax" not in available_backends():
+        pytest.skip("jax not installed")
+    x = qd.Variable(2, name="x")
+    a = qd.Parameter(2, name="a")
+    layer = qd.Problem(qd.Minimize(qd.sum_squares(x - a))).to_torch(parameters=[a], backend="jax")
+    import torch
+
+    with pytest.raises(BackendNotFound, match="to_jax"):
+        layer(torch.ones(2, dtype=torch.float64))
+
+
+def test_closest_feasible_off_reports_confirmed_infeasibility() -> None:
+    prob, x, _ = _infeasible_with_large_bound(1e8)
+    sol = prob.solve(backend="proxsuite", closest_feasible=False)
+    assert sol.status in ("primal_infeasible", "max_iter")
+    feasible, _, _ = _infeasible_with_large_bound(1e8)
+    assert ParameterError  # typed errors are imported from one hierarchy
