@@ -127,15 +127,25 @@ def _differentiable_solve(
         primals: tuple[jax.Array, ...], tangents: tuple[jax.Array, ...]
     ) -> tuple[Outputs, tuple[Any, ...]]:
         outputs = primal(*primals)
-        d_out = _tangent_map(tuple(primals[:7]), outputs, tuple(tangents[:7]))
+        d_out = _tangent_map(tuple(primals[:7]), outputs, tuple(tangents[:7]), _mask_arrays(shiftable))
         return outputs, (*d_out, np.zeros(outputs[-1].shape, dtype=jax.dtypes.float0))
 
     return solve
 
 
+def _mask_arrays(shiftable: Shiftable | None) -> tuple[Any, Any]:
+    """The shiftable-row masks as arrays (None: every row), so that the jitted map takes them as data."""
+    if shiftable is None:
+        return (None, None)
+    return tuple(None if m is None else jnp.asarray(m) for m in (shiftable.eq, shiftable.ineq))
+
+
 @jax.jit
 def _tangent_map(
-    primals: tuple[jax.Array, ...], outputs: Outputs, tangents: tuple[jax.Array, ...]
+    primals: tuple[jax.Array, ...],
+    outputs: Outputs,
+    tangents: tuple[jax.Array, ...],
+    masks: tuple[Any, Any] = (None, None),
 ) -> tuple[jax.Array, ...]:
     """The solution's tangents, zero on elements that are not ok (linear in ``tangents``).
 
@@ -151,7 +161,8 @@ def _tangent_map(
     zeros = jnp.zeros(status.shape, data.q.dtype)
     result = QPResult(x, y, z, se, si, status, None, zeros, zeros)
     masked = QPData(*(jnp.where(_rows(ok, t), t, 0) for t in tangents))
-    return tuple(jnp.where(_rows(ok, d), d, 0) for d in qp_jvp(data, result, masked))
+    shiftable = Shiftable(*masks)
+    return tuple(jnp.where(_rows(ok, d), d, 0) for d in qp_jvp(data, result, masked, shiftable))
 
 
 def _solve(

@@ -323,7 +323,7 @@ class _QPFunction(torch.autograd.Function):
         options: _Options = ctx.options
         result = _zero_failed(outcome.result, outcome.ok)
         grads_in = (torch.nan_to_num(g) if g is not None else None for g in (gx, gy, gz, gse, gsi))
-        grads = qp_vjp(outcome.data, result, *grads_in)
+        grads = qp_vjp(outcome.data, result, *grads_in, shiftable=options.shiftable)
         computed = grads.ok & outcome.ok
         layer = options.info.get("layer")
         if layer is not None:

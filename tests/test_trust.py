@@ -325,3 +325,51 @@ def test_closest_feasible_off_reports_confirmed_infeasibility() -> None:
     assert sol.status in ("primal_infeasible", "max_iter")
     feasible, _, _ = _infeasible_with_large_bound(1e8)
     assert ParameterError  # typed errors are imported from one hierarchy
+
+
+def test_shift_gradient_follows_the_user_rows_only() -> None:
+    """d shift / d r = -1 for norm1(x) <= r < 0: the epigraph rows are hard, so the whole deficit
+    stays on the user's row (a derivative that spread it over hard rows gave 0)."""
+    torch = pytest.importorskip("torch")
+    x = qd.Variable(3, name="x")
+    r = qd.Parameter(name="r")
+    c = qd.norm1(x) <= r
+    layer = qd.Problem(qd.Minimize(qd.sum_squares(x - 1)), [c]).to_torch(
+        parameters=[r], variables=[x, qd.Shift(c)], backend="proxsuite"
+    )
+    rt = torch.tensor(-1.0, dtype=torch.float64, requires_grad=True)
+    _, shift = layer(rt)
+    (g,) = torch.autograd.grad(shift, rt)
+    assert abs(float(g) + 1.0) < 1e-8
+
+
+def test_closest_feasible_gradients_with_hard_rows_match_finite_differences() -> None:
+    """x and the shifts of |x - a|_1 <= r (r < 0) beside sum(x) == t: torch gradients against
+    central differences of the forward (itself checked against cvxpy above)."""
+    torch = pytest.importorskip("torch")
+    x = qd.Variable(3, name="x")
+    a, r, t, w = qd.Parameter(3, name="a"), qd.Parameter(name="r"), qd.Parameter(name="t"), qd.Parameter(3, name="w")
+    c_norm = qd.norm1(x - a) <= r
+    c_eq = qd.sum(x) == t
+    prob = qd.Problem(qd.Minimize(qd.sum_squares(x - w)), [c_norm, c_eq])
+    layer = prob.to_torch(parameters=[a, r, t, w], variables=[x, qd.Shift(c_norm), qd.Shift(c_eq)],
+                          backend="proxsuite", eps_abs=1e-12)
+    values = [torch.tensor([1.0, -2.0, 0.5]), torch.tensor(-1.0), torch.tensor(4.0), torch.tensor([0.3, 0.1, -0.2])]
+    values = [v.double().requires_grad_(True) for v in values]
+    weights = [torch.tensor([0.7, -1.1, 0.4], dtype=torch.float64), torch.tensor(1.3, dtype=torch.float64),
+               torch.tensor(-0.8, dtype=torch.float64)]
+
+    def loss(*vals: object) -> object:
+        outs = layer(*vals)
+        return sum((o * wt).sum() for o, wt in zip(outs, weights, strict=True))
+
+    grads = torch.autograd.grad(loss(*values), values)
+    h = 1e-6
+    for k, v in enumerate(values):
+        flat = v.detach().reshape(-1)
+        for i in range(flat.numel()):
+            plus, minus = [u.detach().clone() for u in values], [u.detach().clone() for u in values]
+            plus[k].reshape(-1)[i] += h
+            minus[k].reshape(-1)[i] -= h
+            fd = (float(loss(*plus)) - float(loss(*minus))) / (2 * h)
+            assert abs(float(grads[k].reshape(-1)[i]) - fd) < 1e-5 * (1 + abs(fd)), (k, i, fd)

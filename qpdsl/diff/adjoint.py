@@ -46,6 +46,7 @@ def qp_vjp(
     grad_shift_in: Any = None,
     *,
     active_tol: float | None = None,
+    shiftable: Any = None,
 ) -> QPGrads:
     """Pull gradients on the solution back to the QP data.
 
@@ -70,7 +71,7 @@ def qp_vjp(
         Gradients with respect to P, q, A, b, C, l, u (P's is symmetric; l's and u's are
         zero on inactive rows). Elements whose status is not ok get zeros.
     """
-    lin = linearize(data, result, active_tol)
+    lin = linearize(data, result, active_tol, shiftable)
     xp, n, p = lin.xp, lin.n, lin.p
     gx, gy, gz, gse, gsi = (
         _cotangent(lin, g, shape)
@@ -89,13 +90,13 @@ def qp_vjp(
     w = -w
     w_x, w_y, w_z = w[:, :n], w[:, n : n + p], w[:, n + p :] * lin.act_f
 
-    g_perp, w_s = shift_vjp(lin, gse - w_y, gsi - w_z)
-    u_y, u_z = w_y + g_perp[:, :p], w_z + g_perp[:, p:]
+    g_c, v_s, weights = shift_vjp(lin, gse - w_y, gsi - w_z)
+    u_y, u_z = w_y - g_c[:, :p], w_z - g_c[:, p:]
     grad_A = outer(lin.y, w_x) + outer(u_y, lin.x)
     grad_C = outer(lin.z_act, w_x) + outer(u_z, lin.x)
     if lin.shifted:
-        grad_A = grad_A - outer(lin.s_eq, w_s)
-        grad_C = grad_C - outer(lin.s_in, w_s)
+        grad_A = grad_A - outer(weights[:, :p], v_s)
+        grad_C = grad_C - outer(weights[:, p:], v_s)
     wx_x = outer(w_x, lin.x)
     zero = xp.zeros_like(u_z)
     grads = QPGrads(
@@ -112,7 +113,9 @@ def qp_vjp(
     return QPGrads(**kept, ok=solved)
 
 
-def qp_jvp(data: QPData, result: QPResult, tangents: QPData) -> tuple[Any, Any, Any, Any, Any]:
+def qp_jvp(
+    data: QPData, result: QPResult, tangents: QPData, shiftable: Any = None
+) -> tuple[Any, Any, Any, Any, Any]:
     """Push tangents of the QP data forward to the solution.
 
     Linear in ``tangents`` and built from matmuls with primal matrices and primal masks
@@ -132,7 +135,7 @@ def qp_jvp(data: QPData, result: QPResult, tangents: QPData) -> tuple[Any, Any, 
         Tangents of the solution (B, n), duals (B, p), (B, m) and shift (B, p), (B, m);
         zero for elements whose status is not ok.
     """
-    lin = linearize(data, result)
+    lin = linearize(data, result, shiftable=shiftable)
     xp, n, p = lin.xp, lin.n, lin.p
     t = tangents.dense()
     dP, dq, dA, db, dC, dl, du = (_tangent(lin, a) for a in (t.P, t.q, t.A, t.b, t.C, t.l, t.u))

@@ -54,6 +54,11 @@ class Linearization:
     Pi: Any | None  # (B, p + m, p + m)
     rows_f: Any  # (B, p + m): 1 on rows of M (equality rows and violated rows)
     shifted: bool  # some element may have a nonzero shift (always True under jit)
+    closest_f: Any = None  # (B,) 1.0 on closest-feasible elements
+    S: Any = None  # (B, p + m) 0/1: rows the shift acts on (shiftable equality rows, shifted rows)
+    H: Any = None  # (B, p + m) 0/1: hard rows that bind the shift (hard equality and active rows)
+    K_pinv: Any | None = None  # pinv of the shift's linearised optimality system (see .shift)
+    shift_weights: Any = None  # (B, p + m) D_S s + D_H lam
 
     def solve(self, rhs: Any) -> Any:
         """Solve ``K w = rhs`` (B, N) exactly up to rounding (see :mod:`qpdsl.diff.kkt`)."""
@@ -67,8 +72,14 @@ class Linearization:
         return v - on + self.rows_f * matvec(self.Pi, on)
 
 
-def linearize(data: QPData, result: QPResult, active_tol: float | None = None) -> Linearization:
-    """Build the :class:`Linearization` of ``result`` on dense batched ``data``."""
+def linearize(
+    data: QPData, result: QPResult, active_tol: float | None = None, shiftable: Any = None
+) -> Linearization:
+    """Build the :class:`Linearization` of ``result`` on dense batched ``data``.
+
+    ``shiftable`` (a :class:`~qpdsl.solve.closest.Shiftable`, default: every row) says which rows
+    the closest feasible QP may shift; the others are hard.
+    """
     xp = namespace(data.q)
     dtype, dev = data.q.dtype, device(data.q)
     n, p = data.n, data.n_eq
@@ -126,8 +137,28 @@ def linearize(data: QPData, result: QPResult, active_tol: float | None = None) -
         yz = xp.concat([y, z], axis=1) - yz + rows_f * matvec(Pi, yz)
         y, z = yz[:, :p], yz[:, p:]
 
+    closest_f = xp.astype(closest, dtype)
+    S = H = K_pinv = weights = None
+    if shifted:
+        from ..solve.closest import Shiftable
+        from .shift import shift_system
+
+        d_eq, d_in = (shiftable or Shiftable()).masks(xp, p, data.n_in, dtype, dev)
+        user = xp.concat([d_eq, d_in], axis=1)
+        eq_rows = xp.concat([ones_p, xp.zeros_like(act_f)], axis=1)
+        S = user * xp.maximum(eq_rows, xp.concat([xp.zeros_like(ones_p), viol_f], axis=1))
+        H = (1.0 - user) * xp.maximum(eq_rows, xp.concat([xp.zeros_like(ones_p), act_f], axis=1))
+        K_pinv, weights = shift_system(
+            xp, xp.concat([A, C], axis=1), x, xp.concat([s_eq, s_in * viol_f], axis=1) * S, S, H
+        )
+
     return Linearization(
         xp=xp,
+        closest_f=closest_f,
+        S=S,
+        H=H,
+        K_pinv=K_pinv,
+        shift_weights=weights,
         n=n,
         p=p,
         ok=ok,

@@ -58,9 +58,15 @@ class Shiftable:
 
     def masks(self, xp: Any, p: int, m: int, dtype: Any, dev: Any) -> tuple[Any, Any]:
         """The masks as (1, p), (1, m) 0/1 arrays of ``dtype``."""
-        eq = np.ones(p) if self.eq is None else np.asarray(self.eq, dtype=float)
-        ineq = np.ones(m) if self.ineq is None else np.asarray(self.ineq, dtype=float)
-        return (xp.asarray(eq[None], dtype=dtype, device=dev), xp.asarray(ineq[None], dtype=dtype, device=dev))
+
+        def mask(value: Any, size: int) -> Any:
+            if value is None:
+                return xp.ones((1, size), dtype=dtype, device=dev)
+            if isinstance(value, np.ndarray):
+                value = value.astype(float)
+            return xp.reshape(xp.astype(xp.asarray(value, device=dev), dtype), (1, size))
+
+        return mask(self.eq, p), mask(self.ineq, m)
 
 
 class Flow:
