@@ -266,6 +266,8 @@ def make_jax_function(
         theta, _, batched, invalid = broadcast_arguments(
             qp, parameters, arrays, convert, on_failure=on_failure
         )
+        if on_failure == "raise" and any(_is_tracer(a) for a in arrays):
+            _check_finite_traced(parameters, arrays)
         data = mark_invalid(dense_data(qp, theta), invalid)
         results = qjax.solve_qp(
             *data.arrays(),
@@ -278,6 +280,26 @@ def make_jax_function(
 
     solve.__doc__ = f"Solve the qpdsl problem for ({', '.join(p.name for p in parameters)})."
     return solve
+
+
+def _check_finite_traced(parameters: Sequence[Parameter], arrays: Sequence[Any]) -> None:
+    """Under ``jit``: raise, when the computation runs, a ParameterError naming each parameter
+    whose value holds NaN or Inf (JAX re-raises it as a JaxRuntimeError with this text)."""
+    import jax
+    import jax.numpy as jnp
+
+    finite = jnp.stack([jnp.all(jnp.isfinite(a)) for a in arrays])
+    names = [p.name for p in parameters]
+
+    def check(flags: Any) -> None:
+        bad = [name for name, ok in zip(names, np.asarray(flags).reshape(-1), strict=True) if not ok]
+        if bad:
+            raise ParameterError(
+                f"NaN or Inf in the value of parameter(s) {', '.join(bad)}; pass finite values, or "
+                "on_failure='nan' to get NaN outputs for the elements concerned"
+            )
+
+    jax.debug.callback(check, finite)
 
 
 def _argument_error(p: Parameter, value: Any, exc: Exception | None = None) -> ParameterError:

@@ -373,3 +373,13 @@ def test_closest_feasible_gradients_with_hard_rows_match_finite_differences() ->
             minus[k].reshape(-1)[i] -= h
             fd = (float(loss(*plus)) - float(loss(*minus))) / (2 * h)
             assert abs(float(grads[k].reshape(-1)[i]) - fd) < 1e-5 * (1 + abs(fd)), (k, i, fd)
+
+
+def test_nan_under_jit_names_the_parameter() -> None:
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    x = qd.Variable(2, name="x")
+    a = qd.Parameter(2, name="alpha")
+    f = qd.Problem(qd.Minimize(qd.sum_squares(x - a))).to_jax(parameters=[a], backend="jax")
+    with pytest.raises(Exception, match="alpha"):
+        jax.block_until_ready(jax.jit(f)(jax.numpy.array([1.0, float("nan")])))
