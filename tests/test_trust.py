@@ -383,3 +383,34 @@ def test_nan_under_jit_names_the_parameter() -> None:
     f = qd.Problem(qd.Minimize(qd.sum_squares(x - a))).to_jax(parameters=[a], backend="jax")
     with pytest.raises(Exception, match="alpha"):
         jax.block_until_ready(jax.jit(f)(jax.numpy.array([1.0, float("nan")])))
+
+
+class _Unbounded(_Liar):
+    """Claims every QP is unbounded."""
+
+    def solve_raw(self, data: QPData, settings: Settings, warm_start: WarmStart | None = None) -> QPResult:
+        res = get_backend("proxsuite").solve_raw(data, settings)
+        if data.n == _box_qp().n and data.n_eq == 1:  # the user's QP, not the direction LP
+            return QPResult(**{**vars(res), "status": np.full(data.batch_size, int(Status.DUAL_INFEASIBLE))})
+        return res
+
+
+def test_an_unbounded_claim_needs_a_descent_direction() -> None:
+    assert _Unbounded({}).solve(_box_qp(), Settings()).statuses() == [Status.INACCURATE]
+    x = qd.Variable(2, name="x")
+    unbounded = qd.Problem(qd.Minimize(x[0] + x[1]), [x[0] >= 0])
+    for backend in ("cpu", "proxsuite", "qpsolvers:clarabel"):
+        if backend in available_backends():
+            assert unbounded.solve(backend=backend).status == "dual_infeasible"
+
+
+def test_unbounded_eager_and_jit_agree() -> None:
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+
+    data = QPData(jnp.zeros((1, 2, 2)), jnp.array([[1.0, 1.0]]), jnp.zeros((1, 0, 2)), jnp.zeros((1, 0)),
+                  jnp.array([[[1.0, 0.0]]]), jnp.array([[0.0]]), jnp.array([[jnp.inf]]))
+    eager = get_backend("jax").solve(data, Settings()).status
+    jitted = jax.jit(lambda d: get_backend("jax").solve(d, Settings()).status)(data)
+    assert np.asarray(eager).tolist() == np.asarray(jitted).tolist() == [Status.DUAL_INFEASIBLE]

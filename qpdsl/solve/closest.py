@@ -36,7 +36,7 @@ import numpy as np
 
 from .._array import device, is_traced, namespace, to_numpy
 from ..qp import QPData, QPResult, Settings, SparseBatch, Status, WarmStart
-from .verify import ROUNDING, _matvec, verify
+from .verify import INFINITE_BOUND, ROUNDING, _matvec, verify
 
 # A row's shift counts as zero below SHIFT_FACTOR times that row's verification tolerance: the
 # feasibility QP is itself solved to the tolerance.
@@ -159,6 +159,7 @@ def solve_with_closest_feasible(
     batch = data.batch_size
     everyone = xp.ones((batch,), dtype=xp.bool, device=device(data.q))
     first = verify(data, flow.solve(data, warm_start, everyone, _blank(data)), settings)
+    first = _check_unbounded(flow, data, first, settings)
     if data.n_eq + data.n_in == 0:
         return first
     status = first.status
@@ -206,6 +207,10 @@ def solve_with_closest_feasible(
     rows = shifted[:, None]
     zero_eq, zero_in = xp.zeros_like(sh.s_eq), xp.zeros_like(sh.s_in)
     new_status = xp.where(shifted, closest_status(xp, second.status), second.status)
+    # An unbounded claim of the second solve has no certificate (the first solve's, where there was
+    # one, was refuted or never made): it is not reported.
+    unchecked = new_status == int(Status.DUAL_INFEASIBLE)
+    new_status = xp.where(unchecked, xp.asarray(int(Status.INACCURATE), dtype=new_status.dtype), new_status)
     merged = replace(
         _where_rows(again, second, first),
         status=xp.where(again, new_status, first.status),
@@ -214,6 +219,77 @@ def solve_with_closest_feasible(
         iterations=xp.where(again, second.iterations + first.iterations + feas_iters, first.iterations),
     )
     return verify(data, merged, settings)
+
+
+def _check_unbounded(flow: Flow, data: QPData, first: QPResult, settings: Settings) -> QPResult:
+    """``first`` with each ``dual_infeasible`` claim that no descent direction confirms made ``inaccurate``.
+
+    The certificate is the direction LP ``min q'd  s.t.  P d = 0, A d = 0, C d in the recession
+    cone of [l, u], -1 <= d <= 1``, solved by the same backend and verified like any solution:
+    the claim stands when its optimal value is clearly negative (relative to ``|q| |d|``).
+    """
+    xp = namespace(data.q)
+    status = first.status
+    claims = status == int(Status.DUAL_INFEASIBLE)
+
+    def certify(_: Any) -> Any:
+        lp = _direction_lp(data)
+        res = verify(lp, flow.solve(lp, None, claims, _blank(lp)), settings)
+        d = res.x
+        q = xp.asarray(data.q, dtype=d.dtype)
+        u = float(xp.finfo(d.dtype).eps) / 2.0
+        descent = xp.sum(q * d, axis=1)
+        size = xp.sum(xp.abs(q * d), axis=1)
+        tol = SHIFT_FACTOR * (settings.tolerance(d.dtype) + (settings.eps_rel + ROUNDING * u) * size)
+        return claims & _is_ok(res.status) & (descent < -tol)
+
+    confirmed = flow.cond(flow.any(claims), certify, lambda _: xp.zeros_like(claims), None)
+    code = xp.asarray(int(Status.INACCURATE), dtype=status.dtype, device=device(status))
+    return replace(first, status=xp.where(claims & ~confirmed, code, status))
+
+
+def _direction_lp(data: QPData) -> QPData:
+    """The direction LP of :func:`_check_unbounded` (dense, or sparse for sparse data)."""
+    n, p, m = data.n, data.n_eq, data.n_in
+    if data.is_sparse:
+        return _sparse_direction_lp(data)
+    xp = namespace(data.q)
+    batch, dtype, dev = data.batch_size, data.q.dtype, device(data.q)
+    l, u = xp.asarray(data.l, dtype=dtype), xp.asarray(data.u, dtype=dtype)
+    zero_in = xp.zeros_like(l)
+    inf = xp.full_like(l, float("inf"))
+    low = xp.concat([xp.where(l > -INFINITE_BOUND, zero_in, -inf), -xp.ones_like(data.q)], axis=1)
+    up = xp.concat([xp.where(u < INFINITE_BOUND, zero_in, inf), xp.ones_like(data.q)], axis=1)
+    eye = xp.broadcast_to(xp.eye(n, dtype=dtype, device=dev)[None], (batch, n, n))
+    return QPData(
+        P=xp.zeros((batch, n, n), dtype=dtype, device=dev),
+        q=data.q,
+        A=xp.concat([xp.asarray(data.A, dtype=dtype), xp.asarray(data.P, dtype=dtype)], axis=1),
+        b=xp.zeros((batch, p + n), dtype=dtype, device=dev),
+        C=xp.concat([xp.asarray(data.C, dtype=dtype), eye], axis=1),
+        l=low,
+        u=up,
+    )
+
+
+def _sparse_direction_lp(data: QPData) -> QPData:
+    n, p, m = data.n, data.n_eq, data.n_in
+    batch = data.batch_size
+    dtype = np.asarray(data.q).dtype
+    l, u = np.asarray(data.l, dtype=dtype), np.asarray(data.u, dtype=dtype)
+    A, P, C = _as_sparse(data.A), _as_sparse(data.P), _as_sparse(data.C)
+    diag = np.arange(n)
+    return QPData(
+        P=SparseBatch(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros((batch, 0), dtype=dtype), (n, n)),
+        q=data.q,
+        A=SparseBatch(np.concatenate([A.rows, p + P.rows]), np.concatenate([A.cols, P.cols]),
+                      np.concatenate([np.asarray(A.values), np.asarray(P.values)], axis=1), (p + n, n)),
+        b=np.zeros((batch, p + n), dtype=dtype),
+        C=SparseBatch(np.concatenate([C.rows, m + diag]), np.concatenate([C.cols, diag]),
+                      np.concatenate([np.asarray(C.values), np.ones((batch, n), dtype=dtype)], axis=1), (m + n, n)),
+        l=np.concatenate([np.where(l > -INFINITE_BOUND, 0.0, -np.inf), -np.ones((batch, n))], axis=1).astype(dtype),
+        u=np.concatenate([np.where(u < INFINITE_BOUND, 0.0, np.inf), np.ones((batch, n))], axis=1).astype(dtype),
+    )
 
 
 def _is_ok(status: Any) -> Any:
