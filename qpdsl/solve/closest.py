@@ -43,7 +43,18 @@ from .verify import INFINITE_BOUND, ROUNDING, _matvec, verify
 SHIFT_FACTOR = 10.0
 
 RawSolve = Callable[[QPData, "WarmStart | None", Any], QPResult]
-RESULT_FIELDS = ("x", "y", "z", "shift_eq", "shift_in", "status", "iterations", "prim_res", "dual_res", "objective")
+RESULT_FIELDS = (
+    "x",
+    "y",
+    "z",
+    "shift_eq",
+    "shift_in",
+    "status",
+    "iterations",
+    "prim_res",
+    "dual_res",
+    "objective",
+)
 
 
 @dataclass(frozen=True)
@@ -91,6 +102,13 @@ class Flow:
             carry = body(carry)
         return carry
 
+    def pick(self, first: Any, a: Any, b: Any) -> Any:
+        """``a if first else b``."""
+        return a if first else b
+
+    def counter(self, value: int) -> Any:
+        return value
+
     def solve(self, data: QPData, warm: WarmStart | None, mask: Any, base: QPResult) -> QPResult:
         """``base`` with the elements in ``mask`` replaced by a solve of ``data``."""
         index = np.flatnonzero(to_numpy(mask))
@@ -129,6 +147,16 @@ class TracedFlow(Flow):
 
         return jax.lax.while_loop(cond_fn, body, carry)
 
+    def pick(self, first: Any, a: Any, b: Any) -> Any:
+        import jax
+
+        return jax.tree_util.tree_map(lambda u, v: jax.numpy.where(first, u, v), a, b)
+
+    def counter(self, value: int) -> Any:
+        import jax.numpy as jnp
+
+        return jnp.asarray(value, dtype=jnp.int32)
+
     def solve(self, data: QPData, warm: WarmStart | None, mask: Any, base: QPResult) -> QPResult:
         res = _complete(self.raw_masked(data, warm, mask), base)
         return _where_rows(mask, res, base)
@@ -155,70 +183,159 @@ def solve_with_closest_feasible(
     """
     shiftable = shiftable or Shiftable()
     xp = namespace(data.q)
-    tol = settings.tolerance(data.q.dtype)
-    batch = data.batch_size
-    everyone = xp.ones((batch,), dtype=xp.bool, device=device(data.q))
-    first = verify(data, flow.solve(data, warm_start, everyone, _blank(data)), settings)
-    first = _check_unbounded(flow, data, first, settings)
-    if data.n_eq + data.n_in == 0:
-        return first
-    status = first.status
-    if settings.closest_feasible:
-        todo = ~_is_ok(status) & (status != int(Status.DUAL_INFEASIBLE))
-    else:
-        todo = status == int(Status.PRIMAL_INFEASIBLE)
+    everyone = xp.ones((data.batch_size,), dtype=xp.bool, device=device(data.q))
+    if not settings.closest_feasible or data.n_eq + data.n_in == 0:
+        first = verify(data, flow.solve(data, warm_start, everyone, _blank(data)), settings)
+        first = _check_unbounded(flow, data, first, settings)
+        if data.n_eq + data.n_in == 0:
+            return first
+        return _confirm_infeasible(flow, data, first, settings, shiftable)
+    return _two_passes(flow, data, settings, warm_start, shiftable)
 
+
+class _Carry(NamedTuple):
+    """The state between the two passes of :func:`_two_passes` (arrays only, for ``lax.while_loop``)."""
+
+    k: Any  # 0 before the first solve, 1 before the second, 2 when done
+    b: Any
+    l: Any
+    u: Any
+    mask: Any  # (B,) elements the next solve is for
+    x_ls: Any  # (B, n) least-squares point: the second solve's warm start
+    out: QPResult
+    s_eq: Any
+    s_in: Any
+    shifted: Any  # (B,) elements whose shift is nonzero
+    feas_iters: Any  # (B,) iterations of the feasibility solve
+
+
+def _two_passes(
+    flow: Flow, data: QPData, settings: Settings, warm_start: WarmStart | None, shiftable: Shiftable
+) -> QPResult:
+    """The closest-feasible stage as a loop of at most two passes around one solve call, so that
+    under ``jit`` the backend's solver is compiled once for the QP's shape (the feasibility QP,
+    of another shape, is the only other solve)."""
+    xp = namespace(data.q)
+    tol = settings.tolerance(data.q.dtype)
+    traced = isinstance(flow, TracedFlow)
+    if traced:  # every carried value must be an array
+        warm_start = WarmStart(
+            *(
+                xp.zeros_like(like) if w is None else w
+                for w, like in zip(
+                    (None, None, None) if warm_start is None else (warm_start.x, warm_start.y, warm_start.z),
+                    (data.q, data.b, data.l),
+                    strict=True,
+                )
+            )
+        )
+    feasibility = _feasibility_qp(data, shiftable)
+    zero_shift = _zero_shift(data)
+
+    def after_first(c: _Carry, res: QPResult) -> _Carry:
+        first = _check_unbounded(flow, data, verify(data, res, settings), settings)
+        status = first.status
+        todo = ~_is_ok(status) & (status != int(Status.DUAL_INFEASIBLE))
+
+        def stage(_: Any) -> tuple[Any, ...]:
+            feas = verify(feasibility, flow.solve(feasibility, None, todo, _blank(feasibility)), settings)
+            x_ls = xp.where(todo[:, None], feas.x[:, : data.n], xp.zeros_like(feas.x[:, : data.n]))
+            sh = closest_shift(data, x_ls, tol, settings.eps_rel)
+            again = todo & _is_ok(feas.status)
+            return sh, again, feas.iterations, x_ls
+
+        def no_stage(_: Any) -> tuple[Any, ...]:
+            return zero_shift, xp.zeros_like(todo), xp.zeros_like(first.iterations), xp.zeros_like(data.q)
+
+        sh, again, feas_iters, x_ls = flow.cond(flow.any(todo), stage, no_stage, None)
+        robust = shifted_data(data, sh)
+        plain = replace(first, compl_res=None, gap=None, extras={})
+        return _Carry(
+            flow.counter(1),
+            robust.b,
+            robust.l,
+            robust.u,
+            again,
+            x_ls,
+            plain,
+            sh.s_eq,
+            sh.s_in,
+            again & sh.shifted,
+            feas_iters,
+        )
+
+    def after_second(c: _Carry, second: QPResult) -> _Carry:
+        first, again, shifted = c.out, c.mask, c.shifted
+        new_status = xp.where(shifted, closest_status(xp, second.status), second.status)
+        # An unbounded claim of the second solve has no certificate (the first solve's, where there
+        # was one, was refuted or never made): it is not reported.
+        code = xp.asarray(int(Status.INACCURATE), dtype=new_status.dtype, device=device(new_status))
+        new_status = xp.where(new_status == int(Status.DUAL_INFEASIBLE), code, new_status)
+        rows = shifted[:, None]
+        merged = replace(
+            _where_rows(again, second, first),
+            status=xp.where(again, new_status, first.status),
+            shift_eq=xp.where(rows, c.s_eq, xp.zeros_like(c.s_eq)),
+            shift_in=xp.where(rows, c.s_in, xp.zeros_like(c.s_in)),
+            iterations=xp.where(again, second.iterations + first.iterations + c.feas_iters, first.iterations),
+        )
+        merged = replace(verify(data, merged, settings), compl_res=None, gap=None, extras={})
+        return c._replace(k=flow.counter(2), out=merged, mask=xp.zeros_like(again))
+
+    def body(c: _Carry) -> _Carry:
+        current = replace(data, b=c.b, l=c.l, u=c.u)
+        warm = flow.pick(
+            c.k == 0,
+            warm_start,
+            WarmStart(
+                c.x_ls,
+                None if warm_start is None else warm_start.y,
+                None if warm_start is None else warm_start.z,
+            ),
+        )
+        res = flow.solve(current, warm, c.mask, c.out)
+        return flow.cond(c.k == 0, lambda r: after_first(c, r), lambda r: after_second(c, r), res)
+
+    def running(c: _Carry) -> Any:
+        return (c.k == 0) | ((c.k == 1) & flow.any(c.mask))
+
+    start = _Carry(
+        flow.counter(0),
+        data.b,
+        data.l,
+        data.u,
+        xp.ones((data.batch_size,), dtype=xp.bool, device=device(data.q)),
+        xp.zeros_like(data.q),
+        _blank(data),
+        zero_shift.s_eq,
+        zero_shift.s_in,
+        xp.zeros((data.batch_size,), dtype=xp.bool, device=device(data.q)),
+        _blank(data).iterations,
+    )
+    end = flow.loop(running, body, start)
+    # the residuals of the final points (dropped inside the loop, whose carry has fixed fields)
+    return verify(data, end.out, settings)
+
+
+def _confirm_infeasible(
+    flow: Flow, data: QPData, first: QPResult, settings: Settings, shiftable: Shiftable
+) -> QPResult:
+    """With the closest feasible QP off: a ``primal_infeasible`` claim stands only when the
+    feasibility QP finds a nonzero shift; otherwise it becomes ``inaccurate``."""
+    xp = namespace(data.q)
+    status = first.status
+    todo = status == int(Status.PRIMAL_INFEASIBLE)
     feasibility = _feasibility_qp(data, shiftable)
 
-    def stage(_: Any) -> tuple[Any, Any, Any, Any, Any]:
-        blank = _blank(feasibility)
-        feas = verify(feasibility, flow.solve(feasibility, None, todo, blank), settings)
+    def stage(_: Any) -> Any:
+        feas = verify(feasibility, flow.solve(feasibility, None, todo, _blank(feasibility)), settings)
         x_ls = xp.where(todo[:, None], feas.x[:, : data.n], xp.zeros_like(feas.x[:, : data.n]))
-        sh = closest_shift(data, x_ls, tol, settings.eps_rel)
-        feas_ok = todo & _is_ok(feas.status)
-        return sh, feas_ok, feas.iterations, x_ls, feas_ok & sh.shifted
+        sh = closest_shift(data, x_ls, settings.tolerance(data.q.dtype), settings.eps_rel)
+        return todo & _is_ok(feas.status) & sh.shifted
 
-    def no_stage(_: Any) -> tuple[Any, Any, Any, Any, Any]:
-        sh = _zero_shift(data)
-        none = xp.zeros_like(everyone)
-        return sh, none, first.iterations * 0, xp.zeros_like(data.q), none
-
-    sh, feas_ok, feas_iters, x_ls, shifted = flow.cond(flow.any(todo), stage, no_stage, None)
-
-    if not settings.closest_feasible:
-        confirmed = shifted
-        code = xp.where(
-            todo & ~confirmed, xp.asarray(int(Status.INACCURATE), dtype=status.dtype, device=device(status)), status
-        )
-        return replace(first, status=code)
-
-    # Second solve: shifted elements on the robust shifted QP, false alarms on their own QP,
-    # both started from the least-squares point.
-    again = feas_ok
-    first = replace(first, compl_res=None, gap=None, extras={})  # the fields every solve fills
-    robust = shifted_data(data, sh)
-    warm2 = WarmStart(x=x_ls, y=None if warm_start is None else warm_start.y, z=None if warm_start is None else warm_start.z)
-    second = flow.cond(
-        flow.any(again),
-        lambda _: flow.solve(robust, warm2, again, first),
-        lambda _: first,
-        None,
-    )
-    rows = shifted[:, None]
-    zero_eq, zero_in = xp.zeros_like(sh.s_eq), xp.zeros_like(sh.s_in)
-    new_status = xp.where(shifted, closest_status(xp, second.status), second.status)
-    # An unbounded claim of the second solve has no certificate (the first solve's, where there was
-    # one, was refuted or never made): it is not reported.
-    unchecked = new_status == int(Status.DUAL_INFEASIBLE)
-    new_status = xp.where(unchecked, xp.asarray(int(Status.INACCURATE), dtype=new_status.dtype), new_status)
-    merged = replace(
-        _where_rows(again, second, first),
-        status=xp.where(again, new_status, first.status),
-        shift_eq=xp.where(rows, sh.s_eq, zero_eq),
-        shift_in=xp.where(rows, sh.s_in, zero_in),
-        iterations=xp.where(again, second.iterations + first.iterations + feas_iters, first.iterations),
-    )
-    return verify(data, merged, settings)
+    confirmed = flow.cond(flow.any(todo), stage, lambda _: xp.zeros_like(todo), None)
+    code = xp.asarray(int(Status.INACCURATE), dtype=status.dtype, device=device(status))
+    return replace(first, status=xp.where(todo & ~confirmed, code, status))
 
 
 def _check_unbounded(flow: Flow, data: QPData, first: QPResult, settings: Settings) -> QPResult:
@@ -231,6 +348,14 @@ def _check_unbounded(flow: Flow, data: QPData, first: QPResult, settings: Settin
     xp = namespace(data.q)
     status = first.status
     claims = status == int(Status.DUAL_INFEASIBLE)
+    # A backend may return its certificate as x (a direction); checking it costs no solve.
+    direction = xp.where(claims[:, None], first.x, xp.zeros_like(first.x))
+    claims_left = claims & ~descent_direction(data, direction)
+    if isinstance(flow, TracedFlow):  # no further solve under jit: what the backend showed decides
+        code = xp.asarray(int(Status.INACCURATE), dtype=status.dtype, device=device(status))
+        return replace(first, status=xp.where(claims_left, code, status))
+    confirmed_x = claims & ~claims_left
+    claims = claims_left
 
     def certify(_: Any) -> Any:
         lp = _direction_lp(data)
@@ -245,7 +370,40 @@ def _check_unbounded(flow: Flow, data: QPData, first: QPResult, settings: Settin
 
     confirmed = flow.cond(flow.any(claims), certify, lambda _: xp.zeros_like(claims), None)
     code = xp.asarray(int(Status.INACCURATE), dtype=status.dtype, device=device(status))
-    return replace(first, status=xp.where(claims & ~confirmed, code, status))
+    return replace(first, status=xp.where(claims & ~confirmed & ~confirmed_x, code, status))
+
+
+# A direction certifies unboundedness when P d, A d and the recession-cone violation of C d are
+# below this fraction of the rows' sizes and q'd is below minus this fraction of |q| |d|.
+RECESSION_TOL = {"float64": 1e-6, "float32": 1e-3}
+
+
+def descent_direction(data: QPData, d: Any) -> Any:
+    """(B,) whether ``d`` is a direction along which every QP of ``data`` is unbounded below:
+    ``P d = 0``, ``A d = 0``, ``C d`` in the recession cone of ``[l, u]`` and ``q'd < 0``, each
+    relative to the size of its terms. Traceable."""
+    xp = namespace(d)
+    tol = RECESSION_TOL["float32" if "float32" in str(d.dtype) else "float64"]
+    finite = xp.all(xp.isfinite(d), axis=1)
+    d = xp.where(finite[:, None], d, xp.zeros_like(d))
+    size = xp.max(xp.abs(d), axis=1) if d.shape[1] else xp.zeros(d.shape[0], dtype=d.dtype)
+    d = d / xp.maximum(size, xp.asarray(xp.finfo(d.dtype).tiny, dtype=d.dtype))[:, None]
+
+    def rows_small(M: Any, side: Any = None) -> Any:
+        # |d| <= 1 after the normalisation: a row's 1-norm bounds |M_i d|
+        Md, Md_abs = _matvec(M, d), _matvec(M, xp.ones_like(d), absolute=True)
+        excess = xp.abs(Md) if side is None else xp.maximum(side * Md, xp.zeros_like(Md))
+        ok = excess <= tol * Md_abs
+        return xp.all(ok, axis=1) if ok.shape[1] else xp.ones(d.shape[0], dtype=xp.bool)
+
+    l, u = xp.asarray(data.l, dtype=d.dtype), xp.asarray(data.u, dtype=d.dtype)
+    one, zero = xp.ones_like(l), xp.zeros_like(l)
+    upper = xp.where(u < INFINITE_BOUND, one, zero)
+    lower = xp.where(l > -INFINITE_BOUND, one, zero)
+    q = xp.asarray(data.q, dtype=d.dtype)
+    descent = xp.sum(q * d, axis=1) < -tol * xp.sum(xp.abs(q * d), axis=1)
+    cone = rows_small(data.C, upper) & rows_small(data.C, -lower)
+    return finite & (size > 0) & descent & rows_small(data.P) & rows_small(data.A) & cone
 
 
 def _direction_lp(data: QPData) -> QPData:
@@ -280,15 +438,32 @@ def _sparse_direction_lp(data: QPData) -> QPData:
     A, P, C = _as_sparse(data.A), _as_sparse(data.P), _as_sparse(data.C)
     diag = np.arange(n)
     return QPData(
-        P=SparseBatch(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros((batch, 0), dtype=dtype), (n, n)),
+        P=SparseBatch(
+            np.zeros(0, dtype=np.int64),
+            np.zeros(0, dtype=np.int64),
+            np.zeros((batch, 0), dtype=dtype),
+            (n, n),
+        ),
         q=data.q,
-        A=SparseBatch(np.concatenate([A.rows, p + P.rows]), np.concatenate([A.cols, P.cols]),
-                      np.concatenate([np.asarray(A.values), np.asarray(P.values)], axis=1), (p + n, n)),
+        A=SparseBatch(
+            np.concatenate([A.rows, p + P.rows]),
+            np.concatenate([A.cols, P.cols]),
+            np.concatenate([np.asarray(A.values), np.asarray(P.values)], axis=1),
+            (p + n, n),
+        ),
         b=np.zeros((batch, p + n), dtype=dtype),
-        C=SparseBatch(np.concatenate([C.rows, m + diag]), np.concatenate([C.cols, diag]),
-                      np.concatenate([np.asarray(C.values), np.ones((batch, n), dtype=dtype)], axis=1), (m + n, n)),
-        l=np.concatenate([np.where(l > -INFINITE_BOUND, 0.0, -np.inf), -np.ones((batch, n))], axis=1).astype(dtype),
-        u=np.concatenate([np.where(u < INFINITE_BOUND, 0.0, np.inf), np.ones((batch, n))], axis=1).astype(dtype),
+        C=SparseBatch(
+            np.concatenate([C.rows, m + diag]),
+            np.concatenate([C.cols, diag]),
+            np.concatenate([np.asarray(C.values), np.ones((batch, n), dtype=dtype)], axis=1),
+            (m + n, n),
+        ),
+        l=np.concatenate([np.where(l > -INFINITE_BOUND, 0.0, -np.inf), -np.ones((batch, n))], axis=1).astype(
+            dtype
+        ),
+        u=np.concatenate([np.where(u < INFINITE_BOUND, 0.0, np.inf), np.ones((batch, n))], axis=1).astype(
+            dtype
+        ),
     )
 
 

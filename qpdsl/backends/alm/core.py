@@ -490,7 +490,8 @@ def outer_update(
     status = xp.where(done & primal_inf, int(Status.PRIMAL_INFEASIBLE), status)
     status = xp.where((status == RUNNING) & (outer >= cfg.max_outer), int(Status.MAX_ITER), status)
     st = st._replace(
-        x_prox=xp.where(_col(done), st.x, st.x_prox),
+        # an unbounded element keeps its last prox center: x - x_prox is its certificate
+        x_prox=xp.where(_col(done & (status != int(Status.DUAL_INFEASIBLE))), st.x, st.x_prox),
         v_prox=xp.where(_col(accept), st.v, st.v_prox),
         mu_eq=mu_eq,
         mu_in=mu_in,
@@ -650,7 +651,9 @@ def finalize(original: Problem, scaling: Scaling, st: State, valid: Any) -> Solu
     """Unscale the state; elements still running get MAX_ITER, invalid ones NaN outputs."""
     xp = namespace(st.x)
     p = original.b.shape[1]
-    x = unscale_primal(scaling, st.x)
+    # An unbounded element returns its certificate, the direction of the last outer step, as x.
+    unbounded = _col(st.status == int(Status.DUAL_INFEASIBLE))
+    x = unscale_primal(scaling, xp.where(unbounded, st.x - st.x_prox, st.x))
     y, z = unscale_duals(scaling, st.v[:, :p], st.v[:, p:])
     nan = float("nan")
     x = xp.where(_col(valid), x, xp.full_like(x, nan))
