@@ -42,7 +42,12 @@ def device(array: Any) -> Any:
     """The device an array lives on (array-API ``device``)."""
     import array_api_compat
 
-    return array_api_compat.device(array)
+    dev = array_api_compat.device(array)
+    # A jax array sharded over several devices reports its sharding, which is tied to the array's
+    # rank: new arrays of other ranks (scalars, index vectors, masks) go to the default device.
+    if hasattr(dev, "device_set") and not hasattr(dev, "platform"):
+        return None
+    return dev
 
 
 def matvec(mat: Any, v: Any) -> Any:

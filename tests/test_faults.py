@@ -88,7 +88,7 @@ def test_float32_badly_scaled_is_solved_or_declined(backend: str) -> None:
     for i, status in enumerate(res.statuses()):
         counts[status.label] += 1
         if not status.ok:
-            assert status in (Status.MAX_ITER, Status.NUMERICAL_ERROR), status
+            assert status in (Status.MAX_ITER, Status.NUMERICAL_ERROR, Status.INACCURATE), status
             continue
         assert status == Status.SOLVED  # the problems are feasible
         assert np.isfinite(x[i]).all() and np.isfinite(y[i]).all() and np.isfinite(z[i]).all()

@@ -896,7 +896,10 @@ def test_family(name: str, backend: str) -> None:
     prepare_backend(backend, name)
     case = reference(name)
     sol = case.prob.solve(case.params, backend=backend, **case.backend_options)
-    assert sol.status == "solved", f"{name} with {backend}: status {sol.status}"
+    # Third-party solvers stop on criteria of their own (relative, or none for the gap):
+    # verification may decline their point at eps 1e-9 ("inaccurate"), never report it wrong.
+    allowed = ("solved", "inaccurate") if backend.startswith("qpsolvers:") else ("solved",)
+    assert sol.status in allowed, f"{name} with {backend}: status {sol.status}"
     _close_objective(sol.objective, case.cvx.value, f"{name} with {backend}: objective")
     for v, vc in case.xs:
         _close(sol[v], vc.value, X_TOL, f"{name} with {backend}: variable {v.name}")

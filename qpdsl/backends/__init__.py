@@ -90,9 +90,12 @@ class Backend:
         from ..solve.closest import Flow, TracedFlow, solve_with_closest_feasible, traced
 
         messages: list[dict[int, str]] = []
+        extras: dict[str, Any] = {}
 
         def raw(d: QPData, w: WarmStart | None) -> QPResult:
             res = self.solve_raw(d, settings, w)
+            if not messages:  # the first solve's diagnostics (iteration counts, ...) are kept
+                extras.update({k: v for k, v in res.extras.items() if k != "messages"})
             messages.append(res.extras.get("messages", {}))
             return res
 
@@ -103,8 +106,8 @@ class Backend:
         result = solve_with_closest_feasible(flow, data, settings, warm_start, shiftable)
         if any(messages):
             later = [msg for c in messages[1:] for msg in c.values()]
-            result = replace(result, extras={"messages": messages[0], "closest_feasible_messages": later})
-        return result
+            extras.update(messages=messages[0], closest_feasible_messages=later)
+        return replace(result, extras=extras) if extras else result
 
 
 @dataclass
