@@ -313,8 +313,13 @@ def _two_passes(
         _blank(data).iterations,
     )
     end = flow.loop(running, body, start)
+    # An element still primal_infeasible here had a feasibility solve that failed: that verdict is
+    # a numerical error for users who asked for the closest feasible QP.
+    status = end.out.status
+    code = xp.asarray(int(Status.NUMERICAL_ERROR), dtype=status.dtype, device=device(status))
+    out = replace(end.out, status=xp.where(status == int(Status.PRIMAL_INFEASIBLE), code, status))
     # the residuals of the final points (dropped inside the loop, whose carry has fixed fields)
-    return verify(data, end.out, settings)
+    return verify(data, out, settings)
 
 
 def _confirm_infeasible(
