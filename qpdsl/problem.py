@@ -114,6 +114,11 @@ class Problem:
         self._compiled: ParametricQP | None = None
         self.compile()
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_cvxpy_ids", None)  # keyed by id() of objects of this process
+        return state
+
     # ------------------------------------------------------------ structure
     def _expressions(self) -> Iterable[Expression]:
         yield self.objective.expr
