@@ -3,7 +3,14 @@
 from ._layers import Shift
 from .backends import available_backends
 from .cvxpy_import import from_cvxpy
-from .errors import BackendNotFound, ModelError, ParameterError, QPDSLError, SolverError
+from .errors import (
+    BackendNotFound,
+    ModelError,
+    ParameterError,
+    ProblemKeyError,
+    QPDSLError,
+    SolverError,
+)
 from .expressions import (
     Constant,
     Constraint,
@@ -48,6 +55,7 @@ __all__ = [
     "Parameter",
     "ParameterError",
     "Problem",
+    "ProblemKeyError",
     "QPDSLError",
     "QPData",
     "QPResult",
