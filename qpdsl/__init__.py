@@ -6,6 +6,7 @@ from .cvxpy_import import from_cvxpy
 from .errors import (
     BackendNotFound,
     ModelError,
+    NotSupportedError,
     ParameterError,
     ProblemKeyError,
     QPDSLError,
@@ -52,6 +53,7 @@ __all__ = [
     "Maximize",
     "Minimize",
     "ModelError",
+    "NotSupportedError",
     "Parameter",
     "ParameterError",
     "Problem",

@@ -24,7 +24,7 @@ from .validation import check_parameter_values, invalid_parameter_elements
 
 
 class Shift:
-    """Marks a layer output as the shift s* of a constraint (DESIGN §5): ``outputs=[x, qd.Shift(c)]``."""
+    """Marks a layer output as the shift s* of a constraint: ``outputs=[x, qd.Shift(c)]``."""
 
     def __init__(self, constraint: Constraint):
         self.constraint = constraint
@@ -251,13 +251,9 @@ def make_jax_function(
     backend_name = backend or "auto"
 
     def solve(*args: Any, **kwargs: Any) -> tuple[Any, ...]:
-        arrays = _jax_arguments(parameters, layer_arguments(parameters, args, kwargs))
-        dtype = next((a.dtype for a in arrays if jnp.issubdtype(a.dtype, jnp.floating)), jnp.zeros(()).dtype)
-        if dtype not in (jnp.float32, jnp.float64):
-            raise ParameterError(
-                f"the layer computes in float32 or float64, not {dtype}; convert the "
-                "arguments with .astype(jnp.float32) (or float64 with jax_enable_x64)"
-            )
+        given = layer_arguments(parameters, args, kwargs)
+        arrays = _jax_arguments(parameters, given)
+        dtype = _jax_dtype(given, arrays)
         arrays = [a.astype(dtype) for a in arrays]
 
         def convert(value: Any) -> Any:
@@ -287,6 +283,31 @@ def _argument_error(p: Parameter, value: Any, exc: Exception | None = None) -> P
         f"numeric array{why}; pass a float tensor or array of shape {p.shape} "
         f"(or (batch, *{p.shape}))"
     )
+
+
+def _jax_dtype(given: Sequence[Any], arrays: Sequence[Any]) -> Any:
+    """The dtype a JAX layer computes in: the widest floating dtype of the array arguments (as
+    :func:`jax.numpy.result_type` promotes; Python numbers and lists adapt), else the default float."""
+    import jax.numpy as jnp
+
+    floats = [
+        a.dtype
+        for g, a in zip(given, arrays, strict=False)
+        if hasattr(g, "dtype") and jnp.issubdtype(a.dtype, jnp.floating)
+    ]
+    return jnp.result_type(*floats) if floats else jnp.zeros(()).dtype
+
+
+def torch_dtype(given: Sequence[Any]) -> Any:
+    """The dtype a torch layer computes in: the widest floating dtype of the tensor arguments (as
+    torch promotes; numbers, lists and arrays adapt), else float64."""
+    import torch
+
+    floats = [a.dtype for a in given if isinstance(a, torch.Tensor) and a.is_floating_point()]
+    dtype = floats[0] if floats else torch.float64
+    for other in floats[1:]:
+        dtype = torch.promote_types(dtype, other)
+    return dtype
 
 
 def torch_arguments(parameters: Sequence[Parameter], args: Sequence[Any]) -> list[Any]:
@@ -335,5 +356,10 @@ def _jax_arguments(parameters: Sequence[Parameter], args: Sequence[Any]) -> list
             raise _argument_error(p, a, exc) from exc
         if jnp.iscomplexobj(arr):
             raise _argument_error(p, a)
+        if jnp.issubdtype(arr.dtype, jnp.floating) and arr.dtype not in (jnp.float32, jnp.float64):
+            raise ParameterError(
+                f"argument for parameter {p.name} is {arr.dtype}; the layer computes in float32 or "
+                "float64: convert it with .astype(jnp.float32) (or float64, with jax_enable_x64)"
+            )
         out.append(arr)
     return out + [jnp.asarray(a) for a in args[len(out) :]]

@@ -34,3 +34,7 @@ class SolverError(QPDSLError):
         super().__init__(message)
         self.indices = list(indices or [])
         self.statuses = list(statuses or [])
+
+
+class NotSupportedError(QPDSLError, NotImplementedError):
+    """An operation qpdsl does not support, such as second derivatives through a layer."""
