@@ -373,6 +373,9 @@ class _ParameterLookup:
         raise ParameterError(f"{name!r} is not a parameter of this problem (its parameters: {known})")
 
 
+_WARNED_JAX_FLOAT32 = False
+
+
 def _to_framework(data: QPData, fw: str) -> QPData:
     if fw == "torch":
         import torch
@@ -382,7 +385,10 @@ def _to_framework(data: QPData, fw: str) -> QPData:
         import jax
         import jax.numpy as jnp
 
-        if not jax.config.jax_enable_x64:
+        global _WARNED_JAX_FLOAT32
+        wide = np.asarray(data.q).dtype == np.float64  # float32 values: the user chose float32
+        if wide and not jax.config.jax_enable_x64 and not _WARNED_JAX_FLOAT32:
+            _WARNED_JAX_FLOAT32 = True  # once per process: the setting does not change between calls
             warnings.warn(
                 "jax_enable_x64 is off, so the jax backend solves in float32 (tolerance 1e-5); "
                 "call jax.config.update('jax_enable_x64', True) for float64",

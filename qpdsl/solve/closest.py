@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .._array import device, is_traced, namespace, to_numpy
+from .._array import device, int_dtype, is_traced, namespace, to_numpy
 from ..qp import QPData, QPResult, Settings, SparseBatch, Status, WarmStart
 from .verify import ROUNDING, _matvec, verify
 
@@ -377,8 +377,8 @@ def _blank(data: QPData) -> QPResult:
         z=zeros(data.n_in),
         shift_eq=zeros(data.n_eq),
         shift_in=zeros(data.n_in),
-        status=xp.full((batch,), int(Status.NUMERICAL_ERROR), dtype=xp.int64, device=dev),
-        iterations=xp.zeros((batch,), dtype=xp.int64, device=dev),
+        status=xp.full((batch,), int(Status.NUMERICAL_ERROR), dtype=int_dtype(xp), device=dev),
+        iterations=xp.zeros((batch,), dtype=int_dtype(xp), device=dev),
         prim_res=scalar,
         dual_res=scalar,
         objective=scalar,
@@ -393,9 +393,9 @@ def _complete(res: QPResult, like: QPResult | None) -> QPResult:
 
     def fill(a: Any, integer: bool = False) -> Any:
         if a is None:
-            return xp.zeros((batch,), dtype=xp.int64, device=dev) if integer else nan
+            return xp.zeros((batch,), dtype=int_dtype(xp), device=dev) if integer else nan
         a = xp.reshape(xp.asarray(a, device=dev), (batch,))
-        return xp.astype(a, xp.int64 if integer else dtype)
+        return xp.astype(a, int_dtype(xp) if integer else dtype)
 
     return replace(
         res,
