@@ -309,7 +309,9 @@ def _needs(name: str) -> None:
 
 def test_quadprog_refuses_a_singular_P_naming_solvers_that_work() -> None:
     _needs("qpsolvers:quadprog")
-    prob, A, b, x = least_squares()  # sum_squares(A @ x - b) adds variables without a quadratic term
+    A, b, x = qd.Parameter((4, 3), name="A"), qd.Parameter(4, name="b"), qd.Variable(3, name="x")
+    # sum_squares(A @ x - b) is r'r over r = A x - b: x has no quadratic term of its own
+    prob = qd.Problem(qd.Minimize(qd.sum_squares(A @ x - b)), [x >= -1, x <= 1])
     with pytest.raises(qd.BackendNotFound, match="positive definite.*qpsolvers:clarabel"):
         prob.solve({"A": A0, "b": B0}, backend="qpsolvers:quadprog")
     layer = prob.to_torch([A, b], [x], backend="qpsolvers:quadprog")
