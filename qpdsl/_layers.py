@@ -19,7 +19,7 @@ from .compiler import ParametricQP
 from .errors import ModelError, ParameterError
 from .expressions.constraints import Constraint
 from .expressions.expression import Parameter, Variable
-from .qp import QPData, Settings, WarmStart
+from .qp import QPData, Settings
 from .validation import check_parameter_values, invalid_parameter_elements
 
 
@@ -205,7 +205,9 @@ def make_torch_layer(
     return ProblemLayer(problem, parameters, outputs, backend or "auto", on_failure, warm_start, settings)
 
 
-def layer_arguments(parameters: Sequence[Parameter], args: Sequence[Any], kwargs: dict[str, Any]) -> list[Any]:
+def layer_arguments(
+    parameters: Sequence[Parameter], args: Sequence[Any], kwargs: dict[str, Any]
+) -> list[Any]:
     """Positional layer arguments, with keyword arguments (parameter names) put in their places."""
     if not kwargs:
         return list(args)
@@ -213,9 +215,11 @@ def layer_arguments(parameters: Sequence[Parameter], args: Sequence[Any], kwargs
     out: list[Any] = list(args) + [_MISSING] * (len(parameters) - len(args))
     for name, value in kwargs.items():
         if names.count(name) != 1:
-            why = "two layer inputs share that name" if names.count(name) > 1 else "no layer input has that name"
+            shared = names.count(name) > 1
+            why = "two layer inputs share that name" if shared else "no layer input has that name"
             raise ParameterError(
-                f"keyword argument {name!r}: {why} (inputs: {', '.join(names)}); pass the arguments by position"
+                f"keyword argument {name!r}: {why} (inputs: {', '.join(names)}); "
+                "pass the arguments by position"
             )
         i = names.index(name)
         if i < len(args) or out[i] is not _MISSING:
@@ -319,7 +323,9 @@ def torch_arguments(parameters: Sequence[Parameter], args: Sequence[Any]) -> lis
     devices = {str(t.device) for t in given}
     if len(devices) > 1:
         where = ", ".join(
-            f"{p.name} on {a.device}" for p, a in zip(parameters, args, strict=False) if isinstance(a, torch.Tensor)
+            f"{p.name} on {a.device}"
+            for p, a in zip(parameters, args, strict=False)
+            if isinstance(a, torch.Tensor)
         )
         raise ParameterError(
             f"the layer's arguments are on different devices ({where}); move them to one "

@@ -193,7 +193,8 @@ def _solve_by_callback(
         count = int(np.prod(lead))  # explicit: reshape(-1, 0) is ambiguous for empty blocks
         flat = [np.asarray(a).reshape(count, *core) for a, core in zip(host_arrays, cores, strict=True)]
         data, warm = QPData(*flat[:7]), flat[7:]
-        outcome = solve_batch(solver, data, settings, WarmStart(*warm) if warm else None, on_failure, shiftable)
+        start = WarmStart(*warm) if warm else None
+        outcome = solve_batch(solver, data, settings, start, on_failure, shiftable)
         res = outcome.result
         outs = [np.asarray(a, dtype=dtype) for a in (res.x, res.y, res.z, res.shift_eq, res.shift_in)]
         return (

@@ -222,7 +222,9 @@ def test_torch_solve_qp_and_qplayer_promote_mixed_floats() -> None:
         kwargs = {"backend": "cpu"} if solve is solve_qp else {}
         x = solve(*_box_qp(torch.float32), **kwargs)[0]
         assert x.dtype == torch.float64
-        torch.testing.assert_close(x, torch.tensor([-0.5, 1.0, -0.25], dtype=torch.float64), atol=1e-6, rtol=0)
+        torch.testing.assert_close(
+            x, torch.tensor([-0.5, 1.0, -0.25], dtype=torch.float64), atol=1e-6, rtol=0
+        )
 
 
 def test_torch_problem_layer_promotes_mixed_floats() -> None:
@@ -254,7 +256,10 @@ def test_jax_functions_promote_mixed_floats(x64: object) -> None:
     prob, A, b, xv = least_squares()
     f = prob.to_jax([A, b], [xv], backend="cpu")
     expected = f(jnp.asarray(A0), jnp.asarray(B0))[0]
-    for args in ((jnp.asarray(A0, jnp.float32), jnp.asarray(B0)), (jnp.asarray(A0), jnp.asarray(B0, jnp.float32))):
+    for args in (
+        (jnp.asarray(A0, jnp.float32), jnp.asarray(B0)),
+        (jnp.asarray(A0), jnp.asarray(B0, jnp.float32)),
+    ):
         out = f(*args)[0]
         assert out.dtype == jnp.float64
         np.testing.assert_allclose(out, expected, atol=1e-5)
@@ -288,7 +293,8 @@ def test_no_repeated_warnings_with_jax_float32() -> None:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 calls()
-            return [str(w.message) for w in caught if "/qpdsl/" in w.filename or "jax_enable_x64" in str(w.message)]
+            ours = [w for w in caught if "/qpdsl/" in w.filename or "jax_enable_x64" in str(w.message)]
+            return [str(w.message) for w in ours]
 
         first, second = record(), record()
         assert len(first) <= 1, first

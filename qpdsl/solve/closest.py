@@ -43,7 +43,9 @@ from .verify import ROUNDING, _matvec, verify
 SHIFT_FACTOR = 10.0
 
 RawSolve = Callable[[QPData, "WarmStart | None", Any], QPResult]
-RESULT_FIELDS = ("x", "y", "z", "shift_eq", "shift_in", "status", "iterations", "prim_res", "dual_res", "objective")
+RESULT_FIELDS = (
+    "x", "y", "z", "shift_eq", "shift_in", "status", "iterations", "prim_res", "dual_res", "objective"
+)
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,10 @@ class Shiftable:
         """The masks as (1, p), (1, m) 0/1 arrays of ``dtype``."""
         eq = np.ones(p) if self.eq is None else np.asarray(self.eq, dtype=float)
         ineq = np.ones(m) if self.ineq is None else np.asarray(self.ineq, dtype=float)
-        return (xp.asarray(eq[None], dtype=dtype, device=dev), xp.asarray(ineq[None], dtype=dtype, device=dev))
+        return (
+            xp.asarray(eq[None], dtype=dtype, device=dev),
+            xp.asarray(ineq[None], dtype=dtype, device=dev),
+        )
 
 
 class Flow:
@@ -181,7 +186,9 @@ def solve_with_closest_feasible(
     if not settings.closest_feasible:
         confirmed = shifted
         code = xp.where(
-            todo & ~confirmed, xp.asarray(int(Status.INACCURATE), dtype=status.dtype, device=device(status)), status
+            todo & ~confirmed,
+            xp.asarray(int(Status.INACCURATE), dtype=status.dtype, device=device(status)),
+            status,
         )
         return replace(first, status=code)
 
@@ -190,7 +197,11 @@ def solve_with_closest_feasible(
     again = feas_ok
     first = replace(first, compl_res=None, gap=None, extras={})  # the fields every solve fills
     robust = shifted_data(data, sh)
-    warm2 = WarmStart(x=x_ls, y=None if warm_start is None else warm_start.y, z=None if warm_start is None else warm_start.z)
+    warm2 = WarmStart(
+        x=x_ls,
+        y=None if warm_start is None else warm_start.y,
+        z=None if warm_start is None else warm_start.z,
+    )
     second = flow.cond(
         flow.any(again),
         lambda _: flow.solve(robust, warm2, again, first),
