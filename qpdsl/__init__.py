@@ -3,7 +3,15 @@
 from ._layers import Shift
 from .backends import available_backends
 from .cvxpy_import import from_cvxpy
-from .errors import BackendNotFound, ModelError, ParameterError, QPDSLError, SolverError
+from .errors import (
+    BackendNotFound,
+    ModelError,
+    NotSupportedError,
+    ParameterError,
+    ProblemKeyError,
+    QPDSLError,
+    SolverError,
+)
 from .expressions import (
     Constant,
     Constraint,
@@ -45,9 +53,11 @@ __all__ = [
     "Maximize",
     "Minimize",
     "ModelError",
+    "NotSupportedError",
     "Parameter",
     "ParameterError",
     "Problem",
+    "ProblemKeyError",
     "QPDSLError",
     "QPData",
     "QPResult",

@@ -28,6 +28,17 @@ def namespace(*arrays: Any) -> Any:
     return array_api_compat.array_namespace(*[a for a in arrays if a is not None])
 
 
+def int_dtype(xp: Any) -> Any:
+    """The integer dtype for counts and status codes in namespace ``xp``: int64, except int32 for
+    JAX without ``jax_enable_x64`` (asking it for int64 truncates and warns on every call)."""
+    if xp.__name__.startswith("jax"):
+        import jax
+
+        if not jax.config.jax_enable_x64:
+            return xp.int32
+    return xp.int64
+
+
 def framework(array: Any) -> str:
     """Return ``"numpy"``, ``"torch"`` or ``"jax"`` for an array."""
     mod = type(array).__module__

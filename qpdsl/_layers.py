@@ -19,12 +19,12 @@ from .compiler import ParametricQP
 from .errors import ModelError, ParameterError
 from .expressions.constraints import Constraint
 from .expressions.expression import Parameter, Variable
-from .qp import QPData, Settings, WarmStart
+from .qp import QPData, Settings
 from .validation import check_parameter_values, invalid_parameter_elements
 
 
 class Shift:
-    """Marks a layer output as the shift s* of a constraint (DESIGN §5): ``outputs=[x, qd.Shift(c)]``."""
+    """Marks a layer output as the shift s* of a constraint: ``outputs=[x, qd.Shift(c)]``."""
 
     def __init__(self, constraint: Constraint):
         self.constraint = constraint
@@ -205,7 +205,9 @@ def make_torch_layer(
     return ProblemLayer(problem, parameters, outputs, backend or "auto", on_failure, warm_start, settings)
 
 
-def layer_arguments(parameters: Sequence[Parameter], args: Sequence[Any], kwargs: dict[str, Any]) -> list[Any]:
+def layer_arguments(
+    parameters: Sequence[Parameter], args: Sequence[Any], kwargs: dict[str, Any]
+) -> list[Any]:
     """Positional layer arguments, with keyword arguments (parameter names) put in their places."""
     if not kwargs:
         return list(args)
@@ -213,9 +215,11 @@ def layer_arguments(parameters: Sequence[Parameter], args: Sequence[Any], kwargs
     out: list[Any] = list(args) + [_MISSING] * (len(parameters) - len(args))
     for name, value in kwargs.items():
         if names.count(name) != 1:
-            why = "two layer inputs share that name" if names.count(name) > 1 else "no layer input has that name"
+            shared = names.count(name) > 1
+            why = "two layer inputs share that name" if shared else "no layer input has that name"
             raise ParameterError(
-                f"keyword argument {name!r}: {why} (inputs: {', '.join(names)}); pass the arguments by position"
+                f"keyword argument {name!r}: {why} (inputs: {', '.join(names)}); "
+                "pass the arguments by position"
             )
         i = names.index(name)
         if i < len(args) or out[i] is not _MISSING:
@@ -251,13 +255,9 @@ def make_jax_function(
     backend_name = backend or "auto"
 
     def solve(*args: Any, **kwargs: Any) -> tuple[Any, ...]:
-        arrays = _jax_arguments(parameters, layer_arguments(parameters, args, kwargs))
-        dtype = next((a.dtype for a in arrays if jnp.issubdtype(a.dtype, jnp.floating)), jnp.zeros(()).dtype)
-        if dtype not in (jnp.float32, jnp.float64):
-            raise ParameterError(
-                f"the layer computes in float32 or float64, not {dtype}; convert the "
-                "arguments with .astype(jnp.float32) (or float64 with jax_enable_x64)"
-            )
+        given = layer_arguments(parameters, args, kwargs)
+        arrays = _jax_arguments(parameters, given)
+        dtype = _jax_dtype(given, arrays)
         arrays = [a.astype(dtype) for a in arrays]
 
         def convert(value: Any) -> Any:
@@ -311,6 +311,31 @@ def _argument_error(p: Parameter, value: Any, exc: Exception | None = None) -> P
     )
 
 
+def _jax_dtype(given: Sequence[Any], arrays: Sequence[Any]) -> Any:
+    """The dtype a JAX layer computes in: the widest floating dtype of the array arguments (as
+    :func:`jax.numpy.result_type` promotes; Python numbers and lists adapt), else the default float."""
+    import jax.numpy as jnp
+
+    floats = [
+        a.dtype
+        for g, a in zip(given, arrays, strict=False)
+        if hasattr(g, "dtype") and jnp.issubdtype(a.dtype, jnp.floating)
+    ]
+    return jnp.result_type(*floats) if floats else jnp.zeros(()).dtype
+
+
+def torch_dtype(given: Sequence[Any]) -> Any:
+    """The dtype a torch layer computes in: the widest floating dtype of the tensor arguments (as
+    torch promotes; numbers, lists and arrays adapt), else float64."""
+    import torch
+
+    floats = [a.dtype for a in given if isinstance(a, torch.Tensor) and a.is_floating_point()]
+    dtype = floats[0] if floats else torch.float64
+    for other in floats[1:]:
+        dtype = torch.promote_types(dtype, other)
+    return dtype
+
+
 def torch_arguments(parameters: Sequence[Parameter], args: Sequence[Any]) -> list[Any]:
     """The layer arguments as real tensors on one device: numbers and numpy arrays are converted
     and placed on the device of the tensor arguments."""
@@ -320,7 +345,9 @@ def torch_arguments(parameters: Sequence[Parameter], args: Sequence[Any]) -> lis
     devices = {str(t.device) for t in given}
     if len(devices) > 1:
         where = ", ".join(
-            f"{p.name} on {a.device}" for p, a in zip(parameters, args, strict=False) if isinstance(a, torch.Tensor)
+            f"{p.name} on {a.device}"
+            for p, a in zip(parameters, args, strict=False)
+            if isinstance(a, torch.Tensor)
         )
         raise ParameterError(
             f"the layer's arguments are on different devices ({where}); move them to one "
@@ -357,5 +384,10 @@ def _jax_arguments(parameters: Sequence[Parameter], args: Sequence[Any]) -> list
             raise _argument_error(p, a, exc) from exc
         if jnp.iscomplexobj(arr):
             raise _argument_error(p, a)
+        if jnp.issubdtype(arr.dtype, jnp.floating) and arr.dtype not in (jnp.float32, jnp.float64):
+            raise ParameterError(
+                f"argument for parameter {p.name} is {arr.dtype}; the layer computes in float32 or "
+                "float64: convert it with .astype(jnp.float32) (or float64, with jax_enable_x64)"
+            )
         out.append(arr)
     return out + [jnp.asarray(a) for a in args[len(out) :]]

@@ -11,6 +11,14 @@ class ModelError(QPDSLError):
     """The symbolic model is not a convex QP that qpdsl can compile (curvature, DPP, shapes)."""
 
 
+class ProblemKeyError(ModelError, KeyError):
+    """A variable or constraint looked up in a :class:`~qpdsl.Solution` is not in the problem, or
+    the name looked up is shared by several of its variables."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
 class ParameterError(QPDSLError, ValueError):
     """A parameter value (or a layer argument) is missing, mis-shaped, non-finite or invalid."""
 
@@ -26,3 +34,7 @@ class SolverError(QPDSLError):
         super().__init__(message)
         self.indices = list(indices or [])
         self.statuses = list(statuses or [])
+
+
+class NotSupportedError(QPDSLError, NotImplementedError):
+    """An operation qpdsl does not support, such as second derivatives through a layer."""

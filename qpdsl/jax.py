@@ -1,7 +1,7 @@
 """JAX front end on the standard form: a jit-, vmap- and grad-able batched QP solve.
 
 :func:`solve_qp` is a :func:`jax.custom_jvp` whose rule is the shared, tangent-linear
-:func:`qpdsl.diff.qp_jvp` (DESIGN §6); JAX derives reverse mode by transposing it. Backends
+:func:`qpdsl.diff.qp_jvp`; JAX derives reverse mode by transposing it. Backends
 working on JAX arrays are called directly; the others (numpy) are reached through
 :func:`jax.pure_callback`, so ``jit`` and ``vmap`` work with every backend. This module
 imports jax and never torch. It never turns on ``jax_enable_x64``: float64 works when the
@@ -51,16 +51,16 @@ def solve_qp(
     """Solve a batch of standard-form QPs, differentiably (forward and reverse mode) in every input.
 
     ``minimize 1/2 x'Px + q'x  s.t.  A x = b,  l <= C x <= u``; when infeasible, the closest
-    feasible QP (DESIGN §5) is solved and the shifts are returned.
+    feasible QP is solved and the shifts are returned.
 
     Parameters
     ----------
     P, q, A, b, C, l, u
         Arrays of shapes ``(B, n, n)``, ``(B, n)``, ``(B, m, n)``, ``(B, m)``, ``(B, p, n)``,
         ``(B, p)``, ``(B, p)``. Each may omit the batch dimension or have batch size 1 (it is
-        then shared). ``A, b`` may both be None, ``C, l, u`` may all be None. One floating
-        dtype for all (float64 only when ``jax_enable_x64`` is on). ``l`` and ``u`` may hold
-        ``-inf`` / ``+inf``. Only the symmetric part of ``P`` matters.
+        then shared). ``A, b`` may both be None, ``C, l, u`` may all be None. float32 or
+        float64 (only when ``jax_enable_x64`` is on); mixed inputs are computed in the widest.
+        ``l`` and ``u`` may hold ``-inf`` / ``+inf``. Only the symmetric part of ``P`` matters.
     backend
         A name from :func:`qpdsl.backends.available_backends` whose framework is ``"jax"``
         or ``"numpy"`` (the latter through :func:`jax.pure_callback`).
@@ -204,7 +204,8 @@ def _solve_by_callback(
         count = int(np.prod(lead))  # explicit: reshape(-1, 0) is ambiguous for empty blocks
         flat = [np.asarray(a).reshape(count, *core) for a, core in zip(host_arrays, cores, strict=True)]
         data, warm = QPData(*flat[:7]), flat[7:]
-        outcome = solve_batch(solver, data, settings, WarmStart(*warm) if warm else None, on_failure, shiftable)
+        start = WarmStart(*warm) if warm else None
+        outcome = solve_batch(solver, data, settings, start, on_failure, shiftable)
         res = outcome.result
         outs = [np.asarray(a, dtype=dtype) for a in (res.x, res.y, res.z, res.shift_eq, res.shift_in)]
         return (
@@ -236,17 +237,15 @@ def _broadcast(args: dict[str, Any]) -> tuple[tuple[jax.Array, ...], bool]:
     """
     fill = sf.missing_groups({k: v is not None for k, v in args.items()})
     arrays = {k: None if v is None else jnp.asarray(v) for k, v in args.items()}
-    dtypes = {a.dtype for a in arrays.values() if a is not None}
-    if len(dtypes) > 1:
-        raise ParameterError(
-            f"all inputs must share one dtype, got {sorted(map(str, dtypes))}; convert them with .astype"
-        )
+    for name, a in arrays.items():
+        if a is not None and a.dtype not in (jnp.float32, jnp.float64):
+            raise ParameterError(
+                "inputs must be float32 or float64 (float64 needs jax.config.update('jax_enable_x64', "
+                f"True)), got {a.dtype} for {name}"
+            )
+    dtype = jnp.result_type(*(a for a in arrays.values() if a is not None))  # mixed: the widest
+    arrays = {k: None if a is None else a.astype(dtype) for k, a in arrays.items()}
     q = arrays["q"]
-    if q.dtype not in (jnp.float32, jnp.float64):
-        raise ParameterError(
-            f"inputs must be float32 or float64 (float64 needs jax.config.update('jax_enable_x64', True)), "
-            f"got {q.dtype}"
-        )
     n = q.shape[-1] if q.ndim else -1
     for name in fill:
         arrays[name] = jnp.zeros((0, n) if sf.CORE_NDIM[name] == 2 else (0,), q.dtype)

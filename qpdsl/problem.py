@@ -12,7 +12,7 @@ import numpy as np
 from ._array import to_numpy
 from .compiler import ParametricQP, compile_problem
 from .cvxpy_import import translate
-from .errors import ModelError, ParameterError
+from .errors import ModelError, ParameterError, ProblemKeyError
 from .expressions.constraints import Constraint
 from .expressions.expression import Expression, Parameter, Variable, as_expr
 from .qp import QPData, QPResult, Settings, Status, WarmStart
@@ -113,6 +113,11 @@ class Problem:
             c.check()
         self._compiled: ParametricQP | None = None
         self.compile()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_cvxpy_ids", None)  # keyed by id() of objects of this process
+        return state
 
     # ------------------------------------------------------------ structure
     def _expressions(self) -> Iterable[Expression]:
@@ -368,6 +373,9 @@ class _ParameterLookup:
         raise ParameterError(f"{name!r} is not a parameter of this problem (its parameters: {known})")
 
 
+_WARNED_JAX_FLOAT32 = False
+
+
 def _to_framework(data: QPData, fw: str) -> QPData:
     if fw == "torch":
         import torch
@@ -377,7 +385,10 @@ def _to_framework(data: QPData, fw: str) -> QPData:
         import jax
         import jax.numpy as jnp
 
-        if not jax.config.jax_enable_x64:
+        global _WARNED_JAX_FLOAT32
+        wide = np.asarray(data.q).dtype == np.float64  # float32 values: the user chose float32
+        if wide and not jax.config.jax_enable_x64 and not _WARNED_JAX_FLOAT32:
+            _WARNED_JAX_FLOAT32 = True  # once per process: the setting does not change between calls
             warnings.warn(
                 "jax_enable_x64 is off, so the jax backend solves in float32 (tolerance 1e-5); "
                 "call jax.config.update('jax_enable_x64', True) for float64",
@@ -401,14 +412,14 @@ def _result_to_numpy(result: QPResult) -> QPResult:
     )
 
 
-@dataclass
+@dataclass(repr=False)
 class Solution:
     """The result of :meth:`Problem.solve`, read back in the user's terms.
 
-    ``sol[x]`` is the value of variable x (with a leading batch dimension when the parameters
-    were batched); ``status`` the status label(s); ``objective`` the objective value(s);
-    ``dual(c)`` the dual of constraint c; ``shift`` the constraint shift of each user constraint
-    (zero when the problem is feasible, DESIGN §5).
+    ``sol[x]`` (or ``sol["x"]``, by name) is the value of variable x, with a leading batch
+    dimension when the parameters were batched; ``status`` the status label(s); ``objective``
+    the objective value(s); ``dual(c)`` the dual of constraint c; ``shift`` the constraint shift
+    of each user constraint (zero when the problem is feasible).
     """
 
     problem: Problem
@@ -420,12 +431,40 @@ class Solution:
     def _unbatch(self, a: np.ndarray) -> Any:
         return a if self.batched else a[0]
 
-    def __getitem__(self, var: Variable) -> np.ndarray:
+    def __getitem__(self, var: Variable | str) -> np.ndarray:
+        """The value of a variable, given as the Variable object or by its name.
+
+        Raises
+        ------
+        ProblemKeyError
+            The variable is not in the problem, no variable has the name, or several share it.
+        """
+        var = self._variable_named(var) if isinstance(var, str) else var
         sl = self.qp.variables.get(translate(self.problem, var))
         if sl is None:
-            raise KeyError(f"{getattr(var, 'name', var)!r} is not a variable of this problem")
+            raise ProblemKeyError(f"{getattr(var, 'name', var)!r} is not a variable of this problem")
         x = self.raw.x[:, sl.offset : sl.offset + sl.size]
         return self._unbatch(x.reshape(x.shape[0], *sl.shape))
+
+    def _variable_named(self, name: str) -> Variable:
+        named = [v for v in self.qp.variables if v.name == name]
+        if len(named) == 1:
+            return named[0]
+        if named:
+            raise ProblemKeyError(
+                f"{len(named)} variables named {name!r} in this problem; look them up with the "
+                "Variable objects (sol[x]) or give them distinct names"
+            )
+        known = ", ".join(v.name for v in self.qp.variables)
+        raise ProblemKeyError(f"no variable named {name!r} in this problem (its variables: {known})")
+
+    def __repr__(self) -> str:
+        variables = ", ".join(f"{v.name} {v.shape}" for v in self.qp.variables)
+        batch = self.raw.x.shape[0] if self.batched else None
+        return (
+            f"Solution(status={_short(self.status)}, objective={_short(self.objective)}, "
+            f"variables=[{variables}], batch={batch})"
+        )
 
     @property
     def statuses(self) -> list[Status]:
@@ -451,7 +490,7 @@ class Solution:
     def _rows(self, constraint: Constraint) -> tuple[str, slice, tuple[int, ...], float]:
         rows = self.qp.constraints.get(translate(self.problem, constraint))
         if rows is None:
-            raise KeyError(f"{constraint} is not a constraint of this problem")
+            raise ProblemKeyError(f"{constraint} is not a constraint of this problem")
         return rows.kind, slice(rows.start, rows.stop), rows.shape, rows.sign
 
     def dual(self, constraint: Constraint) -> np.ndarray:
@@ -465,7 +504,7 @@ class Solution:
         """Constraint shift per user constraint (zeros when feasible).
 
         For ``lhs <= rhs`` it is how much ``lhs - rhs <= 0`` was relaxed; for ``lhs == rhs``
-        the shift s with ``lhs - rhs == s`` after relaxation (DESIGN §5).
+        the shift s with ``lhs - rhs == s`` after relaxation.
         """
         out = {}
         for c in self.problem.constraints:
@@ -477,3 +516,22 @@ class Solution:
     @property
     def iterations(self) -> Any:
         return self._unbatch(np.asarray(self.raw.iterations))
+
+
+def _short(value: Any) -> str:
+    """A status or objective for a repr: in full for up to three elements, summarised beyond."""
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    items = list(value)
+    if isinstance(value, list) and len(items) > 3:
+        counts: dict[str, int] = {}
+        for label in items:
+            counts[label] = counts.get(label, 0) + 1
+        return repr(counts)
+    if isinstance(value, list):
+        return repr(items)
+    if len(items) > 3:
+        return f"<array of {len(items)}>"
+    return "[" + ", ".join(f"{float(v):.6g}" for v in items) + "]"

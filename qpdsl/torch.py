@@ -1,7 +1,7 @@
 """PyTorch front end on the standard form: a differentiable, batched QP solve.
 
 :func:`solve_qp` runs a backend's forward pass inside one :class:`torch.autograd.Function`
-whose backward is the shared adjoint :func:`qpdsl.diff.qp_vjp` (DESIGN §6), so the solution,
+whose backward is the shared adjoint :func:`qpdsl.diff.qp_vjp`, so the solution,
 the duals and the closest-feasible shift are all differentiable in every QP data item.
 This module imports torch and never jax.
 """
@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from . import _standard_form as sf
-from .errors import ParameterError, SolverError
+from .errors import NotSupportedError, ParameterError, SolverError
 from .qp import QPData, QPResult, Settings, WarmStart
 from .solve.closest import Shiftable
 from .solve.core import Outcome, WarmMemory, check_on_failure, resolve_backend, solve_batch
@@ -45,7 +45,7 @@ def solve_qp(
     """Solve a batch of standard-form QPs, differentiably in every input.
 
     ``minimize 1/2 x'Px + q'x  s.t.  A x = b,  l <= C x <= u``; when infeasible, the closest
-    feasible QP (DESIGN §5) is solved and the shifts are returned.
+    feasible QP is solved and the shifts are returned.
 
     Parameters
     ----------
@@ -54,7 +54,8 @@ def solve_qp(
         ``(B, p, n)``, ``(B, p)``, ``(B, p)``. Each may omit the batch dimension or have
         batch size 1 (it is then shared by the whole batch). ``A, b`` may both be None
         (no equalities), ``C, l, u`` may all be None (no inequalities). float32 or float64,
-        one dtype and one device for all. ``l`` and ``u`` may hold ``-inf`` / ``+inf``.
+        one device for all; mixed float32 and float64 inputs are computed in float64 (as torch
+        promotes them). ``l`` and ``u`` may hold ``-inf`` / ``+inf``.
         Only the symmetric part of ``P`` matters (it is symmetrised).
     backend
         A name from :func:`qpdsl.backends.available_backends`. A numpy backend receives
@@ -224,13 +225,14 @@ class ProblemLayer(torch.nn.Module):
             mark_invalid,
             read_outputs,
             torch_arguments,
+            torch_dtype,
         )
 
         qp = self.problem.compile()
-        tensors = torch_arguments(self.parameters_in, layer_arguments(self.parameters_in, args, kwargs))
-        ref = next((t for t in tensors if t.is_floating_point()), None)
-        dtype = ref.dtype if ref is not None else torch.float64
-        device = ref.device if ref is not None else torch.device("cpu")
+        given = layer_arguments(self.parameters_in, args, kwargs)
+        tensors = torch_arguments(self.parameters_in, given)
+        dtype = torch_dtype(given)
+        device = tensors[0].device if tensors else torch.device("cpu")
         tensors = [t.to(device=device, dtype=dtype) for t in tensors]
 
         def convert(value: Any) -> Any:
@@ -303,49 +305,84 @@ class _QPFunction(torch.autograd.Function):
         ctx.outcome = outcome
         ctx.options = options
         ctx.dtypes = tuple(t.dtype for t in tensors)
+        # Not saved_tensors: version checks would refuse inputs changed in place after the forward.
+        ctx.sources = tuple(t for t in tensors if t.requires_grad)
         ctx.mark_non_differentiable(outputs[-1])
         return outputs
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(
-        ctx: Any,
-        gx: torch.Tensor,
-        gy: torch.Tensor,
-        gz: torch.Tensor,
-        gse: torch.Tensor,
-        gsi: torch.Tensor,
-        _gstatus: Any,
-    ) -> tuple[Any, ...]:
-        from .diff import qp_vjp
+    def backward(ctx: Any, *grad_outputs: Any) -> tuple[Any, ...]:
+        second_order = torch.is_grad_enabled()  # create_graph=True
+        with torch.no_grad():
+            grads = _backward(ctx, *grad_outputs)
+        if not second_order:
+            return grads
+        given = [g for g in grad_outputs if isinstance(g, torch.Tensor) and g.requires_grad]
+        sources = [*ctx.sources, *given]
+        if not sources:
+            return grads
+        return tuple(None if g is None else _NoSecondDerivative.apply(g, *sources) for g in grads)
 
-        outcome: Outcome = ctx.outcome
-        options: _Options = ctx.options
-        result = _zero_failed(outcome.result, outcome.ok)
-        grads_in = (torch.nan_to_num(g) if g is not None else None for g in (gx, gy, gz, gse, gsi))
-        grads = qp_vjp(outcome.data, result, *grads_in, shiftable=options.shiftable)
-        computed = grads.ok & outcome.ok
-        layer = options.info.get("layer")
-        if layer is not None:
-            layer.last_backward_status = computed
-        failed = (outcome.ok & ~grads.ok).nonzero()[:, 0].tolist()
-        if failed and options.on_failure == "raise":
-            raise SolverError(
-                f"the backward pass could not solve the adjoint system of batch elements {failed} "
-                "(singular or ill-conditioned KKT matrix); their gradients would be wrong. Pass "
-                "on_failure='nan' or 'ignore' to get zero gradients for them instead",
-                indices=failed,
-                statuses=["backward_failed"] * len(failed),
-            )
-        out: list[torch.Tensor | None] = []
-        for name, dtype, wanted in zip(_NAMES, ctx.dtypes, ctx.needs_input_grad[1:], strict=True):
-            if not wanted:
-                out.append(None)
-                continue
-            g = getattr(grads, name)
-            mask = computed.reshape((-1,) + (1,) * (g.ndim - 1))
-            out.append(torch.where(mask, g, torch.zeros_like(g)).to(dtype))
-        return (None, *out)
+
+class _NoSecondDerivative(torch.autograd.Function):
+    """The identity on a first derivative, whose own derivative raises :class:`NotSupportedError`.
+
+    ``sources`` are the tensors the derivative depends on, so that differentiating it reaches this node.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, grad: torch.Tensor, *sources: torch.Tensor) -> torch.Tensor:
+        return grad.clone()
+
+    @staticmethod
+    def backward(ctx: Any, *_: Any) -> tuple[Any, ...]:
+        raise NotSupportedError(
+            "qpdsl layers have no second derivatives (double backward): their backward pass solves "
+            "the adjoint KKT system once and is not itself differentiable. First derivatives with "
+            "create_graph=True are fine; differentiating them again (Hessians, gradient penalties "
+            "through the layer, MAML-style inner loops) is not supported"
+        )
+
+
+def _backward(
+    ctx: Any,
+    gx: torch.Tensor,
+    gy: torch.Tensor,
+    gz: torch.Tensor,
+    gse: torch.Tensor,
+    gsi: torch.Tensor,
+    _gstatus: Any,
+) -> tuple[Any, ...]:
+    """The first derivatives of :class:`_QPFunction`: the shared adjoint, zero on failed elements."""
+    from .diff import qp_vjp
+
+    outcome: Outcome = ctx.outcome
+    options: _Options = ctx.options
+    result = _zero_failed(outcome.result, outcome.ok)
+    grads_in = (torch.nan_to_num(g) if g is not None else None for g in (gx, gy, gz, gse, gsi))
+    grads = qp_vjp(outcome.data, result, *grads_in, shiftable=options.shiftable)
+    computed = grads.ok & outcome.ok
+    layer = options.info.get("layer")
+    if layer is not None:
+        layer.last_backward_status = computed
+    failed = (outcome.ok & ~grads.ok).nonzero()[:, 0].tolist()
+    if failed and options.on_failure == "raise":
+        raise SolverError(
+            f"the backward pass could not solve the adjoint system of batch elements {failed} "
+            "(singular or ill-conditioned KKT matrix); their gradients would be wrong. Pass "
+            "on_failure='nan' or 'ignore' to get zero gradients for them instead",
+            indices=failed,
+            statuses=["backward_failed"] * len(failed),
+        )
+    out: list[torch.Tensor | None] = []
+    for name, dtype, wanted in zip(_NAMES, ctx.dtypes, ctx.needs_input_grad[1:], strict=True):
+        if not wanted:
+            out.append(None)
+            continue
+        g = getattr(grads, name)
+        mask = computed.reshape((-1,) + (1,) * (g.ndim - 1))
+        out.append(torch.where(mask, g, torch.zeros_like(g)).to(dtype))
+    return (None, *out)
 
 
 def _zero_failed(result: QPResult, ok: torch.Tensor) -> QPResult:
@@ -391,22 +428,24 @@ def _broadcast(args: dict[str, torch.Tensor | None]) -> tuple[tuple[torch.Tensor
                 f"{name} must be a torch.Tensor, got {type(value).__name__}; wrap it with torch.as_tensor"
             )
     fill = sf.missing_groups({k: v is not None for k, v in args.items()})
-    dtypes = {v.dtype for v in args.values() if v is not None}
     devices = {v.device for v in args.values() if v is not None}
-    if len(dtypes) > 1:
-        raise ParameterError(
-            f"all inputs must share one dtype, got {sorted(map(str, dtypes))}; convert them with .to(dtype)"
-        )
     if len(devices) > 1:
         raise ParameterError(
             f"all inputs must be on one device, got {sorted(map(str, devices))}; move them with .to(device)"
         )
+    for name, value in args.items():
+        if value is not None and value.dtype not in _FLOATS:
+            raise ParameterError(
+                f"inputs must be float32 or float64, got {value.dtype} for {name}; convert them with "
+                ".to(torch.float64)"
+            )
+    dtype = torch.float32
+    for value in args.values():
+        if value is not None:
+            dtype = torch.promote_types(dtype, value.dtype)
+    args = {k: None if v is None else v.to(dtype) for k, v in args.items()}  # mixed: the widest, as torch
     q = args["q"]
     assert q is not None
-    if q.dtype not in _FLOATS:
-        raise ParameterError(
-            f"inputs must be float32 or float64, got {q.dtype}; convert them with .to(torch.float64)"
-        )
     n = q.shape[-1] if q.ndim else -1
     for name in fill:
         args[name] = torch.zeros((0, n) if sf.CORE_NDIM[name] == 2 else (0,), dtype=q.dtype, device=q.device)

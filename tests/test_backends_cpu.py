@@ -12,11 +12,11 @@ pytest.importorskip("proxsuite")
 pytest.importorskip("qpsolvers")
 
 from qpdsl import backends  # noqa: E402
-from qpdsl.solve import closest  # noqa: E402
 from qpdsl.backends.proxsuite_backend import ProxsuiteBackend, _solve_raw  # noqa: E402
 from qpdsl.backends.qpsolvers_backend import QpsolversBackend  # noqa: E402
 from qpdsl.errors import BackendNotFound, ParameterError  # noqa: E402
 from qpdsl.qp import QPData, QPResult, Settings, SparseBatch, Status, WarmStart  # noqa: E402
+from qpdsl.solve import closest  # noqa: E402
 
 # backend name -> (settings, x tolerance, relative objective tolerance). ProxQP needs up to
 # max_iter outer iterations to give up on an infeasible QP: 1000 keeps that well under a second.
@@ -370,11 +370,14 @@ def test_registry(monkeypatch):
 
 
 def test_qpsolvers_reports_solver_errors():
-    """quadprog rejects a singular P: the element fails with a message instead of raising."""
+    """A solver's exception fails its element with a message (quadprog's raw solve of a singular P);
+    the full solve refuses such data up front, naming solvers that accept it."""
     d = random_qp(np.random.default_rng(31), batch=2, lp=True)
-    res = QpsolversBackend("qpsolvers:quadprog").solve(d, Settings())
+    res = QpsolversBackend("qpsolvers:quadprog").solve_raw(d, Settings())
     assert res.statuses() == [Status.NUMERICAL_ERROR] * 2
     assert "positive definite" in res.extras["messages"][0]
+    with pytest.raises(BackendNotFound, match="positive definite.*qpsolvers:clarabel"):
+        QpsolversBackend("qpsolvers:quadprog").solve(d, Settings())
 
 
 def test_qpsolvers_highs_matches_proxsuite_and_stops_at_max_iter():

@@ -192,9 +192,9 @@ def test_torch_layer_dtypes_and_devices(model: Model) -> None:
         "q on meta",
         ".to(device)",
     )
-    # mixed float32 / float64 arguments: computed in the first floating argument's dtype
+    # mixed float32 / float64 arguments: computed in the widest, as torch promotes them
     (x,) = layer(S.float(), q, lam)
-    assert x.dtype == torch.float32
+    assert x.dtype == torch.float64
 
 
 def test_jax_layer_dtype(model: Model) -> None:

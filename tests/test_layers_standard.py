@@ -237,7 +237,7 @@ def test_torch_on_failure_modes(backend: str, corrupt: object) -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda d: d.update(P=d["P"].float()), "one dtype"),
+        (lambda d: d.update(P=d["P"].half()), "float32 or float64, got torch.float16 for P"),
         (lambda d: d.update(q=d["q"][:, :3]), "P has shape"),
         (lambda d: d.update(b=d["b"].repeat(2, 1)), "different batch sizes"),
         (
@@ -495,8 +495,8 @@ def test_jax_parameter_errors() -> None:
     args = jax_args(data)
     with pytest.raises(ParameterError, match="P has shape"):
         jax_solve_qp(args[0][:, :3], *args[1:], backend="proxsuite")
-    with pytest.raises(ParameterError, match="one dtype"):
-        jax_solve_qp(args[0].astype(jnp.float32), *args[1:], backend="proxsuite")
+    with pytest.raises(ParameterError, match="float32 or float64.*got float16 for P"):
+        jax_solve_qp(args[0].astype(jnp.float16), *args[1:], backend="proxsuite")
     with pytest.raises(ParameterError, match="float32 or float64"):
         jax_solve_qp(*(a.astype(jnp.int32) for a in args), backend="proxsuite")
     if "torch" in available_backends():

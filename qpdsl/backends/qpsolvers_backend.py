@@ -71,6 +71,14 @@ _TOLERANCES: dict[str, Any] = {
 }
 
 
+# Solvers that need P positive definite (quadprog factorises it); a merely semidefinite P, as the
+# variables that sum_squares, norm1 or abs add give, makes every solve fail.
+_NEEDS_DEFINITE_P = ("quadprog",)
+# Solvers whose failure verdict qpsolvers does not pass on (daqp's exit flag, HiGHS's model status).
+_NO_VERDICT = ("daqp", "highs")
+_SEMIDEFINITE_SOLVERS = "'cpu', 'proxsuite', 'qpsolvers:clarabel' or 'qpsolvers:piqp'"
+
+
 def _available() -> list[str]:
     return list(_qpsolvers.available_solvers) if _qpsolvers is not None else []
 
@@ -91,6 +99,20 @@ class QpsolversBackend(Backend):
         self.name = name
         self.solver = solver
         self.capabilities = CAPABILITIES
+
+    def solve(
+        self, data: QPData, settings: Settings, warm_start: WarmStart | None = None, shiftable: Any = None
+    ) -> QPResult:
+        """As :meth:`Backend.solve`; refuses data that the solver cannot solve at all.
+
+        Raises
+        ------
+        BackendNotFound
+            The solver needs P positive definite (quadprog) and P of some element is not.
+        """
+        if self.solver in _NEEDS_DEFINITE_P:
+            _check_definite(self.solver, data)
+        return super().solve(data, settings, warm_start, shiftable)
 
     def solve_raw(self, data: QPData, settings: Settings, warm_start: WarmStart | None = None) -> QPResult:
         """Solve ``data`` (dense numpy arrays); see :class:`Backend`.
@@ -166,6 +188,12 @@ class QpsolversBackend(Backend):
                 z[i] = zi
             else:
                 status[i] = _failure_status(sol.extras)
+                if self.solver in _NO_VERDICT and status[i] == Status.NUMERICAL_ERROR:
+                    messages[i] = (
+                        f"{self.solver} found no solution, and qpsolvers does not pass on its reason: an "
+                        "unbounded problem (dual_infeasible) cannot be told from a numerical failure; "
+                        "solve with 'cpu' or 'qpsolvers:clarabel' to know which"
+                    )
         prim_res = _primal_residual(x, A, b, C, low, up)
         dual_res = _dual_residual(x, y, z, P, q, A, C)
         return QPResult(
@@ -183,6 +211,28 @@ class QpsolversBackend(Backend):
                 + np.einsum("bi,bi->b", q, x)
                 + (0.0 if data.r is None else np.asarray(data.r, dtype=np.float64).reshape(batch))
             ).astype(dtype),
+        )
+
+
+def _check_definite(solver: str, data: QPData) -> None:
+    """Raise :class:`BackendNotFound` naming solvers that work when some element's P is not positive
+    definite (the symmetric part: a Cholesky factorisation fails)."""
+    P = np.asarray(data.dense().P, dtype=np.float64)
+    P = 0.5 * (P + np.swapaxes(P, -1, -2))
+    singular = []
+    for i, Pi in enumerate(P):
+        if not np.all(np.isfinite(Pi)):
+            continue  # invalid data: reported as such by the solve path
+        try:
+            np.linalg.cholesky(Pi)
+        except np.linalg.LinAlgError:
+            singular.append(i)
+    if singular:
+        raise BackendNotFound(
+            f"qpsolvers:{solver} needs a positive definite P, and P of batch elements {singular[:10]} is "
+            "only positive semidefinite (variables without a quadratic term: those of an LP, or the "
+            "ones sum_squares, norm1, abs or huber introduce); use a solver that accepts a "
+            f"semidefinite P: {_SEMIDEFINITE_SOLVERS}"
         )
 
 

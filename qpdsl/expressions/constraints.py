@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 from ..errors import ModelError
 from .expression import Expression, broadcast_shapes
@@ -17,6 +18,11 @@ class Constraint:
     def __init__(self, lhs: Expression, rhs: Expression):
         self.lhs, self.rhs = lhs, rhs
         self.shape = broadcast_shapes(lhs.shape, rhs.shape, what=f"constraint {self.describe()}")
+        self.id = next(Constraint._ids)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A fresh id, as for expressions: a saved id may be taken in the loading process.
+        self.__dict__.update(state)
         self.id = next(Constraint._ids)
 
     @property

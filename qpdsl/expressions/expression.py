@@ -127,6 +127,12 @@ class Expression:
         self.args: tuple[Expression, ...] = tuple(args)
         self.id = next(Expression._ids)
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A fresh id: the saved one may belong to another node of this process (ids count from
+        # zero in every process). Nothing keeps ids across compilations, so only ``id`` changes.
+        self.__dict__.update(state)
+        self.id = next(Expression._ids)
+
     # ---- local facts (overridden by subclasses) ----
     @property
     def shape(self) -> Shape:

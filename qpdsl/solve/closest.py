@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .._array import device, is_traced, namespace, to_numpy
+from .._array import device, int_dtype, is_traced, namespace, to_numpy
 from ..qp import QPData, QPResult, Settings, SparseBatch, Status, WarmStart
 from .verify import INFINITE_BOUND, ROUNDING, _matvec, verify
 
@@ -639,8 +639,8 @@ def _blank(data: QPData) -> QPResult:
         z=zeros(data.n_in),
         shift_eq=zeros(data.n_eq),
         shift_in=zeros(data.n_in),
-        status=xp.full((batch,), int(Status.NUMERICAL_ERROR), dtype=xp.int64, device=dev),
-        iterations=xp.zeros((batch,), dtype=xp.int64, device=dev),
+        status=xp.full((batch,), int(Status.NUMERICAL_ERROR), dtype=int_dtype(xp), device=dev),
+        iterations=xp.zeros((batch,), dtype=int_dtype(xp), device=dev),
         prim_res=scalar,
         dual_res=scalar,
         objective=scalar,
@@ -648,16 +648,16 @@ def _blank(data: QPData) -> QPResult:
 
 
 def _complete(res: QPResult, like: QPResult | None) -> QPResult:
-    """``res`` with the optional fields filled (NaN) and ints in int64, so that results merge."""
+    """``res`` with the optional fields filled (NaN) and ints in one integer dtype, so that results merge."""
     xp = namespace(res.x)
     batch, dtype, dev = res.x.shape[0], res.x.dtype, device(res.x)
     nan = xp.full((batch,), float("nan"), dtype=dtype, device=dev)
 
     def fill(a: Any, integer: bool = False) -> Any:
         if a is None:
-            return xp.zeros((batch,), dtype=xp.int64, device=dev) if integer else nan
+            return xp.zeros((batch,), dtype=int_dtype(xp), device=dev) if integer else nan
         a = xp.reshape(xp.asarray(a, device=dev), (batch,))
-        return xp.astype(a, xp.int64 if integer else dtype)
+        return xp.astype(a, int_dtype(xp) if integer else dtype)
 
     return replace(
         res,

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .._array import device, framework, is_traced, namespace, to_numpy
+from .._array import device, framework, int_dtype, is_traced, namespace, to_numpy
 from ..errors import ParameterError, SolverError
 from ..qp import QPData, QPResult, Settings, SparseBatch, Status, WarmStart
 from .closest import Shiftable
@@ -174,7 +174,8 @@ def solve_batch(
     warm = _clean_warm(warm_start, valid) if solver.capabilities.warm_start else None
     result = _call(solver, clean, settings, warm, shiftable)
 
-    status = xp.where(valid, xp.astype(result.status, xp.int64), xp.asarray(FAILED, dtype=xp.int64))
+    codes = int_dtype(xp)
+    status = xp.where(valid, xp.astype(result.status, codes), xp.asarray(FAILED, dtype=codes))
     ok = (status == int(Status.SOLVED)) | (status == int(Status.SOLVED_CLOSEST_FEASIBLE))
     hide = ~valid if on_failure == "ignore" else ~ok
 
@@ -245,7 +246,8 @@ def _call(
 
         raise BackendNotFound(
             f"backend {solver.name!r} works on {caps.framework} arrays and cannot solve {fw} data; "
-            + ("use qpdsl.jax (to_jax) for it" if caps.framework == "jax" else "use qpdsl.torch (to_torch) for it")
+            + ("use qpdsl.jax (to_jax)" if caps.framework == "jax" else "use qpdsl.torch (to_torch)")
+            + " for it"
         )
     dtype = data.q.dtype
     solve_dtype = np.float32 if "float32" in str(dtype) and "float32" in caps.dtypes else np.float64
@@ -271,7 +273,7 @@ def _from_host(res: QPResult, like: Any) -> QPResult:
         if a is None:
             return None
         out = xp.asarray(np.asarray(a), device=dev)
-        return xp.astype(out, xp.int64 if integer else like.dtype)
+        return xp.astype(out, int_dtype(xp) if integer else like.dtype)
 
     return QPResult(
         x=conv(res.x),

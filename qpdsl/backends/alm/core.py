@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 
 import array_api_compat
 
-from ..._array import cho_solve, cholesky_ex, matvec, namespace, rmatvec
+from ..._array import cho_solve, cholesky_ex, int_dtype, matvec, namespace, rmatvec
 from ...qp import Settings, Status
 from .linesearch import exact_step
 from .scaling import Problem, Scaling, amax, scale_duals, scale_primal, unscale_duals, unscale_primal
@@ -279,7 +279,7 @@ def init_state(
     def full(value: float) -> Any:
         return xp.full((batch,), value, dtype=dtype, device=dev)
 
-    counts = xp.zeros((batch,), dtype=xp.int64, device=dev)
+    counts = xp.zeros((batch,), dtype=int_dtype(xp), device=dev)
     mu_eq, mu_in = full(cfg.mu_eq), full(cfg.mu_in)
     eq = xp.arange(k, device=dev)[None, :] < p
     return State(

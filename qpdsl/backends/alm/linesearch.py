@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..._array import framework, namespace
+from ..._array import framework, int_dtype, namespace
 
 PAIRWISE_MAX = 256  # most kinks (2 per inequality row) for which the pairwise search is the default
 
@@ -115,7 +115,7 @@ def _sorted_kinks(xp: Any, t: Any, delta: Any, valid: Any, lin: Any, base: Any) 
     cums = xp.cumulative_sum(terms, axis=-1)
     before = cums - terms
     derivs = lin[:, None] + (base[:, None] + before[:, 0, :]) * t - before[:, 1, :]
-    count = xp.sum((derivs < 0) & finite, axis=-1, dtype=xp.int64)
+    count = xp.sum((derivs < 0) & finite, axis=-1, dtype=int_dtype(xp))
     # The root lies after the first `count` kinks.
     zcol = xp.zeros_like(cums[:, :, :1])
     cums = xp.concat([zcol, cums], axis=-1)
