@@ -76,7 +76,7 @@ def _kkt_gradients(
     v: np.ndarray,
     active: np.ndarray,
 ) -> dict[str, np.ndarray]:
-    """Adjoint of the active-set KKT system (DESIGN §6, feasible case, no regularisation)."""
+    """Adjoint of the active-set KKT system."""
     n, m = x.size, A.shape[0]
     G = np.vstack([A, C[active]])
     # Multipliers from stationarity P x + q + G' lam = 0 (exact at the reference solution).

@@ -1,11 +1,9 @@
 """Checks on standard-form layer inputs shared by :mod:`qpdsl.torch` and :mod:`qpdsl.jax`.
 
-Framework-neutral: shapes are plain tuples, validity masks use the array-API namespace.
+Framework-neutral: shapes are plain tuples.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from .errors import ParameterError
 

@@ -1,6 +1,6 @@
 """Standard-form QP data, solver settings, statuses and results.
 
-The standard form (DESIGN §2)::
+The standard form::
 
     minimize    1/2 x'Px + q'x + r
     subject to  A x  = b
@@ -54,7 +54,7 @@ class Settings:
     max_iter
         Iteration limit (outer iterations for ALM backends).
     closest_feasible
-        Solve the closest feasible QP (DESIGN §5) when the QP is primal infeasible.
+        Solve the closest feasible QP when the QP is primal infeasible.
         When False an infeasible element gets status ``primal_infeasible`` (not ``ok``).
     verbose
         Print solver progress.
@@ -190,7 +190,7 @@ class QPResult:
     """What every backend returns, batched, in the framework of its input.
 
     ``status`` is an integer array of :class:`Status` codes. ``shift_eq`` and ``shift_in`` are
-    the constraint shifts s* of DESIGN §5 (zero when feasible). Residuals are infinity norms.
+    the constraint shifts s* (zero when feasible). Residuals are infinity norms.
     """
 
     x: Any

@@ -1,7 +1,7 @@
 """The shared backward pass (qpdsl.diff) against finite differences of reference solutions.
 
 References are computed here with ProxQP directly (tight tolerances) and, for infeasible
-problems, the closest feasible QP of DESIGN §5 built step by step: the least-squares
+problems, the closest feasible QP built step by step: the least-squares
 feasibility problem, the exact residual on the violated rows, then the shifted QP.
 """
 
@@ -46,7 +46,7 @@ def _proxqp(P, q, A, b, C, l, u):
 
 
 def _shift(A, b, C, l, u):
-    """The minimal shift s* (DESIGN §5): least squares, then the exact residual on the violated rows."""
+    """The minimal shift s*: least squares, then the exact residual on the violated rows."""
     n, p, m = A.shape[1], b.size, l.size
     up, lo = np.isfinite(u), np.isfinite(l)
     if p + up.sum() + lo.sum() == 0:
@@ -190,7 +190,7 @@ def batch(*problems: dict) -> QPData:
 
 
 def worked_example() -> QPData:
-    """DESIGN §5: min x²/2 s.t. x = 5, -3 <= x <= 3."""
+    """The worked example of the closest feasible QP: min x²/2 s.t. x = 5, -3 <= x <= 3."""
     one = np.ones((1, 1, 1))
     return QPData(
         P=one,

@@ -10,13 +10,13 @@ reference gradients here are computed in numpy from those selections (one KKT so
 One standard-form QP holds four independent blocks (so the JAX layer compiles one shape):
 
 * ``weak``: a weakly active row (active, zero multiplier). Selections: with or without the row.
-  Expected (DESIGN §6: weakly active rows count as active): the selection *with* the row,
+  Expected (weakly active rows count as active): the selection *with* the row,
   i.e. the left one-sided derivative.
 * ``dup``: a strongly active row listed twice (LICQ fails, the multiplier splits). Selections:
   either copy. Expected: their average, the minimum-norm element that the regularised adjoint
   picks (the total derivative with respect to the shared bound is exact).
 * ``rank``: rank-deficient equalities: a duplicated row and a zero row ``0 x = 0``. Perturbing
-  one copy makes the QP infeasible, and the closest feasible QP (DESIGN §5) then follows the
+  one copy makes the QP infeasible, and the closest feasible QP then follows the
   mean of the two right-hand sides, so the map is smooth in ``b``: expected the half split, and
   exactly 0 for the zero row.
 * ``lp``: a degenerate LP vertex (three active rows in two dimensions). Valid selections: the two

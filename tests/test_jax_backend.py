@@ -81,7 +81,7 @@ def jit_solve(arrays: list[np.ndarray], settings: Settings | None = None) -> QPR
 
 
 def worked_example(batch: int = 1) -> list[np.ndarray]:
-    """min x²/2  s.t.  x = 5,  -3 <= x <= 3 (DESIGN §5)."""
+    """min x²/2  s.t.  x = 5,  -3 <= x <= 3."""
     return [
         np.broadcast_to(np.asarray(v, dtype=np.float64), (batch, *np.shape(v))).copy()
         for v in ([[1.0]], [0.0], [[1.0]], [5.0], [[1.0]], [-3.0], [3.0])

@@ -77,7 +77,7 @@ def make_qp(
 
 
 def worked_example() -> dict[str, np.ndarray]:
-    """DESIGN §5: min x²/2 s.t. x = 5, -3 <= x <= 3 (infeasible)."""
+    """The worked example of the closest feasible QP: min x²/2 s.t. x = 5, -3 <= x <= 3 (infeasible)."""
     one = np.ones((1, 1, 1))
     return {
         "P": one,

@@ -1,4 +1,4 @@
-"""Problem.to_torch / Problem.to_jax end to end: the worked example of DESIGN §5, batching, outputs."""
+"""Problem.to_torch / Problem.to_jax end to end: the worked example, batching, outputs."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ must agree with cvxpy + Clarabel:
   mismatch, allowed only on badly scaled cases (and counted);
 * an ok status must come with a point that satisfies the user's constraints (checked by cvxpy
   at that point) and an objective within tolerance; for infeasible problems the shift and the
-  objective of the closest feasible QP (DESIGN §5) are checked against a cvxpy reference
+  objective of the closest feasible QP are checked against a cvxpy reference
   computed on qpdsl's standard form.
 
 ``QPDSL_HYPOTHESIS_PROFILE`` selects the profile: ``ci`` (default: derandomized, fast) or
@@ -475,7 +475,7 @@ def std_objective(d: dict[str, np.ndarray], x: np.ndarray) -> float:
 
 @dataclass
 class ClosestReference:
-    """DESIGN §5 on the standard form, by cvxpy: the minimal shift s* and the shifted QP's verdict."""
+    """on the standard form, by cvxpy: the minimal shift s* and the shifted QP's verdict."""
 
     s_eq: np.ndarray
     s_in: np.ndarray

@@ -163,7 +163,7 @@ def test_unbounded_lp_is_dual_infeasible() -> None:
 
 
 def worked_example(batch: int = 1) -> QPData:
-    """min x²/2  s.t.  x = 5,  -3 <= x <= 3 (DESIGN §5)."""
+    """min x²/2  s.t.  x = 5,  -3 <= x <= 3."""
     t = lambda v: torch.tensor(v, dtype=torch.float64).expand(batch, *np.shape(v)).clone()  # noqa: E731
     return QPData(P=t([[1.0]]), q=t([0.0]), A=t([[1.0]]), b=t([5.0]), C=t([[1.0]]), l=t([-3.0]), u=t([3.0]))
 

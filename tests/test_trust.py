@@ -101,15 +101,29 @@ class _Liar(Backend):
         out = {k: np.array(getattr(res, k), copy=True) for k in ("x", "y", "z")}
         for k, delta in self.perturb.items():
             out[k][:, 0] += delta
-        return QPResult(**out, shift_eq=res.shift_eq, shift_in=res.shift_in, status=res.status,
-                        iterations=res.iterations, prim_res=res.prim_res, dual_res=res.dual_res)
+        return QPResult(
+            **out,
+            shift_eq=res.shift_eq,
+            shift_in=res.shift_in,
+            status=res.status,
+            iterations=res.iterations,
+            prim_res=res.prim_res,
+            dual_res=res.dual_res,
+        )
 
 
 def _box_qp() -> QPData:
     """min 1/2 |x|² - [2, 2]'x  s.t.  x0 + x1 = 1,  -1 <= x <= 0.8: x = (0.5, 0.5), inactive box."""
     eye = np.eye(2)[None]
-    return QPData(eye, np.array([[-2.0, -2.0]]), np.ones((1, 1, 2)), np.array([[1.0]]), eye,
-                  np.full((1, 2), -1.0), np.full((1, 2), 0.8))
+    return QPData(
+        eye,
+        np.array([[-2.0, -2.0]]),
+        np.ones((1, 1, 2)),
+        np.array([[1.0]]),
+        eye,
+        np.full((1, 2), -1.0),
+        np.full((1, 2), 0.8),
+    )
 
 
 @pytest.mark.parametrize("perturb", [{"x": 1e-6}, {"y": 1e-6}, {"z": 1e-6}, {"z": -1e-6}])
@@ -130,8 +144,15 @@ def test_large_terms_in_one_row_neither_hide_nor_fake_an_error_in_another() -> N
     from qpdsl.solve.verify import check_point
 
     # min 1/2 |x|² - 1e8 x1  s.t.  x0 <= 1, x1 <= 1e8: x = (0, 1e8), both multipliers zero
-    data = QPData(np.eye(2)[None], np.array([[0.0, -1e8]]), np.zeros((1, 0, 2)), np.zeros((1, 0)),
-                  np.eye(2)[None], np.array([[-np.inf, -np.inf]]), np.array([[1.0, 1e8]]))
+    data = QPData(
+        np.eye(2)[None],
+        np.array([[0.0, -1e8]]),
+        np.zeros((1, 0, 2)),
+        np.zeros((1, 0)),
+        np.eye(2)[None],
+        np.array([[-np.inf, -np.inf]]),
+        np.array([[1.0, 1e8]]),
+    )
     z = np.zeros((1, 2))
     x_bad = np.array([[1.0 + 1e-7, 1e8]])  # row 0 violated by 1e-7
     assert not check_point(data, x_bad, np.zeros((1, 0)), z, np.zeros((1, 0)), z, 1e-9, 0.0).passed[0]
@@ -167,8 +188,15 @@ def test_loose_third_party_claims_are_downgraded_or_accurate(solver: str) -> Non
     rng = np.random.default_rng(0)
     n, m = 6, 8
     M = rng.standard_normal((3, n, n))
-    data = QPData(M @ M.transpose(0, 2, 1) + np.eye(n), rng.standard_normal((3, n)), np.zeros((3, 0, n)),
-                  np.zeros((3, 0)), rng.standard_normal((3, m, n)), np.full((3, m), -np.inf), np.ones((3, m)))
+    data = QPData(
+        M @ M.transpose(0, 2, 1) + np.eye(n),
+        rng.standard_normal((3, n)),
+        np.zeros((3, 0, n)),
+        np.zeros((3, 0)),
+        rng.standard_normal((3, m, n)),
+        np.full((3, m), -np.inf),
+        np.ones((3, m)),
+    )
     res = get_backend(solver).solve(data, Settings(eps_abs=1e-9))
     ref = get_backend("qpsolvers:clarabel").solve(data, Settings(eps_abs=1e-12))
     for i, s in enumerate(res.statuses()):
@@ -348,16 +376,33 @@ def test_closest_feasible_gradients_with_hard_rows_match_finite_differences() ->
     central differences of the forward (itself checked against cvxpy above)."""
     torch = pytest.importorskip("torch")
     x = qd.Variable(3, name="x")
-    a, r, t, w = qd.Parameter(3, name="a"), qd.Parameter(name="r"), qd.Parameter(name="t"), qd.Parameter(3, name="w")
+    a, r, t, w = (
+        qd.Parameter(3, name="a"),
+        qd.Parameter(name="r"),
+        qd.Parameter(name="t"),
+        qd.Parameter(3, name="w"),
+    )
     c_norm = qd.norm1(x - a) <= r
     c_eq = qd.sum(x) == t
     prob = qd.Problem(qd.Minimize(qd.sum_squares(x - w)), [c_norm, c_eq])
-    layer = prob.to_torch(parameters=[a, r, t, w], variables=[x, qd.Shift(c_norm), qd.Shift(c_eq)],
-                          backend="proxsuite", eps_abs=1e-12)
-    values = [torch.tensor([1.0, -2.0, 0.5]), torch.tensor(-1.0), torch.tensor(4.0), torch.tensor([0.3, 0.1, -0.2])]
+    layer = prob.to_torch(
+        parameters=[a, r, t, w],
+        variables=[x, qd.Shift(c_norm), qd.Shift(c_eq)],
+        backend="proxsuite",
+        eps_abs=1e-12,
+    )
+    values = [
+        torch.tensor([1.0, -2.0, 0.5]),
+        torch.tensor(-1.0),
+        torch.tensor(4.0),
+        torch.tensor([0.3, 0.1, -0.2]),
+    ]
     values = [v.double().requires_grad_(True) for v in values]
-    weights = [torch.tensor([0.7, -1.1, 0.4], dtype=torch.float64), torch.tensor(1.3, dtype=torch.float64),
-               torch.tensor(-0.8, dtype=torch.float64)]
+    weights = [
+        torch.tensor([0.7, -1.1, 0.4], dtype=torch.float64),
+        torch.tensor(1.3, dtype=torch.float64),
+        torch.tensor(-0.8, dtype=torch.float64),
+    ]
 
     def loss(*vals: object) -> object:
         outs = layer(*vals)
@@ -409,8 +454,15 @@ def test_unbounded_eager_and_jit_agree() -> None:
     jax.config.update("jax_enable_x64", True)
     import jax.numpy as jnp
 
-    data = QPData(jnp.zeros((1, 2, 2)), jnp.array([[1.0, 1.0]]), jnp.zeros((1, 0, 2)), jnp.zeros((1, 0)),
-                  jnp.array([[[1.0, 0.0]]]), jnp.array([[0.0]]), jnp.array([[jnp.inf]]))
+    data = QPData(
+        jnp.zeros((1, 2, 2)),
+        jnp.array([[1.0, 1.0]]),
+        jnp.zeros((1, 0, 2)),
+        jnp.zeros((1, 0)),
+        jnp.array([[[1.0, 0.0]]]),
+        jnp.array([[0.0]]),
+        jnp.array([[jnp.inf]]),
+    )
     eager = get_backend("jax").solve(data, Settings()).status
     jitted = jax.jit(lambda d: get_backend("jax").solve(d, Settings()).status)(data)
     assert np.asarray(eager).tolist() == np.asarray(jitted).tolist() == [Status.DUAL_INFEASIBLE]

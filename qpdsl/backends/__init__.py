@@ -1,4 +1,4 @@
-"""The backend registry (DESIGN §4).
+"""The backend registry.
 
 A backend is one module in this package that calls :func:`register` at import time with a
 factory and its :class:`Capabilities`. Backends whose packages are missing still register

@@ -61,7 +61,8 @@ class JaxBackend(Backend):
     def solve_raw_masked(
         self, data: QPData, settings: Settings, warm_start: WarmStart | None, mask: Any
     ) -> QPResult:
-        """One traceable solve (inside ``jax.jit``, ``vmap``, ``grad``); elements outside ``mask`` are not iterated."""
+        """One traceable solve (inside ``jax.jit``, ``vmap``, ``grad``); elements outside ``mask``
+        are not iterated."""
         return solve_raw(data, settings, warm_start, mask)
 
 

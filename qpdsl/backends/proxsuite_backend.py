@@ -2,7 +2,7 @@
 
 Settings map onto ProxQP's as follows: ``eps_abs`` (``settings.tolerance``) and ``eps_rel``
 bound the primal and dual residuals, and with ``check_duality_gap`` the duality gap too, so
-"solved" means all three are within tolerance (DESIGN §7). ``settings.options`` are set on
+"solved" means all three are within tolerance. ``settings.options`` are set on
 ``proxsuite.proxqp.Settings`` by name, except ``num_threads`` (threads for the batch,
 default: OpenMP's maximum).
 """

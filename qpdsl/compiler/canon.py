@@ -134,7 +134,9 @@ class Context:
         self.cache[expr.id] = out
         return out
 
-    def add_constraint(self, constraint: Constraint, origin: Constraint | None, user: bool | None = None) -> None:
+    def add_constraint(
+        self, constraint: Constraint, origin: Constraint | None, user: bool | None = None
+    ) -> None:
         """Add ``constraint``; ``origin`` is the user's constraint it stands for (None for the
         compiler's own rows). ``user`` (default: whether there is an origin) marks rows that the
         closest feasible QP may shift."""

@@ -1,4 +1,4 @@
-"""The backward pass shared by every backend (DESIGN §6): adjoint and tangent of the QP solution map.
+"""The backward pass shared by every backend: adjoint and tangent of the QP solution map.
 
 Framework-neutral: the functions take numpy, torch or jax arrays and use only array-API
 operations, batched, without host synchronisation (traceable under ``jax.jit``).

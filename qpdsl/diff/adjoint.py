@@ -1,7 +1,7 @@
 """Reverse (:func:`qp_vjp`) and forward (:func:`qp_jvp`) derivatives of the QP solution map.
 
 At a feasible solution with active set J the solution is differentiated through the KKT
-system of the equality-constrained QP on J (DESIGN §6); for a closest-feasible solution
+system of the equality-constrained QP on J; for a closest-feasible solution
 the shifted QP is differentiated the same way, its bounds moving with the shift, whose
 own derivative comes from :mod:`qpdsl.diff.shift`. Both functions apply the same
 linear map (and its transpose), so ``<v, qp_jvp(t)> = <qp_vjp(v), t>``.
@@ -109,7 +109,10 @@ def qp_vjp(
         u=xp.where(lin.upper, -u_z, zero),
     )
     masked = {k: _mask(lin, v) for k, v in vars(grads).items() if k != "ok"}
-    kept = {k: xp.where(xp.reshape(solved, (-1,) + (1,) * (v.ndim - 1)), v, xp.zeros_like(v)) for k, v in masked.items()}
+    kept = {
+        k: xp.where(xp.reshape(solved, (-1,) + (1,) * (v.ndim - 1)), v, xp.zeros_like(v))
+        for k, v in masked.items()
+    }
     return QPGrads(**kept, ok=solved)
 
 

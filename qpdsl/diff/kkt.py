@@ -1,4 +1,4 @@
-"""Solves with the active-set KKT matrix of the backward pass (DESIGN §6).
+"""Solves with the active-set KKT matrix of the backward pass.
 
 The matrix, with ``G = [A; C]`` and ``a`` the 0/1 mask of the rows in the system (equality
 rows and active inequality rows), is::

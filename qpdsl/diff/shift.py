@@ -94,8 +94,14 @@ def shift_system(xp: Any, G: Any, x: Any, s: Any, S: Any, H: Any) -> tuple[Any, 
     # multipliers of the hard rows: the least-squares solution of G_H' lam = -G_S' s
     lam = matvec(xp.linalg.pinv(xp.matrix_transpose(GH)), -rmatvec(GS, s))
     weights = S * s + H * lam
-    top = xp.concat([G * (S + H)[:, :, None], -eye * S[:, None, :], xp.zeros((batch, k, k), dtype=dtype, device=dev)], axis=2)
-    bottom = xp.concat([xp.zeros((batch, n, n), dtype=dtype, device=dev), xp.matrix_transpose(GS), xp.matrix_transpose(GH)], axis=2)
+    top = xp.concat(
+        [G * (S + H)[:, :, None], -eye * S[:, None, :], xp.zeros((batch, k, k), dtype=dtype, device=dev)],
+        axis=2,
+    )
+    bottom = xp.concat(
+        [xp.zeros((batch, n, n), dtype=dtype, device=dev), xp.matrix_transpose(GS), xp.matrix_transpose(GH)],
+        axis=2,
+    )
     K = xp.concat([top, bottom], axis=1)
     return xp.linalg.pinv(K), weights
 

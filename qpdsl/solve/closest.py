@@ -413,7 +413,7 @@ def descent_direction(data: QPData, d: Any) -> Any:
 
 def _direction_lp(data: QPData) -> QPData:
     """The direction LP of :func:`_check_unbounded` (dense, or sparse for sparse data)."""
-    n, p, m = data.n, data.n_eq, data.n_in
+    n, p = data.n, data.n_eq
     if data.is_sparse:
         return _sparse_direction_lp(data)
     xp = namespace(data.q)

@@ -83,7 +83,11 @@ def check_point(
         return value <= eps_abs + rel * scale
 
     def row_all(mask: Any) -> Any:
-        return xp.all(mask, axis=1) if mask.shape[1] else xp.ones(mask.shape[0], dtype=xp.bool, device=device(mask))
+        return (
+            xp.all(mask, axis=1)
+            if mask.shape[1]
+            else xp.ones(mask.shape[0], dtype=xp.bool, device=device(mask))
+        )
 
     def row_max(a: Any) -> Any:
         if a.shape[1] == 0:
@@ -147,7 +151,10 @@ def check_point(
         xp.sum(xp.abs(x) * px_abs, axis=1)
         + xp.sum(xp.abs(q * x), axis=1)
         + xp.sum(xp.abs(b_s * y), axis=1)
-        + xp.sum(xp.where(hi_inf, zero_in, xp.abs(hi_f) * z_up) + xp.where(lo_inf, zero_in, xp.abs(lo_f) * z_lo), axis=1)
+        + xp.sum(
+            xp.where(hi_inf, zero_in, xp.abs(hi_f) * z_up) + xp.where(lo_inf, zero_in, xp.abs(lo_f) * z_lo),
+            axis=1,
+        )
     )
     ok_gap = within(gap, gap_scale)
 
@@ -173,13 +180,20 @@ def verify(data: QPData, result: QPResult, settings: Settings) -> QPResult:
     rows = closest[:, None]
     s_eq = xp.where(rows, result.shift_eq, xp.zeros_like(result.shift_eq))
     s_in = xp.where(rows, result.shift_in, xp.zeros_like(result.shift_in))
+
     # Elements that claim nothing are checked on zeros: finite arithmetic, result ignored.
     def clean(a: Any) -> Any:
         return xp.where(claimed[:, None], a, xp.zeros_like(a))
 
     chk = check_point(
-        data, clean(result.x), clean(result.y), clean(result.z), s_eq, s_in,
-        settings.tolerance(dtype), settings.eps_rel,
+        data,
+        clean(result.x),
+        clean(result.y),
+        clean(result.z),
+        s_eq,
+        s_in,
+        settings.tolerance(dtype),
+        settings.eps_rel,
     )
     failed = claimed & ~chk.passed
     code = xp.asarray(int(Status.INACCURATE), dtype=status.dtype, device=device(status))
@@ -188,7 +202,9 @@ def verify(data: QPData, result: QPResult, settings: Settings) -> QPResult:
     def keep(mine: Any, theirs: Any) -> Any:
         if theirs is None:
             theirs = xp.full(mine.shape, float("nan"), dtype=dtype, device=device(mine))
-        return xp.where(claimed, xp.astype(mine, dtype), xp.astype(xp.asarray(theirs, device=device(mine)), dtype))
+        return xp.where(
+            claimed, xp.astype(mine, dtype), xp.astype(xp.asarray(theirs, device=device(mine)), dtype)
+        )
 
     return replace(
         result,

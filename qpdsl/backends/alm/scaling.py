@@ -18,7 +18,7 @@ from ..._array import namespace
 
 
 class Problem(NamedTuple):
-    """A dense batched QP (standard form, DESIGN §2) as a pytree of arrays."""
+    """A dense batched QP (standard form) as a pytree of arrays."""
 
     P: Any  # (B, n, n)
     q: Any  # (B, n)
