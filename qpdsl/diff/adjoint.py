@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .._array import concrete_any, device, matvec, outer, rmatvec
+from .._array import device, matvec, outer, rmatvec
 from ..qp import QPData, QPResult
 from .linearize import Linearization, linearize
 from .shift import shift_jvp, shift_vjp
@@ -178,7 +178,7 @@ def _tangent(lin: Linearization, t: Any) -> Any:
 def _mask(lin: Linearization, a: Any) -> Any:
     """Zero the elements whose status is not ok (``where``, so NaN there never leaks)."""
     xp = lin.xp
-    if not concrete_any(~lin.ok):
+    if not lin.any_failed:
         return a
     ok = xp.reshape(lin.ok, (-1,) + (1,) * (a.ndim - 1))
     return xp.where(ok, a, xp.zeros_like(a))

@@ -54,6 +54,7 @@ class Linearization:
     Pi: Any | None  # (B, p + m, p + m)
     rows_f: Any  # (B, p + m): 1 on rows of M (equality rows and violated rows)
     shifted: bool  # some element may have a nonzero shift (always True under jit)
+    any_failed: bool = True  # some element's status is not ok (decided once: a sync on a GPU)
     closest_f: Any = None  # (B,) 1.0 on closest-feasible elements
     S: Any = None  # (B, p + m) 0/1: rows the shift acts on (shiftable equality rows, shifted rows)
     H: Any = None  # (B, p + m) 0/1: hard rows that bind the shift (hard equality and active rows)
@@ -148,12 +149,27 @@ def linearize(
         eq_rows = xp.concat([ones_p, xp.zeros_like(act_f)], axis=1)
         S = user * xp.maximum(eq_rows, xp.concat([xp.zeros_like(ones_p), viol_f], axis=1))
         H = (1.0 - user) * xp.maximum(eq_rows, xp.concat([xp.zeros_like(ones_p), act_f], axis=1))
-        K_pinv, weights = shift_system(
-            xp, xp.concat([A, C], axis=1), x, xp.concat([s_eq, s_in * viol_f], axis=1) * S, S, H
-        )
+        G = xp.concat([A, C], axis=1)
+        s_all = xp.concat([s_eq, s_in * viol_f], axis=1) * S
+        if is_traced(G):
+            K_pinv, weights = shift_system(xp, G, x, s_all, S, H)
+        else:  # eagerly, only the closest-feasible elements pay for the (n + 2k)-square pseudo-inverse
+            from .._array import put_rows
+
+            idx = xp.nonzero(closest)[0]
+
+            def take(a: Any) -> Any:
+                return xp.take(a, idx, axis=0)
+
+            K_sub, w_sub = shift_system(xp, take(G), take(x), take(s_all), take(S), take(H))
+            k_rows = G.shape[1]
+            K_pinv = xp.zeros((batch, n + 2 * k_rows, k_rows + n), dtype=dtype, device=dev)
+            K_pinv = put_rows(K_pinv, idx, K_sub)
+            weights = put_rows(xp.zeros_like(s_all), idx, w_sub)
 
     return Linearization(
         xp=xp,
+        any_failed=concrete_any(~ok),
         closest_f=closest_f,
         S=S,
         H=H,
