@@ -161,9 +161,9 @@ def solve_with_closest_feasible(
     else:
         todo = status == int(Status.PRIMAL_INFEASIBLE)
 
-    feasibility = _feasibility_qp(data, shiftable)
-
     def stage(_: Any) -> tuple[Any, Any, Any, Any, Any]:
+        # built only when some element needs it: a dense (n + p + m)-square P per element
+        feasibility = _feasibility_qp(data, shiftable)
         blank = _blank(feasibility)
         feas = verify(feasibility, flow.solve(feasibility, None, todo, blank), settings)
         x_ls = xp.where(todo[:, None], feas.x[:, : data.n], xp.zeros_like(feas.x[:, : data.n]))
