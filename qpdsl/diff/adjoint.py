@@ -108,7 +108,12 @@ def qp_vjp(
         u=xp.where(lin.upper, -u_z, zero),
     )
     masked = {k: _mask(lin, v) for k, v in vars(grads).items() if k != "ok"}
-    kept = {k: xp.where(xp.reshape(solved, (-1,) + (1,) * (v.ndim - 1)), v, xp.zeros_like(v)) for k, v in masked.items()}
+    if not concrete_any(~solved):  # every element solved: nothing to zero (and no full-size copies)
+        return QPGrads(**masked, ok=solved)
+    kept = {
+        k: xp.where(xp.reshape(solved, (-1,) + (1,) * (v.ndim - 1)), v, xp.zeros_like(v))
+        for k, v in masked.items()
+    }
     return QPGrads(**kept, ok=solved)
 
 
