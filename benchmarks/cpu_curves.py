@@ -8,8 +8,8 @@ forward + backward (the gradients of ``sum(x * v)`` with respect to every data i
 - n = 10 ... 500 at batch 64.
 
 Each point is the median wall time of ``--repeats`` calls after one untimed call (fewer when a
-call takes longer than ``--budget`` / repeats). ``x_diff`` is max |x_cpu - x_QPLayer| (both
-solve to 1e-9). Writes the JSON and one PNG per sweep.
+call takes longer than ``--budget`` / repeats), the two layers' calls interleaved. ``x_diff``
+is max |x_cpu - x_QPLayer| (both solve to 1e-9). Writes the JSON and one PNG per sweep.
 
 Usage::
 
@@ -28,7 +28,7 @@ from typing import Any
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
-from common import median_time, random_dense_batch
+from common import interleaved_times, random_dense_batch
 from peers import TorchPeer, qpdsl_peer, qplayer_peer
 
 BATCHES = (1, 4, 16, 64, 256, 1024)
@@ -42,11 +42,14 @@ SIZE_BATCH = 64
 def _point(peers: list[TorchPeer], batch: int, n: int, repeats: int, budget: float) -> list[dict[str, Any]]:
     n_eq, n_in = (10, 50) if n == 50 else (n // 5, n)
     data = random_dense_batch(batch, n, n_eq, n_in)
-    rows, xs = [], {}
+    rows, xs, fns = [], {}, {}
     for peer in peers:
         peer.prepare(data)
-        t_fwd, state = median_time(lambda p=peer: p.forward(data), repeats, budget)
-        t_tot, _ = median_time(lambda p=peer: p.forward_backward(data), repeats, budget)
+        fns[f"fwd {peer.name}"] = lambda p=peer: p.forward(data)
+        fns[f"tot {peer.name}"] = lambda p=peer: p.forward_backward(data)
+    timed = interleaved_times(fns, repeats, budget)
+    for peer in peers:
+        (t_fwd, state), (t_tot, _) = timed[f"fwd {peer.name}"], timed[f"tot {peer.name}"]
         xs[peer.name] = peer.solution(state)
         rows.append(
             {"peer": peer.name, "batch": batch, "n": n, "forward_s": t_fwd, "forward_backward_s": t_tot}

@@ -1,7 +1,8 @@
 """Random dense QP batches: qpdsl's backends against the peers, forward and forward+backward.
 
 For each size, one batch of random feasible QPs (see :func:`common.random_dense_batch`) is
-solved by every available peer; the table gives median wall times, their ratio to proxsuite's
+solved by every available peer, the peers' calls interleaved round after round
+(:func:`common.interleaved_times`); the table gives median wall times, their ratio to proxsuite's
 QPLayer, the largest error of x against cvxpy + Clarabel, and the largest relative error of
 the gradients of ``sum(x * v)`` against the exact active-set KKT gradients.
 
@@ -28,7 +29,7 @@ from typing import Any
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
 import numpy as np
-from common import grad_error, max_abs_diff, median_time, random_dense_batch, reference
+from common import grad_error, interleaved_times, max_abs_diff, random_dense_batch, reference
 from peers import JaxPeer, TorchPeer, peers
 
 # n -> (n_eq, n_in) of the two standard sizes; other n get n // 5 equalities and n inequalities.
@@ -57,7 +58,7 @@ def bench_size(
         f"\n# batch={batch} n={n} n_eq={n_eq} n_in={n_in} {dtype}  "
         f"(reference: {time.perf_counter() - t0:.1f} s)"
     )
-    rows = []
+    rows, ready = [], []
     for peer in candidates:
         row: dict[str, Any] = {
             "peer": peer.name,
@@ -67,15 +68,24 @@ def bench_size(
             "n_in": n_in,
             "dtype": dtype,
         }
-        try:
+        rows.append(row)
+        try:  # a failing peer is a result, not a crash: first a checked call of each
             peer.prepare(data)
-            t_fwd, state = median_time(lambda p=peer: p.forward(data), repeats)
-            t_tot, grads = median_time(lambda p=peer: p.forward_backward(data), repeats)
-        except Exception as exc:  # noqa: BLE001  (a peer failing is a result, not a crash)
+            peer.forward(data)
+            peer.forward_backward(data)
+        except Exception as exc:  # noqa: BLE001
             row["error"] = f"{type(exc).__name__}: {exc}"
             print(f"  {peer.name}: failed: {row['error']}")
-            rows.append(row)
             continue
+        ready.append((peer, row))
+    # the peers' calls interleaved, round after round (see common.interleaved_times)
+    fns: dict[str, Any] = {}
+    for peer, _ in ready:
+        fns[f"fwd {peer.name}"] = lambda p=peer: p.forward(data)
+        fns[f"tot {peer.name}"] = lambda p=peer: p.forward_backward(data)
+    timed = interleaved_times(fns, repeats)
+    for peer, row in ready:
+        (t_fwd, state), (t_tot, grads) = timed[f"fwd {peer.name}"], timed[f"tot {peer.name}"]
         row.update(
             forward_s=t_fwd,
             forward_backward_s=t_tot,
@@ -83,7 +93,6 @@ def bench_size(
             grad_err=grad_error(grads, g_ref),
         )
         print(f"  {peer.name}: fwd {t_fwd * 1e3:.1f} ms, fwd+bwd {t_tot * 1e3:.1f} ms")
-        rows.append(row)
     _add_ratios(rows)
     return rows
 
