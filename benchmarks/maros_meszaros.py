@@ -222,9 +222,15 @@ def summarize(result: dict[str, Any]) -> None:
             ok = [r for r in rows if r["success"]]
             said = [r for r in rows if r["status"] == "solved"]
             total = sum(r["time_s"] or 0 for r in rows)
-            prox = [r for r in result["rows"] if r["solver"] == "proxsuite" and r["eps"] == eps]
-            prox_total = sum(r["time_s"] or 0 for r in prox)
-            ratio = f", {total / prox_total:.2f} x proxsuite's" if prox_total > 0 else ""
+            # against proxsuite on the problems both ran (a skipped solve has no time)
+            prox = {
+                r["problem"]: r["time_s"]
+                for r in result["rows"]
+                if r["solver"] == "proxsuite" and r["eps"] == eps
+            }
+            both = [(r["time_s"], prox[r["problem"]]) for r in rows if r["time_s"] and prox.get(r["problem"])]
+            mine, theirs = sum(t for t, _ in both), sum(t for _, t in both)
+            ratio = f", {mine / theirs:.2f} x proxsuite's on the {len(both)} both ran" if theirs > 0 else ""
             print(
                 f"\n{solver} eps={key}: {len(ok)}/{len(rows)} solved "
                 f"(status 'solved' reported on {len(said)}; time total {total:.1f} s{ratio})"
