@@ -115,6 +115,31 @@ def median_time(fn: Callable[[], Any], repeats: int, budget_s: float = 60.0) -> 
     return statistics.median(times), out
 
 
+def interleaved_times(
+    fns: dict[str, Callable[[], Any]], repeats: int, budget_s: float = 60.0
+) -> dict[str, tuple[float, Any]]:
+    """Median wall time of every ``fns[key]()`` over ``repeats`` rounds, and its last value.
+
+    Each function is called once untimed; then every round calls each function once, in turn,
+    so that a change of the machine's load during the run weighs on all of them alike (on a
+    shared machine this keeps the ratios honest). A function that would take more than
+    ``budget_s`` over the rounds (by its untimed call) drops out after fewer, at least one.
+    """
+    first, out, times = {}, {}, {key: [] for key in fns}
+    for key, fn in fns.items():
+        t0 = time.perf_counter()
+        out[key] = fn()
+        first[key] = time.perf_counter() - t0
+    rounds = {key: max(1, min(repeats, int(budget_s / max(first[key], 1e-9)))) for key in fns}
+    for r in range(repeats):
+        for key, fn in fns.items():
+            if r < rounds[key]:
+                t0 = time.perf_counter()
+                out[key] = fn()
+                times[key].append(time.perf_counter() - t0)
+    return {key: (statistics.median(times[key]), out[key]) for key in fns}
+
+
 def max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
 

@@ -1,14 +1,18 @@
 """Random dense QP batches: qpdsl's backends against the peers, forward and forward+backward.
 
 For each size, one batch of random feasible QPs (see :func:`common.random_dense_batch`) is
-solved by every available peer; the table gives median wall times, their ratio to proxsuite's
+solved by every available peer, the peers' calls interleaved round after round
+(:func:`common.interleaved_times`); the table gives median wall times, their ratio to proxsuite's
 QPLayer, the largest error of x against cvxpy + Clarabel, and the largest relative error of
 the gradients of ``sum(x * v)`` against the exact active-set KKT gradients.
 
 Usage::
 
     python benchmarks/dense_batch.py [--batch 64] [--n 50 100] [--repeats 5] [--quick]
-                                     [--peers qpdsl qplayer ...] [--json PATH]
+                                     [--peers qpdsl qplayer ...] [--dtype float64|float32] [--json PATH]
+
+With ``--dtype float32`` the data are rounded to float32 and every peer gets float32 tensors;
+the reference solves the rounded data in float64 (the accuracy to expect is then about 1e-5).
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from typing import Any
 # Runnable as a script from anywhere: its siblings, and qpdsl from the checkout when not installed.
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
-from common import grad_error, max_abs_diff, median_time, random_dense_batch, reference
+import numpy as np
+from common import grad_error, interleaved_times, max_abs_diff, random_dense_batch, reference
 from peers import JaxPeer, TorchPeer, peers
 
 # n -> (n_eq, n_in) of the two standard sizes; other n get n // 5 equalities and n inequalities.
@@ -33,26 +38,54 @@ BASELINE = "qplayer"
 
 
 def bench_size(
-    batch: int, n: int, repeats: int, candidates: list[TorchPeer | JaxPeer], seed: int = 0
+    batch: int,
+    n: int,
+    repeats: int,
+    candidates: list[TorchPeer | JaxPeer],
+    seed: int = 0,
+    dtype: str = "float64",
 ) -> list[dict[str, Any]]:
     """Time every peer on one random batch of size ``batch`` with ``n`` variables."""
     n_eq, n_in = SIZES.get(n, (n // 5, n))
     data = random_dense_batch(batch, n, n_eq, n_in, seed=seed)
+    if dtype == "float32":  # the problem is the rounded one; its reference is solved in float64
+        data = {k: v.astype(np.float32).astype(np.float64) for k, v in data.items()}
     t0 = time.perf_counter()
     x_ref, g_ref = reference(data)
-    print(f"\n# batch={batch} n={n} n_eq={n_eq} n_in={n_in}  (reference: {time.perf_counter() - t0:.1f} s)")
-    rows = []
+    if dtype == "float32":
+        data = {k: v.astype(np.float32) for k, v in data.items()}
+    print(
+        f"\n# batch={batch} n={n} n_eq={n_eq} n_in={n_in} {dtype}  "
+        f"(reference: {time.perf_counter() - t0:.1f} s)"
+    )
+    rows, ready = [], []
     for peer in candidates:
-        row: dict[str, Any] = {"peer": peer.name, "batch": batch, "n": n, "n_eq": n_eq, "n_in": n_in}
-        try:
+        row: dict[str, Any] = {
+            "peer": peer.name,
+            "batch": batch,
+            "n": n,
+            "n_eq": n_eq,
+            "n_in": n_in,
+            "dtype": dtype,
+        }
+        rows.append(row)
+        try:  # a failing peer is a result, not a crash: first a checked call of each
             peer.prepare(data)
-            t_fwd, state = median_time(lambda p=peer: p.forward(data), repeats)
-            t_tot, grads = median_time(lambda p=peer: p.forward_backward(data), repeats)
-        except Exception as exc:  # noqa: BLE001  (a peer failing is a result, not a crash)
+            peer.forward(data)
+            peer.forward_backward(data)
+        except Exception as exc:  # noqa: BLE001
             row["error"] = f"{type(exc).__name__}: {exc}"
             print(f"  {peer.name}: failed: {row['error']}")
-            rows.append(row)
             continue
+        ready.append((peer, row))
+    # the peers' calls interleaved, round after round (see common.interleaved_times)
+    fns: dict[str, Any] = {}
+    for peer, _ in ready:
+        fns[f"fwd {peer.name}"] = lambda p=peer: p.forward(data)
+        fns[f"tot {peer.name}"] = lambda p=peer: p.forward_backward(data)
+    timed = interleaved_times(fns, repeats)
+    for peer, row in ready:
+        (t_fwd, state), (t_tot, grads) = timed[f"fwd {peer.name}"], timed[f"tot {peer.name}"]
         row.update(
             forward_s=t_fwd,
             forward_backward_s=t_tot,
@@ -60,7 +93,6 @@ def bench_size(
             grad_err=grad_error(grads, g_ref),
         )
         print(f"  {peer.name}: fwd {t_fwd * 1e3:.1f} ms, fwd+bwd {t_tot * 1e3:.1f} ms")
-        rows.append(row)
     _add_ratios(rows)
     return rows
 
@@ -101,10 +133,12 @@ def run(
     sizes: list[int] | None = None,
     repeats: int | None = None,
     include: set[str] | None = None,
+    dtype: str = "float64",
 ) -> dict[str, Any]:
     """Run the benchmark and return ``{"config": ..., "results": [row, ...]}``.
 
-    ``quick`` shrinks it to one small batch (a smoke run of every peer, about a minute).
+    ``quick`` shrinks it to one small batch (a smoke run of every peer, about a minute);
+    ``dtype`` is the data's (float64 or float32).
     """
     import torch
 
@@ -116,13 +150,14 @@ def run(
     torch.set_default_dtype(torch.float64)
     try:
         candidates = peers(include)
-        rows = [row for n in sizes for row in bench_size(batch, n, repeats, candidates)]
+        rows = [row for n in sizes for row in bench_size(batch, n, repeats, candidates, dtype=dtype)]
     finally:
         torch.set_default_dtype(previous)
     config = {
         "batch": batch,
         "sizes": sizes,
         "repeats": repeats,
+        "dtype": dtype,
         "torch_threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),
         "load_average_1min": os.getloadavg()[0],  # timings are only comparable on an idle machine
@@ -137,9 +172,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, help="timed repeats per measurement (5; 2 with --quick)")
     parser.add_argument("--quick", action="store_true", help="a small smoke run")
     parser.add_argument("--peers", nargs="+", help="only peers whose name starts with one of these")
+    parser.add_argument("--dtype", choices=("float64", "float32"), default="float64", help="data dtype")
     parser.add_argument("--json", type=Path, help="write the results as JSON to this path")
     args = parser.parse_args(argv)
-    result = run(args.quick, args.batch, args.n, args.repeats, set(args.peers) if args.peers else None)
+    peers_in = set(args.peers) if args.peers else None
+    result = run(args.quick, args.batch, args.n, args.repeats, peers_in, args.dtype)
     print()
     print(format_table(result["results"]))
     if args.json:

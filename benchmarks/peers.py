@@ -164,15 +164,19 @@ def qpth_peer() -> TorchPeer:
     return TorchPeer("qpth", make)
 
 
-def cvxpylayers_peer() -> TorchPeer:
+def cvxpylayers_peer(solver: str | None = None) -> TorchPeer:
     """cvxpylayers (torch); P enters through its Cholesky factor (DPP needs ``sum_squares(L' x)``).
 
     The layer is built once per problem shape in ``prepare``; the factorisation of P is part
-    of the timed graph, as it would be in a user's model.
+    of the timed graph, as it would be in a user's model. ``solver``: cvxpylayers' solver
+    (``None``: its default, diffcp; ``"MOREAU"``: the Moreau solver, ``pip install moreau``).
     """
     import cvxpy as cp
     import torch
     from cvxpylayers.torch import CvxpyLayer
+
+    if solver == "MOREAU":
+        import moreau  # noqa: F401  (not installed: this peer is reported missing)
 
     def make(data: Batch) -> Callable[..., Any]:
         n, n_eq, n_in = data["q"].shape[1], data["b"].shape[1], data["l"].shape[1]
@@ -183,7 +187,8 @@ def cvxpylayers_peer() -> TorchPeer:
         prob = cp.Problem(
             cp.Minimize(0.5 * cp.sum_squares(L.T @ x) + q @ x), [A @ x == b, C @ x <= u, C @ x >= l]
         )
-        fn = CvxpyLayer(prob, parameters=[L, q, A, b, C, l, u], variables=[x])
+        kwargs = {} if solver is None else {"solver": solver}
+        fn = CvxpyLayer(prob, parameters=[L, q, A, b, C, l, u], variables=[x], **kwargs)
 
         def layer(P: Any, q: Any, A: Any, b: Any, C: Any, l: Any, u: Any) -> Any:
             P_sym = 0.5 * (P + P.transpose(-1, -2))
@@ -191,7 +196,7 @@ def cvxpylayers_peer() -> TorchPeer:
 
         return layer
 
-    return TorchPeer("cvxpylayers", make)
+    return TorchPeer("cvxpylayers" if solver is None else f"cvxpylayers[{solver.lower()}]", make)
 
 
 def qpax_peer() -> JaxPeer:
@@ -224,6 +229,7 @@ def jaxopt_osqp_peer(tol: float = 1e-6, maxiter: int = 4000) -> JaxPeer:
 _QPDSL_RUNS = (
     ("torch", "proxsuite"),
     ("torch", "cpu"),
+    ("torch", "auto"),
     ("torch", "torch"),
     ("jax", "jax"),
     ("jax", "proxsuite"),
@@ -239,7 +245,7 @@ def _qpdsl_peers(log: Callable[[str], None], include: set[str] | None = None) ->
     names = available_backends()
     out: list[TorchPeer | JaxPeer] = []
     for front, backend in _QPDSL_RUNS:
-        if backend not in names:
+        if backend not in names and backend != "auto":
             log(f"skipping qpdsl[{backend}] ({front} front end): backend not available")
         elif front == "torch":
             out.append(qpdsl_peer(backend))
@@ -266,6 +272,7 @@ def peers(include: set[str] | None = None, log: Callable[[str], None] = print) -
         ("qplayer", lambda: [qplayer_peer()]),
         ("qpth", lambda: [qpth_peer()]),
         ("cvxpylayers", lambda: [cvxpylayers_peer()]),
+        ("cvxpylayers[moreau]", lambda: [cvxpylayers_peer("MOREAU")]),
         ("qpax", lambda: [qpax_peer()]),
         ("jaxopt-osqp", lambda: [jaxopt_osqp_peer()]),
     ]

@@ -20,7 +20,8 @@ Usage::
 
     OMP_NUM_THREADS=1 python benchmarks/run.py [--quick] [--only NAME[,NAME]] [--out DIR]
         [--img DIR] [--label LABEL] [--replot] [--timeout S]
-        [--dense-batch B] [--dense-n N [N ...]] [--dense-peers P [P ...]] [--repeats R]
+        [--dense-batch B] [--dense-n N [N ...]] [--dense-peers P [P ...]] [--dense-dtype float32]
+        [--repeats R]
 
 ``--quick`` is the CI-sized run (each benchmark's own quick mode; ``dense_batch`` without the
 slow peers cvxpylayers and jaxopt's OSQP). Timings are only comparable within one run (one
@@ -111,6 +112,7 @@ def _runner(name: str, args: argparse.Namespace) -> Callable[[], Any]:
             sizes=args.dense_n,
             repeats=args.repeats,
             include=set(peers) if peers else None,
+            dtype=args.dense_dtype,
         )
     if name == "compile":
         return lambda: module.run(args.quick, repeats=args.repeats)
@@ -529,6 +531,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dense-n", type=int, nargs="+", help="dense_batch: numbers of variables")
     parser.add_argument(
         "--dense-peers", nargs="+", help="dense_batch: peer name prefixes (qpdsl, qplayer, ...)"
+    )
+    parser.add_argument(
+        "--dense-dtype", choices=("float64", "float32"), default="float64", help="dense_batch: data dtype"
     )
     parser.add_argument(
         "--jax-time-limit", type=float, help="jax_batch: seconds per solver and size (default 600)"

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .._array import device, matvec, outer, rmatvec
+from .._array import concrete_any, device, matvec, outer, rmatvec
 from ..qp import QPData, QPResult
 from .linearize import Linearization, linearize
 from .shift import shift_jvp, shift_vjp
@@ -109,6 +109,8 @@ def qp_vjp(
         u=xp.where(lin.upper, -u_z, zero),
     )
     masked = {k: _mask(lin, v) for k, v in vars(grads).items() if k != "ok"}
+    if not concrete_any(~solved):  # every element solved: nothing to zero (and no full-size copies)
+        return QPGrads(**masked, ok=solved)
     kept = {
         k: xp.where(xp.reshape(solved, (-1,) + (1,) * (v.ndim - 1)), v, xp.zeros_like(v))
         for k, v in masked.items()

@@ -229,7 +229,6 @@ def _two_passes(
                 )
             )
         )
-    feasibility = _feasibility_qp(data, shiftable)
     zero_shift = _zero_shift(data)
 
     def after_first(c: _Carry, res: QPResult) -> _Carry:
@@ -238,6 +237,7 @@ def _two_passes(
         todo = ~_is_ok(status) & (status != int(Status.DUAL_INFEASIBLE))
 
         def stage(_: Any) -> tuple[Any, ...]:
+            feasibility = _feasibility_qp(data, shiftable)  # (n + p + m)² per element: only when needed
             feas = verify(feasibility, flow.solve(feasibility, None, todo, _blank(feasibility)), settings)
             x_ls = xp.where(todo[:, None], feas.x[:, : data.n], xp.zeros_like(feas.x[:, : data.n]))
             sh = closest_shift(data, x_ls, tol, settings.eps_rel)

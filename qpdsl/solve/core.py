@@ -168,9 +168,11 @@ def solve_batch(
     traced = is_traced(data.q)
     dense = data if data.is_sparse else data.dense()
     valid = valid_elements(dense)
-    if not traced and on_failure == "raise" and not bool(np.all(to_numpy(valid))):
+    all_valid = not traced and bool(np.all(to_numpy(valid)))
+    if not traced and on_failure == "raise" and not all_valid:
         raise ParameterError(invalid_message(invalid_reasons(dense)))
-    clean = dense if dense.is_sparse else sanitise(dense, valid)
+    # sanitising copies every array: only when some element is invalid (or may be, traced)
+    clean = dense if dense.is_sparse or all_valid else sanitise(dense, valid)
     warm = _clean_warm(warm_start, valid) if solver.capabilities.warm_start else None
     result = _call(solver, clean, settings, warm, shiftable)
 

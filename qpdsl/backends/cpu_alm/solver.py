@@ -26,7 +26,7 @@ from numba import cfunc, njit, prange, types
 
 from ...qp import Status
 from . import params as prm
-from .linalg import KERNEL, add_gram_lower, cho_solve, cholesky, matvec, rank_one
+from .linalg import KERNEL, add_outer_upper, cho_solve, cholesky, gram_upper, matvec, rank_one
 from .linesearch import exact_step
 from .scaling import cost_scale, equilibrate
 
@@ -223,6 +223,31 @@ def _certificates(K, GT, n, p, qs, lo, hi, row_norm, x, xp, v, vp, eps_pinf, eps
     return primal, dual
 
 
+@njit(**KERNEL)
+def _sync_gram(M, G, GT, p, active, in_gram, W) -> None:
+    """Bring ``M = C_J'C_J`` (upper triangle, J = ``in_gram``) to J = the inequality rows of ``active``.
+
+    A few changed rows are added or subtracted as outer products; when more rows changed than
+    stay, the Gram matrix is formed anew.
+    """
+    k = active.shape[0]
+    changed, kept = 0, 0
+    for i in range(p, k):
+        if active[i] != in_gram[i]:
+            changed += 1
+        elif active[i]:
+            kept += 1
+    if changed == 0:
+        return
+    if changed > kept:
+        gram_upper(M, GT, p, k, active, W)
+    else:
+        for i in range(p, k):
+            if active[i] != in_gram[i]:
+                add_outer_upper(M, G[i], 1.0 if active[i] else -1.0)
+    in_gram[:] = active
+
+
 _VEC, _MAT = types.float64[::1], types.float64[:, ::1]
 SOLVE_ONE = types.int64(
     _MAT, _VEC, _MAT, _VEC, _MAT, _VEC, _VEC, _VEC, _VEC, _VEC, _VEC, types.int64[::1], _VEC, _VEC, _VEC, _VEC
@@ -278,7 +303,7 @@ def solve_one(P, q, A, b, C, l, u, x0, y0, z0, fp, ip, x_out, y_out, z_out, info
     row_norm = np.zeros(k)
     for i in range(k):
         row_norm[i] = _norm(G[i])
-    GT = np.empty((n, k))  # G' for the products G'v and the Gram matrices of the Hessian
+    GT = np.empty((n, k))  # G' for the products G'v
     for i in range(k):
         for j in range(n):
             GT[j, i] = G[i, j]
@@ -306,12 +331,20 @@ def solve_one(P, q, A, b, C, l, u, x0, y0, z0, fp, ip, x_out, y_out, z_out, info
         np.empty(n),
         np.empty(n),
     )
-    row, t, delta, W = np.empty(n), np.empty(2 * m), np.empty(2 * m), np.empty((n, k))
+    row, t, delta = np.empty(n), np.empty(2 * m), np.empty(2 * m)
     active = np.zeros(k, dtype=np.bool_)
+    active[:p] = True
     factored = np.zeros(k, dtype=np.bool_)
-    H_eq = np.empty((n, n))  # P + rho I + A'A / mu_eq (lower triangle), for mu_eq = H_eq_mu
+    # Upper triangles: A'A (once), P + rho I + A'A / mu_eq (for mu_eq = H_eq_mu) and C_J'C_J for
+    # the rows J of `in_gram`, kept up to date by outer products of the rows that changed.
+    M_eq = np.empty((n, n))
+    H_eq = np.empty((n, n))
     H_eq_mu = np.nan
-    L = np.empty((n, n))  # Cholesky factor of the generalised Hessian for the active set `factored`
+    M_in = np.zeros((n, n))
+    in_gram = np.zeros(k, dtype=np.bool_)
+    W = np.empty((n, k))  # work array of the Gram matrices
+    gram_upper(M_eq, GT, 0, p, active, W)
+    U = np.empty((n, n))  # Cholesky factor U'U of the generalised Hessian for the active set `factored`
     fresh = False  # L matches the current penalties
     updates = 0  # rank-one changes of L since it was factorised
     stalled = False
@@ -400,22 +433,25 @@ def solve_one(P, q, A, b, C, l, u, x0, y0, z0, fp, ip, x_out, y_out, z_out, info
                     for i in range(p, k):
                         if updated and active[i] != factored[i] and active[i] == adding:
                             row[:] = G[i] * scale
-                            updated = rank_one(L, row, 1.0 if adding else -1.0)
+                            updated = rank_one(U, row, 1.0 if adding else -1.0)
                 if updated:
                     updates += changed
                     info[6] += changed
             if not updated:
                 if H_eq_mu != mu_eq:
+                    inv_mu = 1.0 / mu_eq
                     for a in range(n):  # the symmetric part of P
-                        for j in range(a + 1):
-                            H_eq[a, j] = 0.5 * (K[a, j] + K[j, a])
+                        for j in range(a, n):
+                            H_eq[a, j] = 0.5 * (K[a, j] + K[j, a]) + inv_mu * M_eq[a, j]
                         H_eq[a, a] += rho
-                    add_gram_lower(H_eq, GT, 0, p, active, 1.0 / math.sqrt(mu_eq), W)
                     H_eq_mu = mu_eq
-                L[:] = H_eq
-                add_gram_lower(L, GT, p, k, active, 1.0 / math.sqrt(mu_in), W)
+                _sync_gram(M_in, G, GT, p, active, in_gram, W)
+                inv_mu = 1.0 / mu_in
+                for a in range(n):
+                    for j in range(a, n):
+                        U[a, j] = H_eq[a, j] + inv_mu * M_in[a, j]
                 updates = 0
-                fresh = cholesky(L)
+                fresh = cholesky(U)
                 info[5] += 1
                 if not fresh:
                     # The Hessian's condition number grows like 1 / (mu rho): back the penalties
@@ -433,7 +469,7 @@ def solve_one(P, q, A, b, C, l, u, x0, y0, z0, fp, ip, x_out, y_out, z_out, info
         # Newton direction and exact line search.
         for j in range(n):
             dx[j] = -grad[j]
-        cho_solve(L, dx)
+        cho_solve(U, dx)
         matvec(K, dx, KD)
         quad = _dot(dx, KD[:n]) + rho * _dot(dx, dx)
         for i in range(p):
