@@ -900,6 +900,10 @@ def test_family(name: str, backend: str) -> None:
     # verification may decline their point at eps 1e-9 ("inaccurate"), never report it wrong.
     allowed = ("solved", "inaccurate") if backend.startswith("qpsolvers:") else ("solved",)
     assert sol.status in allowed, f"{name} with {backend}: status {sol.status}"
+    if sol.status == "inaccurate":  # no objective is reported for a declined point; x must be close
+        for v, vc in case.xs:
+            _close(sol[v], vc.value, 10 * X_TOL, f"{name} with {backend}: variable {v.name}")
+        return
     _close_objective(sol.objective, case.cvx.value, f"{name} with {backend}: objective")
     for v, vc in case.xs:
         _close(sol[v], vc.value, X_TOL, f"{name} with {backend}: variable {v.name}")
