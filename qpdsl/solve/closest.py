@@ -43,7 +43,18 @@ from .verify import ROUNDING, _matvec, verify
 SHIFT_FACTOR = 10.0
 
 RawSolve = Callable[[QPData, "WarmStart | None", Any], QPResult]
-RESULT_FIELDS = ("x", "y", "z", "shift_eq", "shift_in", "status", "iterations", "prim_res", "dual_res", "objective")
+RESULT_FIELDS = (
+    "x",
+    "y",
+    "z",
+    "shift_eq",
+    "shift_in",
+    "status",
+    "iterations",
+    "prim_res",
+    "dual_res",
+    "objective",
+)
 
 
 @dataclass(frozen=True)
@@ -60,7 +71,10 @@ class Shiftable:
         """The masks as (1, p), (1, m) 0/1 arrays of ``dtype``."""
         eq = np.ones(p) if self.eq is None else np.asarray(self.eq, dtype=float)
         ineq = np.ones(m) if self.ineq is None else np.asarray(self.ineq, dtype=float)
-        return (xp.asarray(eq[None], dtype=dtype, device=dev), xp.asarray(ineq[None], dtype=dtype, device=dev))
+        return (
+            xp.asarray(eq[None], dtype=dtype, device=dev),
+            xp.asarray(ineq[None], dtype=dtype, device=dev),
+        )
 
 
 class Flow:
@@ -143,7 +157,8 @@ def solve_with_closest_feasible(
         Per element: the verified first result when it is ok or unbounded; otherwise, when the
         problem is infeasible, the solution of the shifted QP with status
         ``solved_closest_feasible`` and ``shift_eq``, ``shift_in`` equal to s*; a feasible
-        element that the first solve missed gets the status of its second solve. With
+        element that the first solve missed gets the status of its second solve; an element
+        whose feasibility QP fails, or that is claimed infeasible again, is ``numerical_error``. With
         ``settings.closest_feasible=False`` a ``primal_infeasible`` claim is reported only when
         the feasibility QP confirms a nonzero shift (else ``inaccurate``).
     """
@@ -181,7 +196,9 @@ def solve_with_closest_feasible(
     if not settings.closest_feasible:
         confirmed = shifted
         code = xp.where(
-            todo & ~confirmed, xp.asarray(int(Status.INACCURATE), dtype=status.dtype, device=device(status)), status
+            todo & ~confirmed,
+            xp.asarray(int(Status.INACCURATE), dtype=status.dtype, device=device(status)),
+            status,
         )
         return replace(first, status=code)
 
@@ -190,7 +207,9 @@ def solve_with_closest_feasible(
     again = feas_ok
     first = replace(first, compl_res=None, gap=None, extras={})  # the fields every solve fills
     robust = shifted_data(data, sh)
-    warm2 = WarmStart(x=x_ls, y=None if warm_start is None else warm_start.y, z=None if warm_start is None else warm_start.z)
+    warm2 = WarmStart(
+        x=x_ls, y=None if warm_start is None else warm_start.y, z=None if warm_start is None else warm_start.z
+    )
     second = flow.cond(
         flow.any(again),
         lambda _: flow.solve(robust, warm2, again, first),
@@ -200,9 +219,14 @@ def solve_with_closest_feasible(
     rows = shifted[:, None]
     zero_eq, zero_in = xp.zeros_like(sh.s_eq), xp.zeros_like(sh.s_in)
     new_status = xp.where(shifted, closest_status(xp, second.status), second.status)
+    # ``primal_infeasible`` is reported only with closest_feasible=False: an element whose
+    # feasibility QP failed, or whose second solve claims infeasibility again, has no answer.
+    stuck = xp.asarray(int(Status.NUMERICAL_ERROR), dtype=status.dtype, device=device(status))
+    final = xp.where(again, new_status, first.status)
+    final = xp.where(final == int(Status.PRIMAL_INFEASIBLE), stuck, final)
     merged = replace(
         _where_rows(again, second, first),
-        status=xp.where(again, new_status, first.status),
+        status=final,
         shift_eq=xp.where(rows, sh.s_eq, zero_eq),
         shift_in=xp.where(rows, sh.s_in, zero_in),
         iterations=xp.where(again, second.iterations + first.iterations + feas_iters, first.iterations),

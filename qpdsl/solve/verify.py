@@ -8,7 +8,10 @@ the data the user gave (the shifted bounds ``b + s_eq``, ``l + min(s_in, 0)``,
 - primal residual of every equality and inequality row;
 - dual residual ``P x + q + A'y + C'z`` of every variable;
 - complementarity of every inequality row (``z_i > 0`` only where row i is at its upper
-  bound, ``z_i < 0`` only at its lower bound, never on an infinite side);
+  bound, ``z_i < 0`` only at its lower bound, never on an infinite side). A multiplier whose
+  whole contribution to the gradient, ``|z_i|`` times the row's absolute sum, is within
+  ``eps_abs`` is zero at the dual residual's resolution: on a row off its bound it is read as
+  zero, every test is made with it so, and that is the multiplier returned;
 - the duality gap ``x'Px + q'x + b'y + u'[z]_+ - l'[z]_-`` of the element.
 
 Each quantity passes when it is within ``eps_abs + eps_rel * scale + 10 * u * scale``, where
@@ -43,6 +46,7 @@ class Check(NamedTuple):
     dual_res: Any  # largest dual residual
     compl_res: Any  # largest complementarity violation
     gap: Any  # |duality gap|
+    z: Any  # (B, m): the multipliers checked (negligible ones on rows off their bound read as zero)
 
 
 def check_point(
@@ -83,7 +87,11 @@ def check_point(
         return value <= eps_abs + rel * scale
 
     def row_all(mask: Any) -> Any:
-        return xp.all(mask, axis=1) if mask.shape[1] else xp.ones(mask.shape[0], dtype=xp.bool, device=device(mask))
+        return (
+            xp.all(mask, axis=1)
+            if mask.shape[1]
+            else xp.ones(mask.shape[0], dtype=xp.bool, device=device(mask))
+        )
 
     def row_max(a: Any) -> Any:
         if a.shape[1] == 0:
@@ -116,6 +124,18 @@ def check_point(
     bound_scale = xp.maximum(xp.abs(lo_f), xp.abs(hi_f)) + xp.abs(s_in)
     ok_in = row_all(within(viol, cx_abs + bound_scale))
 
+    # A multiplier whose whole contribution to the gradient (|z_i| times the row's absolute sum) is
+    # within the absolute tolerance is zero at the dual residual's resolution: on a row off its
+    # bound it is read as zero (interior-point solvers leave such multipliers on inactive rows).
+    # Every test below, the dual residual included, is made on those multipliers, which are the
+    # ones :func:`verify` returns.
+    off_bound = xp.where(hi_inf, zero_in, xp.maximum(hi_f - cx, zero_in)) + xp.where(
+        lo_inf, zero_in, xp.maximum(cx - lo_f, zero_in)
+    )
+    row_abs = _matvec(data.C, xp.ones_like(x), absolute=True)
+    negligible = (xp.abs(z) * row_abs <= eps_abs) & (off_bound * xp.abs(z) > eps_abs)
+    z = xp.where(negligible, zero_in, z)
+
     # dual residual, variable by variable
     px, px_abs = _matvec(data.P, x), _matvec(data.P, xp.abs(x), absolute=True)
     q = xp.asarray(data.q, dtype=dtype)
@@ -147,7 +167,10 @@ def check_point(
         xp.sum(xp.abs(x) * px_abs, axis=1)
         + xp.sum(xp.abs(q * x), axis=1)
         + xp.sum(xp.abs(b_s * y), axis=1)
-        + xp.sum(xp.where(hi_inf, zero_in, xp.abs(hi_f) * z_up) + xp.where(lo_inf, zero_in, xp.abs(lo_f) * z_lo), axis=1)
+        + xp.sum(
+            xp.where(hi_inf, zero_in, xp.abs(hi_f) * z_up) + xp.where(lo_inf, zero_in, xp.abs(lo_f) * z_lo),
+            axis=1,
+        )
     )
     ok_gap = within(gap, gap_scale)
 
@@ -155,7 +178,7 @@ def check_point(
     passed = finite & ok_eq & ok_in & ok_dual & ok_sign & ok_compl & ok_gap
     prim = xp.maximum(row_max(r_eq), row_max(viol))
     compl = xp.maximum(row_max(slack), row_max(wrong_side))
-    return Check(passed, prim, row_max(r_dual), compl, gap)
+    return Check(passed, prim, row_max(r_dual), compl, gap, z)
 
 
 def verify(data: QPData, result: QPResult, settings: Settings) -> QPResult:
@@ -173,13 +196,20 @@ def verify(data: QPData, result: QPResult, settings: Settings) -> QPResult:
     rows = closest[:, None]
     s_eq = xp.where(rows, result.shift_eq, xp.zeros_like(result.shift_eq))
     s_in = xp.where(rows, result.shift_in, xp.zeros_like(result.shift_in))
+
     # Elements that claim nothing are checked on zeros: finite arithmetic, result ignored.
     def clean(a: Any) -> Any:
         return xp.where(claimed[:, None], a, xp.zeros_like(a))
 
     chk = check_point(
-        data, clean(result.x), clean(result.y), clean(result.z), s_eq, s_in,
-        settings.tolerance(dtype), settings.eps_rel,
+        data,
+        clean(result.x),
+        clean(result.y),
+        clean(result.z),
+        s_eq,
+        s_in,
+        settings.tolerance(dtype),
+        settings.eps_rel,
     )
     failed = claimed & ~chk.passed
     code = xp.asarray(int(Status.INACCURATE), dtype=status.dtype, device=device(status))
@@ -188,10 +218,13 @@ def verify(data: QPData, result: QPResult, settings: Settings) -> QPResult:
     def keep(mine: Any, theirs: Any) -> Any:
         if theirs is None:
             theirs = xp.full(mine.shape, float("nan"), dtype=dtype, device=device(mine))
-        return xp.where(claimed, xp.astype(mine, dtype), xp.astype(xp.asarray(theirs, device=device(mine)), dtype))
+        return xp.where(
+            claimed, xp.astype(mine, dtype), xp.astype(xp.asarray(theirs, device=device(mine)), dtype)
+        )
 
     return replace(
         result,
+        z=xp.where(claimed[:, None], xp.astype(chk.z, dtype), result.z),
         status=new_status,
         prim_res=keep(chk.prim_res, result.prim_res),
         dual_res=keep(chk.dual_res, result.dual_res),
