@@ -72,7 +72,7 @@ BASE = settings.get_profile(PROFILE)
 # Examples per property. The long profile draws 10 000 models; ``QPDSL_ROBUSTNESS_MODELS`` scales
 # every count to about that many models in all.
 EXAMPLES = {
-    "ci": {"models": 60, "degenerate": 25, "shapes": 20, "wide": 20, "imported": 15, "warm": 4, "jit": 3},
+    "ci": {"models": 40, "degenerate": 15, "shapes": 15, "wide": 8, "imported": 10, "warm": 3, "jit": 2},
     "long": {
         "models": 4400,
         "degenerate": 1800,
@@ -125,23 +125,35 @@ def report(request: pytest.FixtureRequest, *lines: str) -> None:
             reporter.write_line(line)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _report(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """Print and save the counts once the module's tests ran."""
-    yield
-    out = {
+def counts_json() -> dict[str, Any]:
+    """The counts so far, as saved."""
+    return {
         "profile": COUNTS["profile"],
         "examples": COUNTS["examples"],
         "wrong examples": COUNTS.get("wrong examples", 0),
         "reference": dict(COUNTS["reference"]),
         "backends": {b: dict(c) for b, c in COUNTS["backends"].items()},
         "seconds": {b: round(t, 1) for b, t in TIMES.items()},
+        "wrong": COUNTS.get("wrong list", []),
     }
+
+
+def save_counts(path: str) -> dict[str, Any]:
+    out = counts_json()
+    with open(path, "w") as fh:
+        json.dump(out, fh, indent=1, sort_keys=True)
+    return out
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Print and save the counts once the module's tests ran (with ``$QPDSL_ROBUSTNESS_JSON`` set,
+    also every 25 models while they run)."""
+    yield
     path = os.environ.get("QPDSL_ROBUSTNESS_JSON") or str(
         tmp_path_factory.getbasetemp() / "robustness_counts.json"
     )
-    with open(path, "w") as fh:
-        json.dump(out, fh, indent=1, sort_keys=True)
+    out = save_counts(path)
     report(
         request, f"robustness counts ({PROFILE} profile, saved to {path}):", json.dumps(out, sort_keys=True)
     )
@@ -645,10 +657,12 @@ class Outcome:
     objective: float | None  # as reported to the user (None when not reported)
 
 
-# In the ci profile the torch backend stops after 100 outer iterations (default 1000): on this
+# In the ci profile the torch and jax backends stop after 100 outer iterations (default 1000): on this
 # CPU each iteration costs milliseconds, and an infeasible problem whose infeasibility the ALM
 # does not certify runs to the limit before the closest-feasible stage takes over.
-OPTIONS: dict[str, dict[str, Any]] = {"torch": {"max_iter": 100}} if PROFILE == "ci" else {}
+OPTIONS: dict[str, dict[str, Any]] = (
+    {"torch": {"max_iter": 100}, "jax": {"max_iter": 100}} if PROFILE == "ci" else {}
+)
 
 
 def run_backend(
@@ -694,7 +708,10 @@ def run_jax_padded(d: dict[str, np.ndarray]) -> Outcome | None:
         np.concatenate([d["in_user"], np.zeros(PAD_IN - m, bool)]),
     )
     x, _, _, s_eq, s_in, status = jax_solve_qp(
-        *(jnp.asarray(a) for a in padded), on_failure="ignore", shiftable=shiftable
+        *(jnp.asarray(a) for a in padded),
+        on_failure="ignore",
+        shiftable=shiftable,
+        settings=qd.Settings(**OPTIONS.get("jax", {})),
     )
     label = qd.Status(int(status)).label
     return Outcome(label, np.asarray(x)[:n], np.asarray(s_eq)[:p], np.asarray(s_in)[:m], None)
@@ -726,12 +743,11 @@ def tolerances(spec: Spec, value: float) -> Tolerances:
     return Tolerances(feas=1e-7 * hi, obj=1e-6 * (abs(value) + s_o) * ratio + 1e-8, shift=1e-6 * ratio)
 
 
-def user_violation(cvx: Rendered) -> float:
-    """The largest violation of a user constraint (the variable's bounds included) at the point
-    stored in ``cvx.x``."""
+def user_violation(cvx: Rendered, x: np.ndarray) -> float:
+    """The largest violation of a user constraint at the point stored in ``cvx.x``, and of the
+    variable's own bounds at ``x`` (cvxpy stores only values within them)."""
     viol = max([float(np.max(c.violation(), initial=0.0)) for c in cvx.constraints], default=0.0)
     if cvx.bounds is not None:
-        x = np.asarray(cvx.x.value, dtype=float)
         viol = max(viol, float(np.max(np.maximum(cvx.bounds[0] - x, x - cvx.bounds[1]), initial=0.0)))
     return viol
 
@@ -802,12 +818,13 @@ def judge(
     if not np.all(np.isfinite(out.x)):
         return "wrong", f"{out.status} with non-finite x {out.x}"
     # an ok status: look at the point through cvxpy
-    cvx.x.value = out.x[x_slice]
+    x_user = out.x[x_slice]
+    cvx.x.value = x_user if cvx.bounds is None else np.clip(x_user, *cvx.bounds)
     value_at_x = float(cvx.problem.objective.value)
     tol = tolerances(spec, ref.value if ref.value is not None else value_at_x)
     if out.objective is not None and abs(out.objective - value_at_x) > tol.obj:
         return "wrong", f"reported objective {out.objective!r}, the point's objective is {value_at_x!r}"
-    viol = user_violation(cvx)
+    viol = user_violation(cvx, x_user)
     if out.status == "solved":
         if viol > tol.feas:
             return "wrong", f"solved, but the point violates a constraint by {viol:.3g} > {tol.feas:.3g}"
@@ -826,6 +843,9 @@ def judge(
     if ref.status == "solved":
         if viol <= tol.feas and abs(value_at_x - ref.value) <= tol.obj:
             return "agree", ""  # a shift within the tolerance
+        if loose > 1.0 and viol <= 1e-4 * max(1.0, 10.0 ** abs(spec.con_exp)):
+            # an interior point's least-squares solve: the shift is known to about sqrt(1e-9)
+            return "imprecise", f"solved_closest_feasible with a shift of {viol:.3g} where cvxpy says solved"
         return "mismatch", f"solved_closest_feasible (violation {viol:.3g}) where cvxpy says solved"
     if ref.status == "unbounded":
         return "mismatch", "solved_closest_feasible where cvxpy says unbounded"
@@ -855,6 +875,8 @@ def check_spec(spec: Spec, backends: list[str] | None = None) -> list[str]:
         model = render(spec, QdLib())
     ref = cvx_reference(cvx.problem)
     COUNTS["examples"] += 1
+    if COUNTS["examples"] % 25 == 0 and os.environ.get("QPDSL_ROBUSTNESS_JSON"):
+        save_counts(os.environ["QPDSL_ROBUSTNESS_JSON"])
     COUNTS["reference"][ref.status] += 1
     d = standard_form(model.problem, model.values)
     sl = model.problem.compile().variables[model.x]
@@ -875,10 +897,12 @@ def check_spec(spec: Spec, backends: list[str] | None = None) -> list[str]:
         counts[f"{ref.status}->{out.status}"] += 1
         # where cvxpy + Clarabel reached no verdict there is no status class to match (the ok-status
         # checks above still apply); elsewhere a well-scaled model must get cvxpy's class
-        honest = ("declined", "mismatch", "imprecise") + (
-            ("inaccurate",) if not backend.startswith("qpsolvers:") else ()
+        # a third-party solver's claims are what verification checks: refused claims (inaccurate)
+        # and its interior-point least-squares shifts (imprecise) are counted, not failed
+        strict = ("declined", "mismatch") + (
+            () if backend.startswith("qpsolvers:") else ("imprecise", "inaccurate")
         )
-        if verdict in honest and not spec.hard and ref.status != "unknown":
+        if verdict in strict and not spec.hard and ref.status != "unknown":
             verdict, why = "wrong", f"{why} (a well-scaled case)"
         elif verdict in ("declined", "inaccurate") and not spec.hard and ref.status == "solved":
             counts[f"{verdict} (well-scaled)"] += 1
@@ -903,6 +927,7 @@ def run_property(strategy: st.SearchStrategy[Spec], examples: int) -> None:
         wrong = check_spec(spec)
         if wrong and PROFILE == "long":
             found.append(f"{spec!r}\n  " + "\n  ".join(wrong))
+            COUNTS.setdefault("wrong list", []).append(found[-1])
             COUNTS["wrong examples"] = COUNTS.get("wrong examples", 0) + 1
             return
         assert not wrong, "\n".join(wrong)
