@@ -245,7 +245,11 @@ def _call(
 
         raise BackendNotFound(
             f"backend {solver.name!r} works on {caps.framework} arrays and cannot solve {fw} data; "
-            + ("use qpdsl.jax (to_jax) for it" if caps.framework == "jax" else "use qpdsl.torch (to_torch) for it")
+            + (
+                "use qpdsl.jax (to_jax) for it"
+                if caps.framework == "jax"
+                else "use qpdsl.torch (to_torch) for it"
+            )
         )
     dtype = data.q.dtype
     solve_dtype = np.float32 if "float32" in str(dtype) and "float32" in caps.dtypes else np.float64
