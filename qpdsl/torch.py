@@ -116,7 +116,22 @@ def solve_qp(
     return outputs
 
 
-class QPLayer(torch.nn.Module):
+class _SolvingModule(torch.nn.Module):
+    """What every qpdsl torch layer shares: warm-start memory (not part of a saved model)."""
+
+    _memory: WarmMemory
+
+    def reset_warm_start(self) -> None:
+        """Forget the stored warm start."""
+        self._memory.reset()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_memory"] = WarmMemory()  # warm starts are not part of a saved model
+        return state
+
+
+class QPLayer(_SolvingModule):
     """A module solving standard-form QPs with a fixed backend and settings.
 
     ``layer(P, q, A, b, C, l, u)`` is :func:`solve_qp` with this layer's options.
@@ -168,17 +183,8 @@ class QPLayer(torch.nn.Module):
         key = tuple(None if a is None else (tuple(a.shape), a.dtype, a.device) for a in args)
         return solve_layer(self, args, key, self._memory)
 
-    def reset_warm_start(self) -> None:
-        """Forget the stored warm start."""
-        self._memory.reset()
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_memory"] = WarmMemory()  # warm starts are not part of a saved model
-        return state
-
-
-class ProblemLayer(torch.nn.Module):
+class ProblemLayer(_SolvingModule):
     """A qpdsl problem as a differentiable torch module: ``layer(*parameter_values) -> outputs``.
 
     Built by :meth:`qpdsl.Problem.to_torch`. Arguments are given in the order of the layer's
@@ -245,15 +251,6 @@ class ProblemLayer(torch.nn.Module):
         key = (batch, dtype, device)
         x, y, z, s_eq, s_in, _ = solve_layer(self, data.arrays(), key, self._memory, qp.shiftable)
         return read_outputs(self._specs, (x, y, z, s_eq, s_in), batched)
-
-    def reset_warm_start(self) -> None:
-        """Forget the stored warm start."""
-        self._memory.reset()
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_memory"] = WarmMemory()  # warm starts are not part of a saved model
-        return state
 
 
 def solve_layer(
