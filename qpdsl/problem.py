@@ -517,6 +517,20 @@ class Solution:
     def iterations(self) -> Any:
         return self._unbatch(np.asarray(self.raw.iterations))
 
+    @property
+    def residuals(self) -> dict[str, Any]:
+        """The residuals verification measured on the standard-form data, per element: largest
+        primal and dual residual, complementarity violation and |duality gap| (NaN where not
+        measured). An ``inaccurate`` status means one of them exceeded its tolerance."""
+        fields = {"primal": "prim_res", "dual": "dual_res", "complementarity": "compl_res", "gap": "gap"}
+        out = {}
+        for name, attr in fields.items():
+            value = getattr(self.raw, attr)
+            if value is None:
+                value = np.full(np.asarray(self.raw.status).shape, np.nan)
+            out[name] = self._unbatch(np.asarray(value, dtype=float))
+        return out
+
 
 def _short(value: Any) -> str:
     """A status or objective for a repr: in full for up to three elements, summarised beyond."""

@@ -466,3 +466,11 @@ def test_unbounded_eager_and_jit_agree() -> None:
     eager = get_backend("jax").solve(data, Settings()).status
     jitted = jax.jit(lambda d: get_backend("jax").solve(d, Settings()).status)(data)
     assert np.asarray(eager).tolist() == np.asarray(jitted).tolist() == [Status.DUAL_INFEASIBLE]
+
+
+def test_solution_reports_the_residuals_verification_measured() -> None:
+    x = qd.Variable(2, name="x")
+    sol = qd.Problem(qd.Minimize(qd.sum_squares(x - 1)), [x <= 0.5]).solve(backend="proxsuite")
+    assert sol.status == "solved"
+    assert set(sol.residuals) == {"primal", "dual", "complementarity", "gap"}
+    assert all(0.0 <= float(v) <= 1e-8 for v in sol.residuals.values())
