@@ -8,6 +8,7 @@ This module imports torch and never jax.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -16,7 +17,7 @@ from . import _standard_form as sf
 from .errors import NotSupportedError, ParameterError, SolverError
 from .qp import QPData, QPResult, Settings, WarmStart
 from .solve.closest import Shiftable
-from .solve.core import Outcome, WarmMemory, check_on_failure, resolve_backend, solve_batch
+from .solve.core import Outcome, WarmMemory, check_on_failure, resolve_backend, solve_batch, zero_rows
 
 __all__ = ["ProblemLayer", "QPLayer", "solve_qp"]
 
@@ -384,21 +385,8 @@ def _backward(
 
 def _zero_failed(result: QPResult, ok: torch.Tensor) -> QPResult:
     """The result with the rows of non-ok elements set to zero (the backward never reads NaN)."""
-
-    def zero(a: Any) -> Any:
-        return torch.where(ok[:, None], a, torch.zeros_like(a))
-
-    return QPResult(
-        x=zero(result.x),
-        y=zero(result.y),
-        z=zero(result.z),
-        shift_eq=zero(result.shift_eq),
-        shift_in=zero(result.shift_in),
-        status=result.status,
-        iterations=result.iterations,
-        prim_res=result.prim_res,
-        dual_res=result.dual_res,
-    )
+    rows = {f: zero_rows(getattr(result, f), ok) for f in ("x", "y", "z", "shift_eq", "shift_in")}
+    return replace(result, **rows, extras={})
 
 
 def _forward(options: _Options, tensors: tuple[torch.Tensor, ...]) -> tuple[Outputs, Outcome]:

@@ -220,19 +220,20 @@ def failure_error(status: np.ndarray, valid: np.ndarray) -> Exception | None:
     )
 
 
+def zero_rows(a: Any, keep: Any) -> Any:
+    """``a`` (B, k) with the rows of the elements not in ``keep`` (B,), and every non-finite entry,
+    set to zero: what a warm start or the backward may read of a failed or invalid element."""
+    if hasattr(a, "detach"):
+        a = a.detach()
+    xp = namespace(a)
+    return xp.where(keep[:, None] & xp.isfinite(a), a, xp.zeros_like(a))
+
+
 def _clean_warm(warm: WarmStart | None, valid: Any) -> WarmStart | None:
     """The warm start with non-finite rows and the rows of invalid elements set to zero (a cold start)."""
     if warm is None:
         return None
-
-    def clean(a: Any) -> Any:
-        if a is None:
-            return None
-        xp = namespace(a)
-        good = valid[:, None] & xp.isfinite(a)
-        return xp.where(good, a, xp.zeros_like(a))
-
-    return WarmStart(clean(warm.x), clean(warm.y), clean(warm.z))
+    return WarmStart(*(None if a is None else zero_rows(a, valid) for a in (warm.x, warm.y, warm.z)))
 
 
 def _call(
@@ -309,15 +310,8 @@ class WarmMemory:
         return self._warm if self._warm is not None and key == self._key else None
 
     def store(self, key: Any, result: QPResult, ok: Any) -> None:
-        xp = namespace(result.x)
-
-        def keep(a: Any) -> Any:
-            a = a.detach() if hasattr(a, "detach") else a
-            good = ok[:, None] & xp.isfinite(a)
-            return xp.where(good, a, xp.zeros_like(a))
-
         self._key = key
-        self._warm = WarmStart(keep(result.x), keep(result.y), keep(result.z))
+        self._warm = WarmStart(*(zero_rows(a, ok) for a in (result.x, result.y, result.z)))
 
     def reset(self) -> None:
         self._key, self._warm = None, None
