@@ -1,9 +1,11 @@
-"""Run every benchmark in one process, write its results as JSON and draw PNG plots.
+"""Run the benchmarks, write their results as JSON and draw PNG plots.
 
 Each benchmark module in this folder has ``run(quick) -> dict`` (``torch_solver`` returns a
-list of rows). They run one after the other, each inside its own ``try``: a benchmark that
-fails to import or raises is reported (``"status": "failed"`` with the error and traceback in
-its JSON file) and skipped; nothing is ever filled in for it.
+list of rows). They run one after the other, each in its own child process with a time limit
+(``--timeout``): a benchmark that fails to import, raises, crashes or runs past the limit is
+reported (``"status": "failed"`` with the error in its JSON file) and the run goes on; nothing
+is ever filled in for it. Within one benchmark every method runs in the same process, so its
+timings are comparable.
 
 Outputs, for each benchmark ``NAME`` that ran:
 
@@ -21,7 +23,7 @@ Usage::
     OMP_NUM_THREADS=1 python benchmarks/run.py [--quick] [--only NAME[,NAME]] [--out DIR]
         [--img DIR] [--label LABEL] [--replot] [--timeout S]
         [--dense-batch B] [--dense-n N [N ...]] [--dense-peers P [P ...]] [--dense-dtype float32]
-        [--repeats R]
+        [--repeats R] [--in-process]
 
 ``--quick`` is the CI-sized run (each benchmark's own quick mode; ``dense_batch`` without the
 slow peers cvxpylayers and jaxopt's OSQP). Timings are only comparable within one run (one
@@ -125,10 +127,6 @@ def _runner(name: str, args: argparse.Namespace) -> Callable[[], Any]:
     return lambda: module.run(args.quick)
 
 
-class BenchmarkTimeout(Exception):
-    """A benchmark ran past ``--timeout``."""
-
-
 def _timeout(args: argparse.Namespace) -> float:
     """Seconds allowed per benchmark: ``--timeout``, else 300 with ``--quick``, else no limit (0)."""
     if args.timeout is not None:
@@ -136,34 +134,62 @@ def _timeout(args: argparse.Namespace) -> float:
     return 300.0 if args.quick else 0.0
 
 
-class _alarm:
-    """Raise :class:`BenchmarkTimeout` in the main thread after ``seconds`` (0: never).
+def _without_only(argv: list[str]) -> list[str]:
+    """The command-line arguments less ``--only`` and its value."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--only":
+            skip = True
+        elif not arg.startswith("--only="):
+            out.append(arg)
+    return out
 
-    A Python signal handler runs as soon as the interpreter or a blocking call that checks
-    for signals (``jax.block_until_ready`` does) gets control back. A hang inside native
-    code that never checks is not interrupted; the work a timed-out benchmark leaves
-    running in native threads is abandoned, not stopped.
+
+def run_in_child(name: str, argv: list[str], args: argparse.Namespace, env: dict[str, Any]) -> dict[str, Any]:
+    """Run benchmark ``name`` in a child process (``--in-process``) and return its record.
+
+    The child writes the JSON file and the plot and prints its own table. After
+    ``--timeout`` seconds it is killed with everything it started (a hang in native code,
+    which no signal handler in the benchmark's own process could interrupt), and the record
+    says so.
     """
-
-    def __init__(self, seconds: float):
-        self.seconds = seconds if hasattr(signal, "SIGALRM") else 0.0
-
-    def __enter__(self) -> None:
-        if self.seconds > 0:
-            self._previous = signal.signal(signal.SIGALRM, self._fire)
-            signal.setitimer(signal.ITIMER_REAL, self.seconds)
-
-    def _fire(self, signum: int, frame: Any) -> None:
-        raise BenchmarkTimeout(f"ran past --timeout {self.seconds:g} s")
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.seconds > 0:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, self._previous)
+    suffix = f"_{args.label}" if args.label else ""
+    path = args.out / f"{name}{suffix}.json"
+    path.unlink(missing_ok=True)
+    cmd = [sys.executable, str(Path(__file__).resolve()), *_without_only(argv), "--only", name, "--in-process"]
+    timeout = _timeout(args) or None
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    try:
+        returncode = proc.wait(timeout=timeout)
+        error = f"the benchmark's process exited with code {returncode} and wrote no results"
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        error = f"BenchmarkTimeout: ran past --timeout {timeout:g} s (killed)"
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    if path.exists():
+        return json.loads(path.read_text())
+    record = {
+        "name": name,
+        "quick": args.quick,
+        "label": args.label,
+        "environment": env,
+        "status": "failed",
+        "error": error,
+        "elapsed_s": time.perf_counter() - t0,
+    }
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"!!! {name} failed: {error}\nwrote {path}", flush=True)
+    return record
 
 
 def run_one(name: str, args: argparse.Namespace, env: dict[str, Any]) -> dict[str, Any]:
-    """Run one benchmark; a failure is recorded, not raised."""
+    """Run one benchmark in this process; a failure is recorded, not raised."""
     record: dict[str, Any] = {
         "name": name,
         "quick": args.quick,
@@ -174,10 +200,8 @@ def run_one(name: str, args: argparse.Namespace, env: dict[str, Any]) -> dict[st
         record["dense_peers"] = args.dense_peers or (list(QUICK_DENSE_PEERS) if args.quick else "all")
     print(f"\n=== {name} ({'quick' if args.quick else 'full'}) ===", flush=True)
     t0 = time.perf_counter()
-    timeout = _timeout(args)
     try:
-        with _alarm(timeout):
-            result = _runner(name, args)()
+        result = _runner(name, args)()
     except BaseException as exc:  # noqa: BLE001  (report and go on; Ctrl-C still stops the run)
         if isinstance(exc, KeyboardInterrupt):
             raise
@@ -538,6 +562,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--jax-time-limit", type=float, help="jax_batch: seconds per solver and size (default 600)"
     )
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run the benchmarks in this process, without a time limit (default: a child process each)",
+    )
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
 
     names = list(NAMES)
@@ -562,15 +592,19 @@ def main(argv: list[str] | None = None) -> int:
     env = _environment()
     summary = []
     for name in names:
-        record = _jsonable(run_one(name, args, env))
-        path = args.out / f"{name}{suffix}.json"
-        path.write_text(json.dumps(record, indent=2) + "\n")
-        print(f"wrote {path}", flush=True)
-        plot(record, img_dir)
+        if args.in_process:
+            record = _jsonable(run_one(name, args, env))
+            path = args.out / f"{name}{suffix}.json"
+            path.write_text(json.dumps(record, indent=2) + "\n")
+            print(f"wrote {path}", flush=True)
+            plot(record, img_dir)
+        else:
+            record = run_in_child(name, argv, args, env)
         summary.append((name, record["status"], record["elapsed_s"], record.get("error", "")))
-    print("\nsummary:")
-    for name, status, elapsed, error in summary:
-        print(f"  {name:<14} {status:<7} {elapsed:7.1f} s  {error[:100]}")
+    if len(summary) > 1:
+        print("\nsummary:")
+        for name, status, elapsed, error in summary:
+            print(f"  {name:<14} {status:<7} {elapsed:7.1f} s  {error[:100]}")
     return 0 if all(s == "ok" for _, s, _, _ in summary) else 1
 
 

@@ -18,12 +18,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _standard_form as sf
+from ._jax_version import warn_if_deadlocking_jaxlib
 from .errors import BackendNotFound, ParameterError
 from .qp import QPData, QPResult, Settings, Status, WarmStart, register_jax_pytrees
 from .solve.closest import Shiftable
 from .solve.core import check_on_failure, failure_error, resolve_backend, sanitise, solve_batch
 
 register_jax_pytrees()
+warn_if_deadlocking_jaxlib()
 
 __all__ = ["solve_qp"]
 

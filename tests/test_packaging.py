@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import warnings
 import tomllib
 from pathlib import Path
 
@@ -141,3 +142,37 @@ def test_backend_extras_exist() -> None:
     named = {name: e.capabilities.extra for name, e in entries if e.capabilities.extra}
     unknown = {name: extra for name, extra in named.items() if extra not in extras}
     assert not unknown, f"backends name extras that pyproject.toml lacks: {unknown}"
+
+
+def test_the_jax_extra_excludes_the_jaxlib_releases_whose_cpu_linear_algebra_deadlocks() -> None:
+    """jaxlib 0.10.x and 0.11.0 hang a jitted solve + gradient on a 2-core CPU (two batched
+    factorisations at once wait for each other's tasks on XLA's thread pool): the extra must
+    not resolve to them, and the installed jaxlib must not be one of them."""
+    from packaging.requirements import Requirement
+
+    extras = tomllib.loads(PYPROJECT.read_text())["project"]["optional-dependencies"]["jax"]
+    for requirement in map(Requirement, extras):
+        for bad in ("0.10.0", "0.10.1", "0.10.2", "0.11.0"):
+            assert bad not in requirement.specifier, f"{requirement} admits {bad}"
+        for good in ("0.9.2", "0.11.1", "0.11.2"):
+            assert good in requirement.specifier, f"{requirement} refuses {good}"
+    if _has_module("jaxlib"):
+        version = importlib.metadata.version("jaxlib")
+        assert not (version.startswith("0.10.") or version == "0.11.0"), version
+
+
+def test_importing_the_jax_front_end_warns_about_a_deadlocking_jaxlib(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("jaxlib")
+    import jaxlib
+
+    from qpdsl import _jax_version
+
+    monkeypatch.setattr(_jax_version, "_warned", False)
+    monkeypatch.setattr(jaxlib, "__version__", "0.10.2")
+    with pytest.warns(RuntimeWarning, match=r"jaxlib 0\.10\.2 can deadlock.*0\.9\.2"):
+        _jax_version.warn_if_deadlocking_jaxlib()
+    monkeypatch.setattr(_jax_version, "_warned", False)
+    monkeypatch.setattr(jaxlib, "__version__", "0.11.2")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _jax_version.warn_if_deadlocking_jaxlib()

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from .._array import framework
+from .._jax_version import warn_if_deadlocking_jaxlib
 from .._standard_form import NAMES
 from ..errors import ParameterError
 from ..qp import QPData, QPResult, Settings, WarmStart, register_jax_pytrees
@@ -31,6 +32,7 @@ try:
     import jax.numpy as jnp
 
     register_jax_pytrees()
+    warn_if_deadlocking_jaxlib()
 except Exception:  # registration must never raise, whatever breaks inside the package
     jax = None  # type: ignore[assignment]
     jnp = None  # type: ignore[assignment]
