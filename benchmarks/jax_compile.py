@@ -1,42 +1,112 @@
-"""First-call (compile) time of a qpdsl JAX function: ``jax.jit`` of the solve and of its gradient.
+"""First-call (compile) time of a qpdsl JAX function, cold and from the persistent cache, beside qpax.
 
-A 10-variable problem with one equality and ten inequalities, batch 8, the ``jax`` backend,
-float64. Each figure is the time of the first call in a fresh process (run the script once per
-measurement; the second call of the jitted function is printed to show it is cached).
+A 10-variable problem with one equality and ten inequalities, batch 8, float64: ``jax.jit`` of
+the solve and ``jax.jit(jax.grad(...))`` of a loss through it, each timed at its first call in a
+fresh process (a child per row), so the figure is what a user waits for once per shape.
 
-    python benchmarks/jax_compile.py
+- ``qpdsl[jax]``, ``on_failure="raise"`` (the default) and ``"nan"``; ``cold``: an empty
+  compilation cache; ``cached``: a second process with the cache the first one filled
+  (JAX does not cache programs with host callbacks, which ``"raise"`` under ``jit`` needs);
+- ``qpax``: the same QPs (``l <= C x <= u`` as two one-sided blocks), ``vmap``-ed, cold.
+
+    python benchmarks/jax_compile.py [--json PATH]
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
+from typing import Any
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-
-jax.config.update("jax_enable_x64", True)
-
-import qpdsl as qd  # noqa: E402
+N, BATCH = 10, 8
 
 
-def main() -> None:
-    n = 10
-    x = qd.Variable(n, name="x")
-    a = qd.Parameter(n, name="a")
-    prob = qd.Problem(qd.Minimize(qd.sum_squares(x - a)), [x >= 0, qd.sum(x) == 1])
-    f = prob.to_jax(parameters=[a], backend="jax")
-    v = jnp.asarray(np.random.default_rng(0).standard_normal((8, n)))
+def _child(kind: str, on_failure: str) -> dict[str, float]:
+    """Time the first and the second call of ``jit(f)`` and the first of ``jit(grad)``."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
 
-    def timed(fn: object) -> float:
+    jax.config.update("jax_enable_x64", True)
+    v = jnp.asarray(np.random.default_rng(0).standard_normal((BATCH, N)))
+    if kind == "qpdsl":
+        import qpdsl as qd
+
+        x = qd.Variable(N, name="x")
+        a = qd.Parameter(N, name="a")
+        prob = qd.Problem(qd.Minimize(qd.sum_squares(x - a)), [x >= 0, qd.sum(x) == 1])
+        layer = prob.to_jax(parameters=[a], backend="jax", on_failure=on_failure)
+
+        def f(v: Any) -> Any:
+            return layer(v)[0]
+
+    else:
+        import qpax
+
+        Q, A, b = jnp.eye(N), jnp.ones((1, N)), jnp.ones(1)
+        G, h = -jnp.eye(N), jnp.zeros(N)
+
+        def f(v: Any) -> Any:
+            return jax.vmap(lambda a: qpax.solve_qp_primal(Q, -a, A, b, G, h))(v)
+
+    def timed(fn: Any) -> float:
         t = time.perf_counter()
-        jax.block_until_ready(fn(v))  # type: ignore[operator]
+        jax.block_until_ready(fn(v))
         return time.perf_counter() - t
 
     jitted = jax.jit(f)
-    first, again = timed(jitted), timed(jitted)
-    grad = timed(jax.jit(jax.grad(lambda v: f(v)[0].sum())))
-    print(f"jit: first call {first:.1f} s (again {again:.3f} s); jit(grad): first call {grad:.1f} s")
+    first = timed(jitted)
+    again = timed(jitted)
+    grad = timed(jax.jit(jax.grad(lambda v: f(v).sum())))
+    return {"jit_s": first, "jit_again_s": again, "jit_grad_s": grad}
+
+
+def _run(kind: str, on_failure: str, cache: str | None) -> dict[str, float]:
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    env["QPDSL_JAX_CACHE"] = cache or "off"
+    env.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind, on_failure]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run() -> list[dict[str, Any]]:
+    rows = []
+    for on_failure in ("raise", "nan"):
+        with tempfile.TemporaryDirectory() as cache:
+            rows.append({"method": "qpdsl[jax]", "on_failure": on_failure, "cache": "cold",
+                         **_run("qpdsl", on_failure, cache)})
+            rows.append({"method": "qpdsl[jax]", "on_failure": on_failure, "cache": "cached",
+                         **_run("qpdsl", on_failure, cache)})
+    try:
+        rows.append({"method": "qpax", "on_failure": "-", "cache": "cold", **_run("qpax", "-", None)})
+    except subprocess.CalledProcessError as exc:
+        print(f"qpax failed: {exc.stderr.strip().splitlines()[-1] if exc.stderr else exc}", file=sys.stderr)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", type=Path, help="write the rows here")
+    parser.add_argument("--child", nargs=2, metavar=("KIND", "ON_FAILURE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(_child(*args.child)))
+        return
+    rows = run()
+    print(f"{'method':<12} {'on_failure':<10} {'cache':<7} {'jit s':>7} {'again ms':>9} {'jit(grad) s':>12}")
+    for r in rows:
+        print(f"{r['method']:<12} {r['on_failure']:<10} {r['cache']:<7} {r['jit_s']:7.2f} "
+              f"{1e3 * r['jit_again_s']:9.2f} {r['jit_grad_s']:12.2f}")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

@@ -165,14 +165,63 @@ def test_importing_the_jax_front_end_warns_about_a_deadlocking_jaxlib(monkeypatc
     pytest.importorskip("jaxlib")
     import jaxlib
 
-    from qpdsl import _jax_version
+    from qpdsl import _jax_setup
 
-    monkeypatch.setattr(_jax_version, "_warned", False)
+    monkeypatch.setattr(_jax_setup, "_warned", False)
     monkeypatch.setattr(jaxlib, "__version__", "0.10.2")
     with pytest.warns(RuntimeWarning, match=r"jaxlib 0\.10\.2 can deadlock.*0\.9\.2"):
-        _jax_version.warn_if_deadlocking_jaxlib()
-    monkeypatch.setattr(_jax_version, "_warned", False)
+        _jax_setup.warn_if_deadlocking_jaxlib()
+    monkeypatch.setattr(_jax_setup, "_warned", False)
     monkeypatch.setattr(jaxlib, "__version__", "0.11.2")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        _jax_version.warn_if_deadlocking_jaxlib()
+        _jax_setup.warn_if_deadlocking_jaxlib()
+
+
+_CACHE_PROBE = """
+import jax
+jax.config.update("jax_enable_x64", True)
+import qpdsl as qd
+import qpdsl.jax  # noqa: F401
+print("CACHE", jax.config.jax_compilation_cache_dir)
+if {solve}:
+    import jax.numpy as jnp
+    x = qd.Variable(3, name="x")
+    a = qd.Parameter(3, name="a")
+    f = qd.Problem(qd.Minimize(qd.sum_squares(x - a)), [x >= 0]).to_jax(
+        parameters=[a], backend="jax", on_failure="nan"
+    )
+    print(jax.jit(f)(jnp.ones((2, 3)))[0].sum())
+"""
+
+
+def _probe_cache(tmp_path: Path, env: dict[str, str], solve: bool = False) -> tuple[str, Path]:
+    pytest.importorskip("jax")
+    clean = {k: v for k, v in os.environ.items() if k not in ("JAX_COMPILATION_CACHE_DIR", "QPDSL_JAX_CACHE")}
+    clean.update(XDG_CACHE_HOME=str(tmp_path), PYTHONPATH=str(ROOT), **env)
+    out = subprocess.run(
+        [sys.executable, "-c", _CACHE_PROBE.format(solve=solve)], capture_output=True, text=True, env=clean, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    line = next(s for s in out.stdout.splitlines() if s.startswith("CACHE "))
+    return line.split(" ", 1)[1], tmp_path / "qpdsl" / "jax"
+
+
+def test_the_jax_front_end_turns_on_the_persistent_compilation_cache(tmp_path: Path) -> None:
+    used, default = _probe_cache(tmp_path, {}, solve=True)
+    assert used == str(default)
+    # the jitted solve with on_failure="nan" has no host callback, so JAX stored it
+    assert any(p.name.startswith("jit_") for p in default.iterdir())
+
+
+@pytest.mark.parametrize("setting", ["off", "path", "jax's own"])
+def test_the_compilation_cache_follows_the_users_choice(tmp_path: Path, setting: str) -> None:
+    mine = tmp_path / "mine"
+    env = {
+        "off": {"QPDSL_JAX_CACHE": "off"},
+        "path": {"QPDSL_JAX_CACHE": str(mine)},
+        "jax's own": {"JAX_COMPILATION_CACHE_DIR": str(mine)},
+    }[setting]
+    used, default = _probe_cache(tmp_path, env)
+    assert used == ("None" if setting == "off" else str(mine))
+    assert not default.exists()

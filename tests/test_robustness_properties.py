@@ -1166,3 +1166,44 @@ def test_jax_closest_feasible_lp_found_by_the_long_profile() -> None:
     assert on_torch.statuses() == [qd.Status.SOLVED]
     on_jax = jax_solve_raw(shifted.map_arrays(jnp.asarray), Settings())
     assert on_jax.statuses() == [qd.Status.SOLVED]
+
+
+def test_closest_feasible_point_on_widened_hard_rows_passes_verification() -> None:
+    """Found by the long profile (a well-scaled LP): the least-squares point violates two hard
+    (epigraph) rows by 3e-10 and 6e-10, within the feasibility solve's tolerance, so the shifted
+    QP widens them to contain it. torch and jax solved that QP to 1e-9 but their point, with
+    multipliers 1 on those rows, had a duality gap of 1.01e-9 on the unwidened bounds and was
+    reported ``inaccurate``. The gap is now measured on the QP that was solved (feasibility
+    still on the user's rows plus the shift), and every backend agrees with cvxpy."""
+    constraints = [
+        ("norm1", "conflict", False),
+        ("abs", "conflict", True),
+        ("le", "tight", False),
+        ("abs", "conflict", True),
+    ]
+    spec = Spec(
+        n=4,
+        seed=1931,
+        maximize=True,
+        terms=[("minimum", False), ("max", False), ("max", False)],
+        constraints=constraints,
+        scaled_rows=True,
+    )
+    assert check_spec(spec, [b for b in ("cpu", "torch") if b in BACKENDS]) == []
+
+
+def test_infeasible_model_whose_closest_feasible_qp_is_unbounded() -> None:
+    """Found by the long profile (a well-scaled model, cvxpy: infeasible): the closest feasible
+    QP is unbounded. torch and proxsuite reported ``dual_infeasible``; ``cpu`` found the first
+    solve infeasible and the shifted solve unbounded, but returned its last iterate instead of
+    the direction and the claim was dropped as ``inaccurate``. The ALM backends now return the
+    direction as x, and the shifted solve's unbounded claim stands when it is a descent direction."""
+    spec = Spec(
+        n=4,
+        seed=1,
+        maximize=True,
+        terms=[("pos", True), ("pos", True), ("max", False)],
+        constraints=[("le", "conflict", False)],
+        duplicate_last=True,
+    )
+    assert check_spec(spec, [b for b in ("cpu", "torch", "proxsuite") if b in BACKENDS]) == []

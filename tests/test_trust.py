@@ -474,3 +474,4 @@ def test_solution_reports_the_residuals_verification_measured() -> None:
     assert sol.status == "solved"
     assert set(sol.residuals) == {"primal", "dual", "complementarity", "gap"}
     assert all(0.0 <= float(v) <= 1e-8 for v in sol.residuals.values())
+

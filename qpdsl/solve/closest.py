@@ -249,7 +249,7 @@ def _two_passes(
 
         sh, again, feas_iters, x_ls = flow.cond(flow.any(todo), stage, no_stage, None)
         robust = shifted_data(data, sh)
-        plain = replace(first, compl_res=None, gap=None, extras={})
+        plain = replace(first, extras={})
         return _Carry(
             flow.counter(1),
             robust.b,
@@ -267,10 +267,14 @@ def _two_passes(
     def after_second(c: _Carry, second: QPResult) -> _Carry:
         first, again, shifted = c.out, c.mask, c.shifted
         new_status = xp.where(shifted, closest_status(xp, second.status), second.status)
-        # An unbounded claim of the second solve has no certificate (the first solve's, where there
-        # was one, was refuted or never made): it is not reported.
+        # An unbounded claim of the second solve stands when its point is a descent direction (the
+        # shifted QPs have the recession cone of the original ones: the closest feasible QP is
+        # unbounded); otherwise it is not reported.
+        unbounded = new_status == int(Status.DUAL_INFEASIBLE)
+        direction = xp.where(unbounded[:, None], second.x, xp.zeros_like(second.x))
+        certified = unbounded & descent_direction(data, direction)
         code = xp.asarray(int(Status.INACCURATE), dtype=new_status.dtype, device=device(new_status))
-        new_status = xp.where(new_status == int(Status.DUAL_INFEASIBLE), code, new_status)
+        new_status = xp.where(unbounded & ~certified, code, new_status)
         rows = shifted[:, None]
         merged = replace(
             _where_rows(again, second, first),
@@ -279,7 +283,7 @@ def _two_passes(
             shift_in=xp.where(rows, c.s_in, xp.zeros_like(c.s_in)),
             iterations=xp.where(again, second.iterations + first.iterations + c.feas_iters, first.iterations),
         )
-        merged = replace(verify(data, merged, settings), compl_res=None, gap=None, extras={})
+        merged = replace(verify(data, merged, settings, solved=replace(data, b=c.b, l=c.l, u=c.u)), extras={})
         return c._replace(k=flow.counter(2), out=merged, mask=xp.zeros_like(again))
 
     def body(c: _Carry) -> _Carry:
@@ -306,7 +310,7 @@ def _two_passes(
         data.u,
         xp.ones((data.batch_size,), dtype=xp.bool, device=device(data.q)),
         xp.zeros_like(data.q),
-        _blank(data),
+        _blank(data, residuals=True),
         zero_shift.s_eq,
         zero_shift.s_in,
         xp.zeros((data.batch_size,), dtype=xp.bool, device=device(data.q)),
@@ -317,9 +321,7 @@ def _two_passes(
     # a numerical error for users who asked for the closest feasible QP.
     status = end.out.status
     code = xp.asarray(int(Status.NUMERICAL_ERROR), dtype=status.dtype, device=device(status))
-    out = replace(end.out, status=xp.where(status == int(Status.PRIMAL_INFEASIBLE), code, status))
-    # the residuals of the final points (dropped inside the loop, whose carry has fixed fields)
-    return verify(data, out, settings)
+    return replace(end.out, status=xp.where(status == int(Status.PRIMAL_INFEASIBLE), code, status))
 
 
 def _confirm_infeasible(
@@ -624,8 +626,9 @@ def _row_any(xp: Any, mask: Any) -> Any:
 # --------------------------------------------------------------------------- batch plumbing
 
 
-def _blank(data: QPData) -> QPResult:
-    """A result of the right shapes that claims nothing (status ``numerical_error``, zeros)."""
+def _blank(data: QPData, residuals: bool = False) -> QPResult:
+    """A result of the right shapes that claims nothing (status ``numerical_error``, zeros); with
+    ``residuals``, verification's fields too (a loop carry keeps the same fields throughout)."""
     xp = namespace(data.q)
     dtype, dev, batch = data.q.dtype, device(data.q), data.batch_size
 
@@ -644,6 +647,8 @@ def _blank(data: QPData) -> QPResult:
         prim_res=scalar,
         dual_res=scalar,
         objective=scalar,
+        compl_res=scalar if residuals else None,
+        gap=scalar if residuals else None,
     )
 
 

@@ -58,6 +58,7 @@ def check_point(
     s_in: Any,
     eps_abs: float,
     eps_rel: float,
+    gap_bounds: tuple[Any, Any] | None = None,
 ) -> Check:
     """Check ``(x, y, z)`` as a solution of the QPs ``data`` with constraint shifts ``(s_eq, s_in)``.
 
@@ -71,6 +72,11 @@ def check_point(
         Shifts of the equality and inequality rows, (B, p), (B, m) (zeros for a plain solve).
     eps_abs, eps_rel
         The requested tolerances.
+    gap_bounds
+        ``(lo, hi)``, (B, m): the inequality bounds of the QP that was solved, where they differ
+        from the shifted ones by less than the primal tolerance (a closest-feasible QP whose
+        bounds were widened to contain the least-squares point). The duality gap is that QP's;
+        feasibility is still checked against ``data`` and the shifts.
 
     Returns
     -------
@@ -161,6 +167,9 @@ def check_point(
     xpx = xp.sum(x * px, axis=1)
     qx = xp.sum(q * x, axis=1)
     by = xp.sum(b_s * y, axis=1)
+    if gap_bounds is not None:
+        lo_f = xp.where(lo_inf, zero_in, xp.asarray(gap_bounds[0], dtype=dtype))
+        hi_f = xp.where(hi_inf, zero_in, xp.asarray(gap_bounds[1], dtype=dtype))
     support = xp.sum(xp.where(hi_inf, zero_in, hi_f * z_up) - xp.where(lo_inf, zero_in, lo_f * z_lo), axis=1)
     gap = xp.abs(xpx + qx + by + support)
     gap_scale = (
@@ -181,10 +190,15 @@ def check_point(
     return Check(passed, prim, row_max(r_dual), compl, gap, z)
 
 
-def verify(data: QPData, result: QPResult, settings: Settings) -> QPResult:
+def verify(
+    data: QPData, result: QPResult, settings: Settings, solved: QPData | None = None
+) -> QPResult:
     """``result`` with every ok claim that fails :func:`check_point` downgraded to ``inaccurate``.
 
-    Other statuses are kept as reported. The residuals measured on ``data`` replace the
+    ``solved``, when given, is the QP the backend was given for the closest-feasible elements
+    (the shifted QP with bounds widened to contain the least-squares point, by at most that
+    point's own verified residual): their duality gap is measured on its bounds, which is the
+    QP the point is optimal for. Other statuses are kept as reported. The residuals measured on ``data`` replace the
     backend's own (``prim_res``, ``dual_res``) and are added (``compl_res``, ``gap``) for the
     elements with an ok claim; the others keep what the backend reported.
     """
@@ -201,6 +215,13 @@ def verify(data: QPData, result: QPResult, settings: Settings) -> QPResult:
     def clean(a: Any) -> Any:
         return xp.where(claimed[:, None], a, xp.zeros_like(a))
 
+    gap_bounds = None
+    if solved is not None:
+        zero_in = xp.zeros_like(s_in)
+        gap_bounds = (
+            xp.where(rows, xp.asarray(solved.l, dtype=dtype), data.l + xp.minimum(s_in, zero_in)),
+            xp.where(rows, xp.asarray(solved.u, dtype=dtype), data.u + xp.maximum(s_in, zero_in)),
+        )
     check = check_point
     if framework(result.x) == "jax" and not is_traced(result.x) and not data.is_sparse:
         check = _jitted_check()  # eagerly, one compiled program instead of ~100 dispatched operations
@@ -213,6 +234,7 @@ def verify(data: QPData, result: QPResult, settings: Settings) -> QPResult:
         s_in,
         settings.tolerance(dtype),
         settings.eps_rel,
+        gap_bounds,
     )
     failed = claimed & ~chk.passed
     code = xp.asarray(int(Status.INACCURATE), dtype=status.dtype, device=device(status))

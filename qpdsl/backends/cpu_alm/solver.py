@@ -496,8 +496,10 @@ def solve_one(P, q, A, b, C, l, u, x0, y0, z0, fp, ip, x_out, y_out, z_out, info
             for i in range(n + k):
                 KX[i] += alpha * KD[i]
 
+    # An unbounded element returns its certificate, the direction of the last outer step, as x.
+    unbounded = status == DUAL_INFEASIBLE
     for j in range(n):
-        x_out[j] = D[j] * x[j]
+        x_out[j] = D[j] * (x[j] - xp[j] if unbounded else x[j])
     y_out[:] = v[:p] * v_scale[:p]
     z_out[:] = v[p:] * v_scale[p:]
     Px = np.empty(n)
