@@ -85,7 +85,7 @@ def linearize(
     dtype, dev = data.q.dtype, device(data.q)
     n, p = data.n, data.n_eq
     eps = float(xp.finfo(dtype).eps)
-    tol_rel = active_tol if active_tol is not None else (1e-6 if eps < 1e-10 else 1e-3)
+    tol_rel = active_tol if active_tol is not None else (1e-6 if eps < 1e-10 else 1e-4)
 
     status = xp.asarray(result.status, device=dev)
     ok = (status == int(Status.SOLVED)) | (status == int(Status.SOLVED_CLOSEST_FEASIBLE))
