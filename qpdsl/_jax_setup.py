@@ -1,9 +1,7 @@
-"""JAX set-up shared by qpdsl's JAX modules: a warning for the jaxlib releases whose CPU linear
-algebra can deadlock, and the persistent compilation cache."""
+"""A warning for the jaxlib releases whose CPU linear algebra can deadlock."""
 
 from __future__ import annotations
 
-import os
 import warnings
 
 # jaxlib 0.10.0 to 0.11.0 split a batched LAPACK call (Cholesky, SVD, ...) into tasks on XLA's
@@ -35,39 +33,3 @@ def warn_if_deadlocking_jaxlib() -> None:
             stacklevel=3,
         )
 
-
-def enable_compilation_cache() -> str | None:
-    """Turn on JAX's persistent compilation cache, unless the user chose otherwise.
-
-    A qpdsl solve compiles for several seconds per new shape; with the cache, a later process
-    loads the compiled program instead. ``QPDSL_JAX_CACHE`` decides: ``0`` or ``off`` leaves
-    the cache off, a path puts it there, unset means ``$XDG_CACHE_HOME/qpdsl/jax`` (else
-    ``~/.cache/qpdsl/jax``). A cache directory the user already configured
-    (``jax_compilation_cache_dir`` or ``JAX_COMPILATION_CACHE_DIR``) is kept, and nothing is
-    changed when the folder cannot be created. JAX does not cache programs that contain host
-    callbacks (``on_failure="raise"`` under ``jax.jit``, backends reached through
-    ``pure_callback``).
-
-    Returns
-    -------
-    str or None
-        The cache directory in use, or None when the cache stays off.
-    """
-    import jax
-
-    current = jax.config.jax_compilation_cache_dir or os.environ.get("JAX_COMPILATION_CACHE_DIR")
-    if current:
-        return current
-    choice = os.environ.get("QPDSL_JAX_CACHE", "")
-    if choice.lower() in ("0", "off", "false", "no"):
-        return None
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    folder = choice or os.path.join(base, "qpdsl", "jax")
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError:
-        return None
-    if not os.access(folder, os.W_OK):
-        return None
-    jax.config.update("jax_compilation_cache_dir", folder)
-    return folder

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _standard_form as sf
-from ._jax_setup import enable_compilation_cache, warn_if_deadlocking_jaxlib
+from ._jax_setup import warn_if_deadlocking_jaxlib
 from .errors import BackendNotFound, ParameterError
 from .qp import QPData, QPResult, Settings, Status, WarmStart, register_jax_pytrees
 from .solve.closest import Shiftable
@@ -26,7 +26,6 @@ from .solve.core import check_on_failure, failure_error, resolve_backend, saniti
 
 register_jax_pytrees()
 warn_if_deadlocking_jaxlib()
-enable_compilation_cache()
 
 __all__ = ["solve_qp"]
 

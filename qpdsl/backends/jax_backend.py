@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from .._array import framework
-from .._jax_setup import enable_compilation_cache, warn_if_deadlocking_jaxlib
+from .._jax_setup import warn_if_deadlocking_jaxlib
 from .._standard_form import NAMES
 from ..errors import ParameterError
 from ..qp import QPData, QPResult, Settings, WarmStart, register_jax_pytrees
@@ -33,7 +33,6 @@ try:
 
     register_jax_pytrees()
     warn_if_deadlocking_jaxlib()
-    enable_compilation_cache()
 except Exception:  # registration must never raise, whatever breaks inside the package
     jax = None  # type: ignore[assignment]
     jnp = None  # type: ignore[assignment]
