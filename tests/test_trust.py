@@ -475,3 +475,27 @@ def test_solution_reports_the_residuals_verification_measured() -> None:
     assert set(sol.residuals) == {"primal", "dual", "complementarity", "gap"}
     assert all(0.0 <= float(v) <= 1e-8 for v in sol.residuals.values())
 
+
+
+def test_a_far_point_whose_huge_terms_cancel_is_not_verified() -> None:
+    """Found by the long property profile: for the inconsistent rows x0 + x1 = 1 and
+    x0 + x1 = 2, qpsolvers:clarabel claimed ``solved`` at x of size 1e18, where rounding of the
+    row's terms (1e18, cancelling to about 2) is ~1e2 and hid both residuals. Such residuals say
+    nothing, so the claim is refused; a large point without cancellation keeps its rounding
+    allowance."""
+    from qpdsl.solve.verify import check_point
+
+    def claim(A: np.ndarray, b: np.ndarray, x: np.ndarray) -> bool:
+        data = QPData(
+            np.zeros((1, 2, 2)), np.zeros((1, 2)), A[None], b[None], np.zeros((1, 0, 2)), np.zeros((1, 0)), np.zeros((1, 0))
+        )
+        y = np.zeros((1, b.size))
+        chk = check_point(data, x[None], y, np.zeros((1, 0)), np.zeros_like(y), np.zeros((1, 0)), 1e-9, 0.0)
+        return bool(chk.passed[0])
+
+    A = np.ones((2, 2))
+    far = np.array([1e18, -1e18 + 1.5e2])  # A x rounds to about 128 or 256 for both rows
+    assert not claim(A, np.array([1.0, 2.0]), far)
+    big = np.array([1e12, 1e12 + 1e-4])  # terms of 2e12 and a value of 2e12: rounding allowed
+    assert claim(np.ones((1, 2)), np.array([2e12]), big)
+    assert claim(np.array([[1.0, -1.0]]), np.array([0.0]), np.array([1e18, 1e18]))  # exact

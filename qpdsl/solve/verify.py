@@ -17,8 +17,10 @@ the data the user gave (the shifted bounds ``b + s_eq``, ``l + min(s_in, 0)``,
 Each quantity passes when it is within ``eps_abs + eps_rel * scale + 10 * u * scale``, where
 ``scale`` is the sum of the magnitudes of the terms that make it up (for a row, that row's own
 terms only) and ``u`` the unit roundoff of the dtype: a large number in one row can neither
-hide nor fake an error in another, and a point correct to rounding is never condemned.
-Bounds of magnitude 1e20 or more are infinite.
+hide nor fake an error in another, and a point correct to rounding is never condemned. On a
+primal row whose terms exceed the size of its value by more than ``1/sqrt(u)`` (a point far
+out whose huge terms cancel) the scale stops there: rounding decides such a residual, which
+then verifies nothing. Bounds of magnitude 1e20 or more are infinite.
 
 The code uses only array-API operations without host synchronisation, so the same check runs
 on numpy, torch (CPU or CUDA) and JAX arrays, eagerly and under ``jax.jit``.
@@ -120,15 +122,20 @@ def check_point(
     lo_f = xp.where(lo_inf, zero_in, lo)
     hi_f = xp.where(hi_inf, zero_in, hi)
 
-    # primal residuals, row by row
+    # primal residuals, row by row. Where a row's terms exceed the size of its value by more than
+    # 1/sqrt(u) (a point far out, e.g. 1e18, whose huge terms cancel), rounding decides the
+    # residual and it says nothing: the rounding allowance stops at that size.
+    cancellation = 1.0 / np.sqrt(u)
     b_s = b + s_eq
     r_eq = xp.abs(ax - b_s)
-    ok_eq = row_all(within(r_eq, ax_abs + xp.abs(b) + xp.abs(s_eq)))
+    eq_scale = xp.minimum(ax_abs + xp.abs(b) + xp.abs(s_eq), cancellation * xp.maximum(xp.abs(ax), xp.abs(b_s)))
+    ok_eq = row_all(within(r_eq, eq_scale))
     viol = xp.where(hi_inf, zero_in, xp.maximum(cx - hi_f, zero_in)) + xp.where(
         lo_inf, zero_in, xp.maximum(lo_f - cx, zero_in)
     )
     bound_scale = xp.maximum(xp.abs(lo_f), xp.abs(hi_f)) + xp.abs(s_in)
-    ok_in = row_all(within(viol, cx_abs + bound_scale))
+    in_value = xp.maximum(xp.abs(cx), xp.maximum(xp.abs(lo_f), xp.abs(hi_f)))
+    ok_in = row_all(within(viol, xp.minimum(cx_abs + bound_scale, cancellation * in_value)))
 
     # A multiplier whose whole contribution to the gradient (|z_i| times the row's absolute sum) is
     # within the absolute tolerance is zero at the dual residual's resolution: on a row off its
