@@ -1178,8 +1178,8 @@ def test_closest_feasible_point_on_widened_hard_rows_passes_verification() -> No
     (epigraph) rows by 3e-10 and 6e-10, within the feasibility solve's tolerance, so the shifted
     QP widens them to contain it. torch and jax solved that QP to 1e-9 but their point, with
     multipliers 1 on those rows, had a duality gap of 1.01e-9 on the unwidened bounds and was
-    reported ``inaccurate``. The gap is now measured on the QP that was solved (feasibility
-    still on the user's rows plus the shift), and every backend agrees with cvxpy."""
+    reported ``inaccurate``. Closest-feasible points are now verified on the QP that was
+    solved, and every backend agrees with cvxpy."""
     constraints = [
         ("norm1", "conflict", False),
         ("abs", "conflict", True),

@@ -60,7 +60,7 @@ def check_point(
     s_in: Any,
     eps_abs: float,
     eps_rel: float,
-    gap_bounds: tuple[Any, Any] | None = None,
+    solved_bounds: tuple[Any, Any] | None = None,
 ) -> Check:
     """Check ``(x, y, z)`` as a solution of the QPs ``data`` with constraint shifts ``(s_eq, s_in)``.
 
@@ -74,11 +74,11 @@ def check_point(
         Shifts of the equality and inequality rows, (B, p), (B, m) (zeros for a plain solve).
     eps_abs, eps_rel
         The requested tolerances.
-    gap_bounds
-        ``(lo, hi)``, (B, m): the inequality bounds of the QP that was solved, where they differ
-        from the shifted ones by less than the primal tolerance (a closest-feasible QP whose
-        bounds were widened to contain the least-squares point). The duality gap is that QP's;
-        feasibility is still checked against ``data`` and the shifts.
+    solved_bounds
+        ``(lo, hi)``, (B, m): the inequality bounds of the QP that was solved when they contain the
+        shifted ones (a closest-feasible QP whose rows were widened to contain the least-squares
+        point, by no more than the shift that reads zero there). The point is checked against
+        them: the rows' residuals and the duality gap of that QP.
 
     Returns
     -------
@@ -118,6 +118,9 @@ def check_point(
     moved = s_in != 0
     target = xp.where(s_in > 0, hi, lo)
     lo, hi = xp.where(moved, target, lo), xp.where(moved, target, hi)
+    if solved_bounds is not None:
+        lo = xp.minimum(lo, xp.asarray(solved_bounds[0], dtype=dtype))
+        hi = xp.maximum(hi, xp.asarray(solved_bounds[1], dtype=dtype))
     lo_inf, hi_inf = lo <= -INFINITE_BOUND, hi >= INFINITE_BOUND
     lo_f = xp.where(lo_inf, zero_in, lo)
     hi_f = xp.where(hi_inf, zero_in, hi)
@@ -174,9 +177,6 @@ def check_point(
     xpx = xp.sum(x * px, axis=1)
     qx = xp.sum(q * x, axis=1)
     by = xp.sum(b_s * y, axis=1)
-    if gap_bounds is not None:
-        lo_f = xp.where(lo_inf, zero_in, xp.asarray(gap_bounds[0], dtype=dtype))
-        hi_f = xp.where(hi_inf, zero_in, xp.asarray(gap_bounds[1], dtype=dtype))
     support = xp.sum(xp.where(hi_inf, zero_in, hi_f * z_up) - xp.where(lo_inf, zero_in, lo_f * z_lo), axis=1)
     gap = xp.abs(xpx + qx + by + support)
     gap_scale = (
@@ -202,10 +202,10 @@ def verify(
 ) -> QPResult:
     """``result`` with every ok claim that fails :func:`check_point` downgraded to ``inaccurate``.
 
-    ``solved``, when given, is the QP the backend was given for the closest-feasible elements
-    (the shifted QP with bounds widened to contain the least-squares point, by at most that
-    point's own verified residual): their duality gap is measured on its bounds, which is the
-    QP the point is optimal for. Other statuses are kept as reported. The residuals measured on ``data`` replace the
+    ``solved``, when given, is the QP the backend was given for the closest-feasible elements:
+    the shifted QP with each row widened to contain the least-squares point (on a row whose
+    shift reads zero, by at most that shift). Those elements are checked on its bounds, the QP
+    the point is feasible and optimal for. Other statuses are kept as reported. The residuals measured on ``data`` replace the
     backend's own (``prim_res``, ``dual_res``) and are added (``compl_res``, ``gap``) for the
     elements with an ok claim; the others keep what the backend reported.
     """
@@ -222,10 +222,10 @@ def verify(
     def clean(a: Any) -> Any:
         return xp.where(claimed[:, None], a, xp.zeros_like(a))
 
-    gap_bounds = None
+    solved_bounds = None
     if solved is not None:
         zero_in = xp.zeros_like(s_in)
-        gap_bounds = (
+        solved_bounds = (
             xp.where(rows, xp.asarray(solved.l, dtype=dtype), data.l + xp.minimum(s_in, zero_in)),
             xp.where(rows, xp.asarray(solved.u, dtype=dtype), data.u + xp.maximum(s_in, zero_in)),
         )
@@ -241,7 +241,7 @@ def verify(
         s_in,
         settings.tolerance(dtype),
         settings.eps_rel,
-        gap_bounds,
+        solved_bounds,
     )
     failed = claimed & ~chk.passed
     code = xp.asarray(int(Status.INACCURATE), dtype=status.dtype, device=device(status))
