@@ -745,7 +745,7 @@ def tolerances(spec: Spec, value: float) -> Tolerances:
 
 def user_violation(cvx: Rendered, x: np.ndarray) -> float:
     """The largest violation of a user constraint at the point stored in ``cvx.x``, and of the
-    variable's own bounds at ``x`` (cvxpy stores only values within them)."""
+    variable's own bounds at ``x`` (which cvxpy's constraints do not include)."""
     viol = max([float(np.max(c.violation(), initial=0.0)) for c in cvx.constraints], default=0.0)
     if cvx.bounds is not None:
         viol = max(viol, float(np.max(np.maximum(cvx.bounds[0] - x, x - cvx.bounds[1]), initial=0.0)))
@@ -819,7 +819,9 @@ def judge(
         return "wrong", f"{out.status} with non-finite x {out.x}"
     # an ok status: look at the point through cvxpy
     x_user = out.x[x_slice]
-    cvx.x.value = x_user if cvx.bounds is None else np.clip(x_user, *cvx.bounds)
+    # cvxpy refuses a value outside the variable's bounds; a closest feasible point may lie there
+    # (the bounds are the user's rows and shift too), so it is stored without that check
+    cvx.x.save_value(np.asarray(x_user, dtype=float))
     value_at_x = float(cvx.problem.objective.value)
     tol = tolerances(spec, ref.value if ref.value is not None else value_at_x)
     if out.objective is not None and abs(out.objective - value_at_x) > tol.obj:
