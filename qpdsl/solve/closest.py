@@ -19,7 +19,9 @@ backend:
 
 Whether a row's shift is zero is decided row by row, relative to that row's own terms. An
 element whose shift is zero everywhere was feasible: it is solved once more from ``x_ls``
-and keeps the status of that solve. The final points are verified on the user's data.
+and keeps the status of that solve. The final points are verified on the user's data; a
+closest-feasible point on the bounds of the shifted QP that was solved (widened on rows whose
+shift reads zero to contain the least-squares point).
 
 The control flow (any, cond, loop, masked solve) comes from a :class:`Flow`: plain Python on
 concrete arrays, where each solve only sees the elements that need it, and ``jax.lax`` under
