@@ -84,10 +84,22 @@ def run() -> list[dict[str, Any]]:
     rows = []
     for on_failure in ("raise", "nan"):
         with tempfile.TemporaryDirectory() as cache:
-            rows.append({"method": "qpdsl[jax]", "on_failure": on_failure, "cache": "cold",
-                         **_run("qpdsl", on_failure, cache)})
-            rows.append({"method": "qpdsl[jax]", "on_failure": on_failure, "cache": "cached",
-                         **_run("qpdsl", on_failure, cache)})
+            rows.append(
+                {
+                    "method": "qpdsl[jax]",
+                    "on_failure": on_failure,
+                    "cache": "cold",
+                    **_run("qpdsl", on_failure, cache),
+                }
+            )
+            rows.append(
+                {
+                    "method": "qpdsl[jax]",
+                    "on_failure": on_failure,
+                    "cache": "cached",
+                    **_run("qpdsl", on_failure, cache),
+                }
+            )
     try:
         rows.append({"method": "qpax", "on_failure": "-", "cache": "cold", **_run("qpax", "-", None)})
     except subprocess.CalledProcessError as exc:
@@ -106,8 +118,10 @@ def main() -> None:
     rows = run()
     print(f"{'method':<12} {'on_failure':<10} {'cache':<7} {'jit s':>7} {'again ms':>9} {'jit(grad) s':>12}")
     for r in rows:
-        print(f"{r['method']:<12} {r['on_failure']:<10} {r['cache']:<7} {r['jit_s']:7.2f} "
-              f"{1e3 * r['jit_again_s']:9.2f} {r['jit_grad_s']:12.2f}")
+        print(
+            f"{r['method']:<12} {r['on_failure']:<10} {r['cache']:<7} {r['jit_s']:7.2f} "
+            f"{1e3 * r['jit_again_s']:9.2f} {r['jit_grad_s']:12.2f}"
+        )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
         print(f"wrote {args.json}")

@@ -158,7 +158,14 @@ def run_in_child(name: str, argv: list[str], args: argparse.Namespace, env: dict
     suffix = f"_{args.label}" if args.label else ""
     path = args.out / f"{name}{suffix}.json"
     path.unlink(missing_ok=True)
-    cmd = [sys.executable, str(Path(__file__).resolve()), *_without_only(argv), "--only", name, "--in-process"]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        *_without_only(argv),
+        "--only",
+        name,
+        "--in-process",
+    ]
     timeout = _timeout(args) or None
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, start_new_session=True)

@@ -32,4 +32,3 @@ def warn_if_deadlocking_jaxlib() -> None:
             RuntimeWarning,
             stacklevel=3,
         )
-

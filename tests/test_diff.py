@@ -512,9 +512,10 @@ def test_float32_solutions_get_float64_accurate_gradients():
     assert np.asarray(grads.q).dtype == np.float32
     for _ in range(2):
         t = _direction(rng, data64)
-        fd = (_loss(reference(_step(data64, t, FD_STEP)), (g,)) - _loss(reference(_step(data64, t, -FD_STEP)), (g,))) / (
-            2 * FD_STEP
-        )
+        fd = (
+            _loss(reference(_step(data64, t, FD_STEP)), (g,))
+            - _loss(reference(_step(data64, t, -FD_STEP)), (g,))
+        ) / (2 * FD_STEP)
         np.testing.assert_allclose(_inner(grads, t), fd, rtol=1e-4, atol=1e-4 * np.abs(fd).max())
         t32 = QPData(**{k: getattr(t, k).astype(np.float32) for k in NAMES})
         dx = qp_jvp(data32, res32, t32)[0]

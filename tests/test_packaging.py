@@ -13,8 +13,8 @@ import re
 import subprocess
 import sys
 import textwrap
-import warnings
 import tomllib
+import warnings
 from pathlib import Path
 
 import pytest
@@ -161,7 +161,9 @@ def test_the_jax_extra_excludes_the_jaxlib_releases_whose_cpu_linear_algebra_dea
         assert not (version.startswith("0.10.") or version == "0.11.0"), version
 
 
-def test_importing_the_jax_front_end_warns_about_a_deadlocking_jaxlib(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_importing_the_jax_front_end_warns_about_a_deadlocking_jaxlib(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     pytest.importorskip("jaxlib")
     import jaxlib
 
@@ -176,4 +178,3 @@ def test_importing_the_jax_front_end_warns_about_a_deadlocking_jaxlib(monkeypatc
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _jax_setup.warn_if_deadlocking_jaxlib()
-

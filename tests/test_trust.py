@@ -476,7 +476,6 @@ def test_solution_reports_the_residuals_verification_measured() -> None:
     assert all(0.0 <= float(v) <= 1e-8 for v in sol.residuals.values())
 
 
-
 def test_a_far_point_whose_huge_terms_cancel_is_not_verified() -> None:
     """Found by the long property profile: for the inconsistent rows x0 + x1 = 1 and
     x0 + x1 = 2, qpsolvers:clarabel claimed ``solved`` at x of size 1e18, where rounding of the
@@ -487,7 +486,13 @@ def test_a_far_point_whose_huge_terms_cancel_is_not_verified() -> None:
 
     def claim(A: np.ndarray, b: np.ndarray, x: np.ndarray) -> bool:
         data = QPData(
-            np.zeros((1, 2, 2)), np.zeros((1, 2)), A[None], b[None], np.zeros((1, 0, 2)), np.zeros((1, 0)), np.zeros((1, 0))
+            np.zeros((1, 2, 2)),
+            np.zeros((1, 2)),
+            A[None],
+            b[None],
+            np.zeros((1, 0, 2)),
+            np.zeros((1, 0)),
+            np.zeros((1, 0)),
         )
         y = np.zeros((1, b.size))
         chk = check_point(data, x[None], y, np.zeros((1, 0)), np.zeros_like(y), np.zeros((1, 0)), 1e-9, 0.0)

@@ -77,21 +77,17 @@ def qp_vjp(
         Gradients with respect to P, q, A, b, C, l, u (P's is symmetric; l's and u's are
         zero on inactive rows). Elements whose status is not ok get zeros.
     """
-    wide = _float64_of(data.q)
-    if wide is not None:
-        narrow = data.q.dtype
+    promoted = _in_float64(data, result)
+    if promoted is not None:
+        data64, result64, wide, narrow = promoted
         grads = qp_vjp(
-            _widen_data(data, wide),
-            _widen_result(result, wide),
+            data64,
+            result64,
             *(None if g is None else wide(g) for g in (grad_x, grad_y, grad_z, grad_shift_eq, grad_shift_in)),
             active_tol=FLOAT32_ACTIVE_TOL if active_tol is None else active_tol,
             shiftable=shiftable,
         )
-        xp = namespace(grads.q)
-        return QPGrads(
-            **{k: xp.astype(getattr(grads, k), narrow) for k in "PqAbClu"},  # type: ignore[arg-type]
-            ok=grads.ok,
-        )
+        return QPGrads(**{k: narrow(getattr(grads, k)) for k in "PqAbClu"}, ok=grads.ok)  # type: ignore[arg-type]
     lin = linearize(data, result, active_tol, shiftable)
     xp, n, p = lin.xp, lin.n, lin.p
     gx, gy, gz, gse, gsi = (
@@ -161,18 +157,11 @@ def qp_jvp(
         Tangents of the solution (B, n), duals (B, p), (B, m) and shift (B, p), (B, m);
         zero for elements whose status is not ok.
     """
-    wide = _float64_of(data.q)
-    if wide is not None:
-        narrow = data.q.dtype
-        outs = _qp_jvp(
-            _widen_data(data, wide),
-            _widen_result(result, wide),
-            _widen_data(tangents, wide),
-            shiftable,
-            FLOAT32_ACTIVE_TOL,
-        )
-        xp = namespace(outs[0])
-        return tuple(xp.astype(o, narrow) for o in outs)  # type: ignore[return-value]
+    promoted = _in_float64(data, result)
+    if promoted is not None:
+        data64, result64, wide, narrow = promoted
+        outs = _qp_jvp(data64, result64, tangents.dense().map_arrays(wide), shiftable, FLOAT32_ACTIVE_TOL)
+        return tuple(narrow(o) for o in outs)  # type: ignore[return-value]
     return _qp_jvp(data, result, tangents, shiftable, None)
 
 
@@ -207,26 +196,28 @@ def _qp_jvp(
 FLOAT32_ACTIVE_TOL = 1e-4
 
 
-def _float64_of(a: Any) -> Any:
-    """A cast to float64 when ``a`` is float32 and its library computes in float64, else None."""
-    xp = namespace(a)
-    if a.dtype != xp.float32:
+def _in_float64(data: QPData, result: QPResult) -> tuple[QPData, QPResult, Any, Any] | None:
+    """``(data, result, widen, narrow)`` in float64 when the data are float32 and their library
+    computes in float64 (JAX only with ``jax_enable_x64``), else None. ``widen`` casts more arrays
+    to float64, ``narrow`` casts results back to float32."""
+    q = data.q
+    xp = namespace(q)
+    if q.dtype != xp.float32:
         return None
-    if framework(a) == "jax":
+    if framework(q) == "jax":
         import jax
 
         if not jax.config.jax_enable_x64:
             return None
-    return lambda v: xp.astype(xp.asarray(v, device=device(a)), xp.float64)
 
+    def widen(v: Any) -> Any:
+        return xp.astype(xp.asarray(v, device=device(q)), xp.float64)
 
-def _widen_data(data: QPData, wide: Any) -> QPData:
-    return data.dense().map_arrays(wide)
+    def narrow(v: Any) -> Any:
+        return xp.astype(v, xp.float32)
 
-
-def _widen_result(result: QPResult, wide: Any) -> QPResult:
-    fields = ("x", "y", "z", "shift_eq", "shift_in")
-    return replace(result, **{f: wide(getattr(result, f)) for f in fields})
+    point = {f: widen(getattr(result, f)) for f in ("x", "y", "z", "shift_eq", "shift_in")}
+    return data.dense().map_arrays(widen), replace(result, **point), widen, narrow
 
 
 def _cotangent(lin: Linearization, g: Any, like: Any) -> Any:

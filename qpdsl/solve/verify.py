@@ -131,7 +131,8 @@ def check_point(
     cancellation = 1.0 / np.sqrt(u)
     b_s = b + s_eq
     r_eq = xp.abs(ax - b_s)
-    eq_scale = xp.minimum(ax_abs + xp.abs(b) + xp.abs(s_eq), cancellation * xp.maximum(xp.abs(ax), xp.abs(b_s)))
+    eq_value = xp.maximum(xp.abs(ax), xp.abs(b_s))
+    eq_scale = xp.minimum(ax_abs + xp.abs(b) + xp.abs(s_eq), cancellation * eq_value)
     ok_eq = row_all(within(r_eq, eq_scale))
     viol = xp.where(hi_inf, zero_in, xp.maximum(cx - hi_f, zero_in)) + xp.where(
         lo_inf, zero_in, xp.maximum(lo_f - cx, zero_in)
@@ -197,17 +198,16 @@ def check_point(
     return Check(passed, prim, row_max(r_dual), compl, gap, z)
 
 
-def verify(
-    data: QPData, result: QPResult, settings: Settings, solved: QPData | None = None
-) -> QPResult:
+def verify(data: QPData, result: QPResult, settings: Settings, solved: QPData | None = None) -> QPResult:
     """``result`` with every ok claim that fails :func:`check_point` downgraded to ``inaccurate``.
 
     ``solved``, when given, is the QP the backend was given for the closest-feasible elements:
     the shifted QP with each row widened to contain the least-squares point (on a row whose
     shift reads zero, by at most that shift). Those elements are checked on its bounds, the QP
-    the point is feasible and optimal for. Other statuses are kept as reported. The residuals measured on ``data`` replace the
-    backend's own (``prim_res``, ``dual_res``) and are added (``compl_res``, ``gap``) for the
-    elements with an ok claim; the others keep what the backend reported.
+    the point is feasible and optimal for. Other statuses are kept as reported. The residuals
+    measured on ``data`` replace the backend's own (``prim_res``, ``dual_res``) and are added
+    (``compl_res``, ``gap``) for the elements with an ok claim; the others keep what the
+    backend reported.
     """
     xp = namespace(result.x)
     dtype = result.x.dtype
