@@ -213,3 +213,29 @@ def test_alm_bounded_lp_with_a_small_row_is_not_unbounded(backend: str) -> None:
     res = get_backend(backend).solve(to_framework(data, backend, "float64"), Settings())
     assert res.statuses() == [Status.SOLVED]
     np.testing.assert_allclose(host(res.x)[0, :2], host(ref.x)[0, :2], atol=1e-5)
+
+
+def test_float32_l1_model_with_auxiliary_variables_solves_on_the_alm_backends() -> None:
+    """The README's model (least squares + lam * norm1, box, sum) in float32 through the shared
+    ALM core: with rho = 1e-5 its first factorisation failed (``numerical_error`` at iteration 0
+    on ``torch`` and ``jax``: |H| near 1e2, float32 rounding 1e-5 of it). Checked against cvxpy."""
+    torch = pytest.importorskip("torch")
+    cp = pytest.importorskip("cvxpy")
+    n, m = 20, 10
+    rng = np.random.default_rng(0)
+    A0, b0 = rng.standard_normal((m, n)).astype(np.float32), np.ones(m, np.float32)
+    x = qd.Variable(n, name="x")
+    A, b = qd.Parameter((m, n), name="A"), qd.Parameter(m, name="b")
+    lam = qd.Parameter(nonneg=True, name="lam")
+    prob = qd.Problem(
+        qd.Minimize(qd.sum_squares(A @ x - b) + lam * qd.norm1(x)), [x >= -1, x <= 1, qd.sum(x) == 0]
+    )
+    xc = cp.Variable(n)
+    cp.Problem(
+        cp.Minimize(cp.sum_squares(A0.astype(float) @ xc - 1) + 0.1 * cp.norm1(xc)),
+        [xc >= -1, xc <= 1, cp.sum(xc) == 0],
+    ).solve(solver=cp.CLARABEL)
+    layer = prob.to_torch(parameters=[A, b, lam], variables=[x], backend="torch")
+    (xt,) = layer(torch.tensor(A0), torch.tensor(b0), torch.tensor(0.1))
+    assert layer.last_status.tolist() == [int(qd.Status.SOLVED)]
+    np.testing.assert_allclose(xt.numpy(), xc.value, atol=1e-3)

@@ -74,7 +74,9 @@ def make_config(settings: Settings, dtype: Any) -> Config:
         eps_rel=float(settings.eps_rel),
         max_outer=int(settings.max_iter),
         max_iter=20 * int(settings.max_iter),
-        rho=1e-5 if single else 1e-7,
+        # float32: the Hessian must stay positive definite at rounding level 1e-7 |H|, and |H| starts
+        # near 1/mu_eq = 1e2 (at rho = 1e-5 an L1 model with auxiliary variables failed at once)
+        rho=1e-4 if single else 1e-7,
         mu_eq=1e-2 if single else 1e-3,
         mu_in=1e-1,
         mu_min_eq=1e-5 if single else 1e-9,
