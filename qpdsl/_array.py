@@ -84,6 +84,30 @@ def to_numpy(array: Any) -> np.ndarray:
     return np.asarray(array)
 
 
+def host_float64(array: Any) -> np.ndarray | None:
+    """A C-contiguous float64 numpy view of ``array`` when it is a float64 numpy array or torch
+    tensor on the CPU (copied only if not contiguous); None for anything else (other dtypes,
+    devices, JAX arrays), which callers then handle with array code."""
+    fw = framework(array)
+    if isinstance(array, np.ndarray) and array.dtype == np.float64:
+        return np.ascontiguousarray(array)
+    if fw == "torch" and array.device.type == "cpu":
+        import torch
+
+        if array.dtype == torch.float64:
+            return array.detach().contiguous().numpy()
+    return None
+
+
+def from_host(values: np.ndarray, like: Any) -> Any:
+    """``values`` as an array of the framework of ``like`` (without a copy for torch on the CPU)."""
+    if framework(like) == "torch":
+        import torch
+
+        return torch.from_numpy(values)
+    return values
+
+
 def scatter_2d(values: Any, rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> Any:
     """Scatter batched ``values`` (B, nnz) into dense (B, *shape) at (rows, cols).
 

@@ -174,7 +174,7 @@ class Problem:
             The outputs, in order: a Variable (its value), a Constraint (its dual) or
             ``qd.Shift(constraint)`` (its shift s*). Default: every variable.
         backend
-            Any name from :func:`qpdsl.available_backends` (default: ``proxsuite`` when installed).
+            Any name from :func:`qpdsl.available_backends` (default ``auto``, chosen per call).
         on_failure
             ``"raise"`` (:class:`~qpdsl.SolverError`), ``"nan"`` or ``"ignore"`` for failed elements.
         warm_start
@@ -252,7 +252,7 @@ class Problem:
         params
             ``{Parameter or name: value}``; parameters created with ``value=`` may be omitted.
         backend
-            A name from :func:`qpdsl.available_backends` (default: ``proxsuite`` when installed).
+            A name from :func:`qpdsl.available_backends` (default ``auto``, chosen per call).
         warm_start
             Initial guesses for the standard-form x, y, z.
         **settings

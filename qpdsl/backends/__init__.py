@@ -191,13 +191,3 @@ def available_backends() -> dict[str, Capabilities]:
         for sub in lister() if lister else []:
             out[f"{prefix}:{sub}"] = e.capabilities
     return out
-
-
-def default_backend() -> str:
-    """The backend used when none is named: ``proxsuite`` when installed, else ``torch``, else ``jax``."""
-    for preferred in ("proxsuite", "torch", "jax"):
-        _load(preferred)
-        entry = _REGISTRY.get(preferred)
-        if entry is not None and entry.capabilities.installed:
-            return preferred
-    raise BackendNotFound("no backend is installed; pip install 'qpdsl[proxsuite]'")

@@ -32,12 +32,16 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from .._array import (
     branch,
     cho_solve,
     cholesky_ex,
     concrete_any,
     device,
+    from_host,
+    host_float64,
     is_traced,
     lu_factor,
     lu_solve,
@@ -74,6 +78,7 @@ class KKTSolver:
     d: Any  # (B,) regularisation of the Cholesky path
     L: Any  # (B, n, n) Cholesky factor of H
     chol_ok: Any  # (B,) bool, False where H was not numerically positive definite
+    compiled: bool = False  # float64 host arrays: factor and refinement by the compiled kernels
 
     @property
     def n(self) -> int:
@@ -106,12 +111,16 @@ class KKTSolver:
     def solve(self, rhs: Any) -> Any:
         """Solve ``K w = rhs`` (B, n + k); linear in ``rhs`` (under ``jit`` the step count is fixed)."""
         xp = self.xp
-        w = self._refined(rhs)
-        if is_traced(rhs):
-            return w
+        compiled = self._refined_compiled(rhs) if self.compiled else None
+        if compiled is not None:
+            w, bad = compiled
+        else:
+            w = self._refined(rhs)
+            if is_traced(rhs):
+                return w
+            bad = self.unsettled(rhs, w, rhs - self.matvec(w))
         # Eagerly, redo with LU only the elements that did not settle (a rhs-dependent choice,
         # which a transposed JAX trace could not make).
-        bad = self.unsettled(rhs, w, rhs - self.matvec(w))
         if not concrete_any(bad | ~self.chol_ok):
             return w
         idx = xp.nonzero(bad | ~self.chol_ok)[0]
@@ -141,7 +150,7 @@ class KKTSolver:
             return xp.take(a, idx, axis=0)
 
         fields = (self.P, self.G, self.a, self.scale, self.d, self.L, self.chol_ok)
-        return KKTSolver(xp, *(t(f) for f in fields))
+        return KKTSolver(xp, *(t(f) for f in fields), compiled=self.compiled)
 
     def _refined(self, rhs: Any) -> Any:
         w = self.precondition(rhs)
@@ -152,6 +161,19 @@ class KKTSolver:
                 break
             w = w + self.precondition(r)
         return w
+
+    def _refined_compiled(self, rhs: Any) -> tuple[Any, Any] | None:
+        """:meth:`_refined` by the compiled kernel, and the (B,) mask of the elements that did not
+        settle; None where ``rhs`` is not a float64 host array."""
+        from ..backends.cpu_alm import kkt as kernels
+
+        host = [host_float64(a) for a in (self.P, self.G, self.a, self.d, self.scale, rhs)]
+        U = host_float64(self.xp.matrix_transpose(self.L))
+        if U is None or any(h is None for h in host):
+            return None
+        P, G, a, d, scale, rhs_h = host
+        w, settled = kernels.refined_solve(P, G, a, d, U, scale, rhs_h, REFINE_STEPS, REFINE_TOL)
+        return from_host(w, rhs), from_host(~settled, rhs)
 
     def _solve_lu(self, rhs: Any) -> Any:
         """LU of ``K`` regularised by sqrt(eps) |K|, refined against ``K``."""
@@ -190,6 +212,10 @@ def kkt_solver(xp: Any, P: Any, G: Any, a: Any) -> KKTSolver:
     a
         (B, k) 0/1 floats: the rows in the system (equality and active inequality rows).
     """
+    if not is_traced(P):
+        compiled = _compiled_solver(xp, P, G, a)
+        if compiled is not None:
+            return compiled
     batch, n = P.shape[0], P.shape[-1]
     scale = xp.ones((batch,), dtype=P.dtype, device=device(P))
     for mat in (P, G):
@@ -223,6 +249,24 @@ def kkt_solver(xp: Any, P: Any, G: Any, a: Any) -> KKTSolver:
         ok = ok | ok_retry
     L = xp.where(ok[:, None, None], L, xp.zeros_like(L) + eye)  # keep failed factors finite
     return KKTSolver(xp, P, G, a, scale, d, L, ok)
+
+
+def _compiled_solver(xp: Any, P: Any, G: Any, a: Any) -> KKTSolver | None:
+    """:func:`kkt_solver` by the compiled kernels, for float64 host arrays; None for others."""
+    host = [host_float64(m) for m in (P, G, a)]
+    if any(h is None for h in host):
+        return None
+    from ..backends.cpu_alm import kkt as kernels
+
+    P_h, G_h, a_h = host
+    scale = np.ones(P_h.shape[0])
+    for mat in (P_h, G_h):
+        if mat.shape[1] * mat.shape[2]:
+            scale = np.maximum(scale, np.abs(mat).max(axis=(1, 2)))
+    d = math.sqrt(float(np.finfo(np.float64).eps)) * scale
+    U, ok = kernels.factor(P_h, G_h, a_h, d, RETRY)
+    L = from_host(U, P).mT if hasattr(P, "mT") else U.transpose(0, 2, 1)
+    return KKTSolver(xp, P, G, a, from_host(scale, P), from_host(d, P), L, from_host(ok, P), compiled=True)
 
 
 def _diag(xp: Any, v: Any) -> Any:

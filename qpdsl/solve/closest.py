@@ -359,7 +359,10 @@ def _check_unbounded(flow: Flow, data: QPData, first: QPResult, settings: Settin
     claims = status == int(Status.DUAL_INFEASIBLE)
     # A backend may return its certificate as x (a direction); checking it costs no solve.
     direction = xp.where(claims[:, None], first.x, xp.zeros_like(first.x))
-    claims_left = claims & ~descent_direction(data, direction)
+    shown = flow.cond(  # a product with every matrix of the batch: only when someone claims
+        flow.any(claims), lambda d: descent_direction(data, d), lambda _: xp.zeros_like(claims), direction
+    )
+    claims_left = claims & ~shown
     if isinstance(flow, TracedFlow):  # no further solve under jit: what the backend showed decides
         code = xp.asarray(int(Status.INACCURATE), dtype=status.dtype, device=device(status))
         return replace(first, status=xp.where(claims_left, code, status))
