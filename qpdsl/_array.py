@@ -7,6 +7,7 @@ paper over the places where the frameworks differ (in-place scatter, dtype queri
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import numpy as np
@@ -122,7 +123,7 @@ def scatter_2d(values: Any, rows: np.ndarray, cols: np.ndarray, shape: tuple[int
     if fw == "torch":
         import torch
 
-        idx = torch.as_tensor(flat_idx, device=values.device).expand(batch, -1)
+        idx = _flat_index(rows, cols, shape[1], values.device).expand(batch, -1)
         out = torch.zeros((batch, size), dtype=values.dtype, device=values.device)
         out = out.scatter_add(1, idx, values)
         return out.reshape(batch, *shape)
@@ -135,6 +136,32 @@ def scatter_2d(values: Any, rows: np.ndarray, cols: np.ndarray, shape: tuple[int
     out = np.zeros((batch, size), dtype=values.dtype)
     out[:, flat_idx] = values  # patterns compiled by qpdsl hold no duplicates
     return out.reshape(batch, *shape)
+
+
+_FLAT_INDEX: dict[tuple[int, int, int, str], tuple[Any, Any, Any]] = {}
+_FLAT_INDEX_SIZE = 64
+
+
+def _flat_index(rows: np.ndarray, cols: np.ndarray, width: int, dev: Any) -> Any:
+    """The flat positions ``rows * width + cols`` as an int64 tensor on ``dev``, kept for as long as
+    the pattern arrays live: a compiled pattern is copied to the device once, not on every call.
+    The pattern arrays must not change in place."""
+    import torch
+
+    key = (id(rows), id(cols), width, str(dev))
+    hit = _FLAT_INDEX.get(key)
+    if hit is not None and hit[0]() is rows and hit[1]() is cols:
+        return hit[2]
+    flat = np.asarray(rows, dtype=np.int64) * width + np.asarray(cols, dtype=np.int64)
+    tensor = torch.as_tensor(flat, device=dev)
+    try:
+        refs = (weakref.ref(rows), weakref.ref(cols))
+    except TypeError:  # not numpy arrays: nothing to key a cache on
+        return tensor
+    if len(_FLAT_INDEX) >= _FLAT_INDEX_SIZE:
+        _FLAT_INDEX.clear()
+    _FLAT_INDEX[key] = (*refs, tensor)
+    return tensor
 
 
 def gather_2d(dense: Any, rows: np.ndarray, cols: np.ndarray) -> Any:
@@ -231,6 +258,16 @@ def lu_solve(factor: Any, rhs: Any) -> Any:
     return np.stack([scipy.linalg.lu_solve(f, r) for f, r in zip(factor, np.asarray(rhs), strict=True)])
 
 
+def host_values(*scalars: Any) -> list[Any]:
+    """The values of 0-d arrays as Python numbers, copied to the host together (one read)."""
+    if framework(scalars[0]) == "torch":
+        import torch
+
+        dtype = torch.float64 if any(s.is_floating_point() for s in scalars) else torch.int64
+        return torch.stack([s.to(dtype) for s in scalars]).tolist()
+    return [np.asarray(s).item() for s in scalars]
+
+
 def concrete_any(mask: Any) -> bool:
     """``bool(any(mask))`` where the value is known now; True for a traced JAX array.
 
@@ -251,6 +288,14 @@ def is_traced(array: Any) -> bool:
     import jax
 
     return isinstance(array, jax.core.Tracer)
+
+
+def values_known(array: Any) -> bool:
+    """False for arrays whose values cannot be read now: a JAX tracer, a torch tensor on the
+    ``meta`` device (shapes only). Code that must run on them makes no value-dependent choice."""
+    if is_traced(array):
+        return False
+    return not (framework(array) == "torch" and array.device.type == "meta")
 
 
 def branch(pred: Any, true_fn: Any, false_fn: Any, operand: Any) -> Any:

@@ -20,7 +20,7 @@ from .errors import ModelError, ParameterError
 from .expressions.constraints import Constraint
 from .expressions.expression import Parameter, Variable
 from .qp import QPData, Settings
-from .validation import check_parameter_values, invalid_parameter_elements
+from .validation import any_invalid, check_parameter_values, invalid_parameter_elements
 
 
 class Shift:
@@ -120,13 +120,14 @@ def broadcast_arguments(
     invalid: set[int] = set()
     for p, v in values.items():
         if tuple(v.shape) == p.shape:
-            v = v.reshape(1, *p.shape)
-            values[p] = _expand(v, batch)
-        if validate and not _is_tracer(values[p]):
+            values[p] = _expand(v.reshape(1, *p.shape), batch)
+    checked = [(p, v) for p, v in values.items() if validate and not _is_tracer(v)]
+    if checked and any_invalid(checked):  # one host read for every parameter; details only then
+        for p, v in checked:
             if on_failure == "raise" or p.id in shared:
-                check_parameter_values(p, values[p], batched=p.id not in shared)
+                check_parameter_values(p, v, batched=p.id not in shared)
             else:
-                for idx in invalid_parameter_elements(p, values[p]).values():
+                for idx in invalid_parameter_elements(p, v).values():
                     invalid.update(idx)
     theta = qp.stack_theta(values, batch)
     if framework(theta) == "numpy":  # a problem without parameters: theta is a column of ones

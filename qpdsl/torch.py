@@ -358,13 +358,15 @@ def _backward(
     options: _Options = ctx.options
     result = _zero_failed(outcome.result, outcome.ok)
     grads_in = (torch.nan_to_num(g) if g is not None else None for g in (gx, gy, gz, gse, gsi))
-    grads = qp_vjp(outcome.data, result, *grads_in, shiftable=options.shiftable)
+    flags = None if outcome.flags is None else (outcome.flags.all_ok, outcome.flags.any_closest)
+    grads = qp_vjp(outcome.data, result, *grads_in, shiftable=options.shiftable, flags=flags)
     computed = grads.ok & outcome.ok
     layer = options.info.get("layer")
     if layer is not None:
         layer.last_backward_status = computed
-    failed = (outcome.ok & ~grads.ok).nonzero()[:, 0].tolist()
-    if failed and options.on_failure == "raise":
+    check = options.on_failure == "raise" and not grads.all_solved
+    failed = (outcome.ok & ~grads.ok).nonzero()[:, 0].tolist() if check else []
+    if failed:
         raise SolverError(
             f"the backward pass could not solve the adjoint system of batch elements {failed} "
             "(singular or ill-conditioned KKT matrix); their gradients would be wrong. Pass "

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._array import device, framework, namespace, to_numpy
+from ._array import cholesky_ex, device, framework, namespace, to_numpy
 from .errors import ParameterError
 
 if TYPE_CHECKING:
@@ -27,53 +27,75 @@ def invalid_parameter_elements(p: Parameter, value: Any, psd_tol: float = 1e-8) 
     a negative entry; for ``psd`` parameters, a clearly negative eigenvalue of the symmetric
     part ``(M + M') / 2`` (relative tolerance ``psd_tol``), the only part that ``x'Mx`` sees.
     Empty when every element is valid.
+
+    The checks run where the values live and the host reads one flag for all of them; the
+    masks (and, for a psd parameter, eigenvalues) are computed only when that flag is set.
     """
     if hasattr(value, "detach"):
         value = value.detach()  # checks need no gradient
     xp = namespace(value)
-    out: dict[str, list[int]] = {}
-    finite = xp.isfinite(value)
-    bad = _bad_elements(~finite)
-    if bad:
-        out["NaN or Inf"] = bad
-        return out  # the other checks are meaningless on non-finite values
-    if p.nonneg:
-        bad = _bad_elements(value < 0)
+    masks = _invalid_masks(xp, p, value, psd_tol)
+    if not masks or not bool(xp.any(xp.stack(list(masks.values())))):
+        return {}
+    nonfinite = masks.pop("NaN or Inf")
+    if bool(xp.any(nonfinite)):
+        return {"NaN or Inf": _bad_elements(nonfinite)}  # the other checks mean nothing then
+    out = {}
+    for reason, mask in masks.items():
+        if reason == "negative eigenvalue (declared psd)":
+            mask = _eigenvalue_check(xp, value, psd_tol)
+        bad = _bad_elements(mask)
         if bad:
-            out["negative (declared nonneg)"] = bad
-    if p.psd and value.shape[0] and math.prod(value.shape):
-        sym = (value + xp.matrix_transpose(value)) / 2
-        scale = max(float(xp.max(xp.abs(sym))), 1.0)
-        bad = _not_psd(xp, sym, psd_tol * scale)
-        if bad:
-            out["negative eigenvalue (declared psd)"] = bad
+            out[reason] = bad
     return out
 
 
-def _not_psd(xp: Any, sym: Any, tol: float) -> list[int]:
-    """Batch indices of symmetric matrices (B, n, n) with an eigenvalue below ``-tol``.
+def _invalid_masks(xp: Any, p: Parameter, value: Any, psd_tol: float) -> dict[str, Any]:
+    """(B,) boolean masks by reason, computed without reading any value on the host.
 
-    One Cholesky factorisation of ``sym + tol I`` settles the usual case (every element PSD)
-    without an eigendecomposition; only when it fails are the eigenvalues computed, to name
-    the failing elements.
+    The psd mask flags the elements whose symmetric part, shifted by ``psd_tol`` times the
+    batch's largest entry (at least 1), has no Cholesky factor: a superset of the elements with an
+    eigenvalue below that bound, which :func:`_eigenvalue_check` names exactly.
     """
-    n = sym.shape[-1]
-    shifted = sym + tol * xp.eye(n, dtype=sym.dtype, device=device(sym))
-    if _cholesky_succeeds(xp, shifted):
-        return []
-    return _bad_elements(_smallest_eigenvalues(xp, sym) < -tol)
+    batch = value.shape[0]
+    if batch == 0 or math.prod(value.shape) == 0:
+        return {}
+    flat = xp.reshape(value, (batch, -1))
+    finite = xp.all(xp.isfinite(flat), axis=1)
+    masks = {"NaN or Inf": ~finite}
+    if p.nonneg:
+        masks["negative (declared nonneg)"] = finite & xp.any(flat < 0, axis=1)
+    if p.psd:
+        clean = xp.where(xp.reshape(finite, (batch, 1, 1)), value, xp.zeros_like(value))
+        sym = (clean + xp.matrix_transpose(clean)) / 2
+        tol = psd_tol * xp.clip(xp.max(xp.abs(sym)), 1.0, None)
+        n = sym.shape[-1]
+        _, factored = cholesky_ex(sym + tol * xp.eye(n, dtype=sym.dtype, device=device(sym)))
+        masks["negative eigenvalue (declared psd)"] = finite & ~factored
+    return masks
 
 
-def _cholesky_succeeds(xp: Any, matrices: Any) -> bool:
-    try:
-        factor = xp.linalg.cholesky(matrices)
-    except (np.linalg.LinAlgError, RuntimeError, ValueError):  # numpy; torch's LinAlgError is a RuntimeError
-        return False
-    return bool(xp.all(xp.isfinite(factor)))  # jax returns NaN instead of raising
+def _eigenvalue_check(xp: Any, value: Any, psd_tol: float) -> Any:
+    """(B,) mask of the matrices whose symmetric part has an eigenvalue below ``-psd_tol * scale``."""
+    sym = (value + xp.matrix_transpose(value)) / 2
+    tol = psd_tol * max(float(xp.max(xp.abs(sym))), 1.0)
+    return _smallest_eigenvalues(xp, sym) < -tol
 
 
 def _smallest_eigenvalues(xp: Any, sym: Any) -> Any:
     return xp.min(xp.linalg.eigvalsh(sym), axis=-1)
+
+
+def any_invalid(items: list[tuple[Parameter, Any]], psd_tol: float = 1e-8) -> bool:
+    """Whether some value in ``items`` (pairs of a parameter and a (B, *shape) batch of values, one
+    framework) fails a check of :func:`invalid_parameter_elements`, in one host read for all."""
+    flags = []
+    for p, value in items:
+        if hasattr(value, "detach"):
+            value = value.detach()
+        xp = namespace(value)
+        flags += [xp.any(mask) for mask in _invalid_masks(xp, p, value, psd_tol).values()]
+    return bool(flags) and bool(xp.any(xp.stack(flags)))
 
 
 def as_real_array(p: Parameter, value: Any) -> np.ndarray:

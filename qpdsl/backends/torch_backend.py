@@ -1,10 +1,18 @@
 """The ``torch`` backend: qpdsl's batched dense proximal ALM (:mod:`.alm`) driven in PyTorch.
 
-Runs where the input tensors live (CPU or CUDA), in float32 or float64. The loop checks
-the batch-wide "all done" flag only every few iterations; on CPU, where that costs
-nothing, it also drops finished elements from the working batch and refactorises only
-the elements whose active set or penalties changed. ``settings.options`` override the
-fields of :class:`~.alm.core.Config` (e.g. ``rho``, ``mu_in``, ``max_inner``).
+Runs where the input tensors live (CPU or CUDA), in float32 or float64. Every value the
+host reads from a device (a flag, a count, an index list) stalls a GPU until its queued work
+is done, so the driver has two modes:
+
+- on the devices of :data:`HOST_DRIVEN` (the CPU), where reading a flag costs nothing, it
+  looks at per-element flags every iteration: finished elements leave the working batch and
+  only the elements whose active set or penalties changed are refactorised;
+- elsewhere (CUDA) it runs :data:`CHECK_EVERY` full batched steps between reads of the
+  number of running elements (one host read), and shrinks the working batch (one more read)
+  only when at most :data:`DEVICE_COMPACT_BELOW` of it is still running.
+
+``settings.options`` override the fields of :class:`~.alm.core.Config` (e.g. ``rho``,
+``mu_in``, ``max_inner``).
 """
 
 from __future__ import annotations
@@ -24,10 +32,12 @@ try:
 except Exception:  # registration must never raise, whatever breaks inside the package
     torch = None  # type: ignore[assignment]
 
-CHECK_EVERY = 4  # iterations between host-side looks at the "all done" flag
+HOST_DRIVEN = frozenset({"cpu"})  # device types where the driver reads per-element flags every iteration
+CHECK_EVERY = 4  # iterations between host reads of the number of running elements (devices)
+DEVICE_COMPACT_BELOW = 0.5  # shrink the working batch once this fraction or less is running (devices)
 LOW_RANK, MIN_RANK = 0.2, 4  # update the factor by up to max(MIN_RANK, LOW_RANK * n) rows (CPU)
 REFRESH_EVERY = 8  # iterations between exact recomputations of the products K x (CPU)
-COMPACT_BELOW = 0.75  # shrink the working batch once this fraction or less is still running
+COMPACT_BELOW = 0.75  # shrink the working batch once this fraction or less is still running (CPU)
 
 
 class TorchBackend(Backend):
@@ -91,19 +101,40 @@ def _solve(prob: Problem, cfg: core.Config, x0: Any, y0: Any, z0: Any) -> core.S
 
 
 def _iterate(data: core.Data, st: core.State, cfg: core.Config) -> core.State:
-    """Run the iteration of :func:`core.step` until no element is running.
+    """Run the iteration of :func:`core.step` until no element is running (see the module docstring)."""
+    if compacts(st.x.device):
+        return _iterate_host(data, st, cfg)
+    return _iterate_device(data, st, cfg)
 
-    On CPU, where looking at a flag costs nothing, the BCL update runs only when some
-    element needs it, finished elements leave the working batch, and only the elements
-    whose active set or penalties changed are refactorised.
+
+def _iterate_device(data: core.Data, st: core.State, cfg: core.Config) -> core.State:
+    """Full batched steps with one host read every :data:`CHECK_EVERY` iterations.
+
+    Finished elements stay in the batch, frozen by the masks of :func:`core.step`, until at
+    most :data:`DEVICE_COMPACT_BELOW` of the working batch is running; then the working batch
+    shrinks to the running elements, so the batch is compacted at most log2(B) times.
     """
-    if not compacts(st.x.device):
-        while True:
-            for _ in range(CHECK_EVERY):
-                st = core.step(data, None, st, cfg)
-            if not bool((st.status == core.RUNNING).any()):
-                return st
-            st = core.refresh(data, st)
+    full, sub, index = st, data, None
+    while True:
+        for _ in range(CHECK_EVERY):
+            st = core.step(sub, None, st, cfg)
+        running = st.status == core.RUNNING
+        count = int(running.sum())
+        if count == 0:
+            break
+        if count <= DEVICE_COMPACT_BELOW * running.shape[0]:
+            keep = running.nonzero()[:, 0]
+            if index is None:
+                index = torch.arange(running.shape[0], device=running.device)
+            full = _put(full, index, st)
+            index = index[keep]
+            st, sub = _take(st, keep), _take_data(sub, keep)
+        st = core.refresh(sub, st)
+    return st if index is None else _put(full, index, st)
+
+
+def _iterate_host(data: core.Data, st: core.State, cfg: core.Config) -> core.State:
+    """Per-element decisions every iteration: selective BCL updates, compaction and refactorisation."""
     index = torch.arange(st.x.shape[0], device=st.x.device)
     full, sub = st, data
     st = st._replace(L=st.L.clone())
@@ -132,13 +163,12 @@ def _iterate(data: core.Data, st: core.State, cfg: core.Config) -> core.State:
 
 
 def compacts(device: Any) -> bool:
-    """Whether the driver shrinks the working batch and refactorises selectively on ``device``.
+    """Whether the driver decides per element every iteration on ``device`` (see the module docstring).
 
-    Both need the host to read per-element flags every iteration: free on the CPU, a
-    synchronisation per iteration on a GPU, where the driver instead runs :data:`CHECK_EVERY`
-    full steps between looks at the "all done" flag.
+    They need the host to read per-element flags every iteration: free on the CPU, a
+    synchronisation per read on a GPU.
     """
-    return device.type == "cpu"
+    return device.type in HOST_DRIVEN
 
 
 def _certificates(data: core.Data, st: core.State, cfg: core.Config, index: Any) -> tuple[Any, Any]:

@@ -71,16 +71,26 @@ class AffineMap:
             return self._apply_numpy(theta_aug, out)
         gather = self._gather()
         if gather is not None:
-            out = theta_aug[:, _like(gather[0], theta_aug, index=True)]
+            out = theta_aug[:, self._constant("columns", gather[0], theta_aug, index=True)]
         else:
             used, T = self._compact()
-            sub = theta_aug[:, _like(used, theta_aug, index=True)]
+            sub = theta_aug[:, self._constant("used", used, theta_aug, index=True)]
             out = (self._torch(sub, T) @ sub.T).T if fw == "torch" else _jax_sparse_apply(T, sub)
         if gather is not None and gather[1] is not None:
-            out = out * _like(gather[1], theta_aug)
+            out = out * self._constant("coefficients", gather[1], theta_aug)
         if self.offset is not None:
-            out = out + _like(self.offset, theta_aug)
+            out = out + self._constant("offset", self.offset, theta_aug)
         return out
+
+    def _constant(self, name: str, values: np.ndarray, ref: Any, index: bool = False) -> Any:
+        """:func:`_like` of one of this map's constant arrays; torch tensors are kept per device and
+        dtype, so that each call does not copy them to the device again."""
+        if framework(ref) != "torch":
+            return _like(values, ref, index)
+        key = (name, ref.device, ref.dtype)
+        if key not in self._cache:
+            self._cache[key] = _like(values, ref, index)
+        return self._cache[key]
 
     def _apply_numpy(self, theta: np.ndarray, out: np.ndarray | None) -> np.ndarray:
         if "plan" not in self._cache:

@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .._array import concrete_any, device, framework, matvec, namespace, outer, rmatvec
+from .._array import concrete_any, device, framework, matvec, namespace, outer, rmatvec, values_known
 from ..qp import QPData, QPResult
 from .linearize import Linearization, linearize
 from .shift import shift_jvp, shift_vjp
@@ -40,6 +40,7 @@ class QPGrads:
     l: Any
     u: Any
     ok: Any = None  # (B,) bool: status ok and the adjoint system solved (else the gradients are zero)
+    all_solved: bool | None = None  # known on the host: ``ok`` holds everywhere (None: not read)
 
 
 def qp_vjp(
@@ -53,6 +54,7 @@ def qp_vjp(
     *,
     active_tol: float | None = None,
     shiftable: Any = None,
+    flags: tuple[bool, bool] | None = None,
 ) -> QPGrads:
     """Pull gradients on the solution back to the QP data.
 
@@ -70,6 +72,12 @@ def qp_vjp(
         Relative tolerance that decides activity: row i is upper-active when
         ``C_i x + z_i >= u_i - active_tol (1 + |C_i x|)`` (and likewise lower). Defaults to
         1e-6 for a float64 solution, 1e-4 for a float32 one.
+    shiftable
+        The rows the closest feasible QP may shift (:class:`~qpdsl.solve.closest.Shiftable`).
+    flags
+        ``(all_ok, any_closest)`` when the caller has read them already: whether every status
+        is ok and whether some element is closest feasible (saves a host read; see
+        :func:`~qpdsl.diff.linearize.linearize`).
 
     Returns
     -------
@@ -86,9 +94,11 @@ def qp_vjp(
             *(None if g is None else wide(g) for g in (grad_x, grad_y, grad_z, grad_shift_eq, grad_shift_in)),
             active_tol=FLOAT32_ACTIVE_TOL if active_tol is None else active_tol,
             shiftable=shiftable,
+            flags=flags,
         )
-        return QPGrads(**{k: narrow(getattr(grads, k)) for k in "PqAbClu"}, ok=grads.ok)  # type: ignore[arg-type]
-    lin = linearize(data, result, active_tol, shiftable)
+        narrowed = {k: narrow(getattr(grads, k)) for k in "PqAbClu"}
+        return QPGrads(**narrowed, ok=grads.ok, all_solved=grads.all_solved)  # type: ignore[arg-type]
+    lin = linearize(data, result, active_tol, shiftable, flags)
     xp, n, p = lin.xp, lin.n, lin.p
     gx, gy, gz, gse, gsi = (
         _cotangent(lin, g, shape)
@@ -125,14 +135,14 @@ def qp_vjp(
         l=xp.where(lin.lower, -u_z, zero),
         u=xp.where(lin.upper, -u_z, zero),
     )
-    masked = {k: _mask(lin, v) for k, v in vars(grads).items() if k != "ok"}
-    if not concrete_any(~solved):  # every element solved: nothing to zero (and no full-size copies)
-        return QPGrads(**masked, ok=solved)
+    masked = {k: _mask(lin, getattr(grads, k)) for k in "PqAbClu"}
+    if values_known(solved) and not concrete_any(~solved):  # nothing to zero, no full-size copies
+        return QPGrads(**masked, ok=solved, all_solved=True)
     kept = {
         k: xp.where(xp.reshape(solved, (-1,) + (1,) * (v.ndim - 1)), v, xp.zeros_like(v))
         for k, v in masked.items()
     }
-    return QPGrads(**kept, ok=solved)
+    return QPGrads(**kept, ok=solved, all_solved=False if values_known(solved) else None)
 
 
 def qp_jvp(

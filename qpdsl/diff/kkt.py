@@ -48,6 +48,7 @@ from .._array import (
     matvec,
     put_rows,
     rmatvec,
+    values_known,
 )
 
 # Refinement against the unregularised K stops once the residual is within this many
@@ -78,6 +79,7 @@ class KKTSolver:
     d: Any  # (B,) regularisation of the Cholesky path
     L: Any  # (B, n, n) Cholesky factor of H
     chol_ok: Any  # (B,) bool, False where H was not numerically positive definite
+    all_factored: bool = False  # known on the host: chol_ok holds everywhere
     compiled: bool = False  # float64 host arrays: factor and refinement by the compiled kernels
 
     @property
@@ -114,16 +116,18 @@ class KKTSolver:
         compiled = self._refined_compiled(rhs) if self.compiled else None
         if compiled is not None:
             w, bad = compiled
+            if self.all_factored and not concrete_any(bad):
+                return w
         else:
-            w = self._refined(rhs)
-            if is_traced(rhs):
+            w, settled = self._refined(rhs)
+            if not values_known(rhs) or (settled and self.all_factored):
                 return w
             bad = self.unsettled(rhs, w, rhs - self.matvec(w))
         # Eagerly, redo with LU only the elements that did not settle (a rhs-dependent choice,
         # which a transposed JAX trace could not make).
-        if not concrete_any(bad | ~self.chol_ok):
-            return w
         idx = xp.nonzero(bad | ~self.chol_ok)[0]
+        if idx.shape[0] == 0:
+            return w
         return put_rows(w, idx, self.take(idx)._solve_lu(xp.take(rhs, idx, axis=0)))
 
     def failed(self, rhs: Any, w: Any) -> Any:
@@ -134,7 +138,7 @@ class KKTSolver:
         which depends on the primal data only, so linear maps built on it stay transposable.
         """
         xp = self.xp
-        if is_traced(rhs) or is_traced(w):
+        if not (values_known(rhs) and values_known(w)):
             return ~self.chol_ok
         eps = float(xp.finfo(rhs.dtype).eps)
         r = rhs - self.matvec(w)
@@ -150,17 +154,21 @@ class KKTSolver:
             return xp.take(a, idx, axis=0)
 
         fields = (self.P, self.G, self.a, self.scale, self.d, self.L, self.chol_ok)
-        return KKTSolver(xp, *(t(f) for f in fields), compiled=self.compiled)
+        return KKTSolver(xp, *(t(f) for f in fields), all_factored=self.all_factored, compiled=self.compiled)
 
-    def _refined(self, rhs: Any) -> Any:
+    def _refined(self, rhs: Any) -> tuple[Any, bool]:
+        """Refined ``K^-1 rhs``, and whether every element was seen settled (one host read per step).
+
+        Where values cannot be read (traced, meta): a fixed step count, nothing nonlinear in rhs.
+        """
         w = self.precondition(rhs)
-        eager = not is_traced(rhs)  # traced: a fixed step count, and nothing nonlinear in rhs
+        eager = values_known(rhs)
         for _ in range(REFINE_STEPS):
             r = rhs - self.matvec(w)
             if eager and not concrete_any(self.unsettled(rhs, w, r)):
-                break
+                return w, True
             w = w + self.precondition(r)
-        return w
+        return w, False
 
     def _refined_compiled(self, rhs: Any) -> tuple[Any, Any] | None:
         """:meth:`_refined` by the compiled kernel, and the (B,) mask of the elements that did not
@@ -183,7 +191,7 @@ class KKTSolver:
         ones = xp.ones_like(rhs[:, :n])
         factor = lu_factor(self._dense(xp.concat([ones, -self.a], axis=1) * reg[:, None]))
         w = lu_solve(factor, rhs)
-        eager = not is_traced(rhs)
+        eager = values_known(rhs)
         for _ in range(LU_REFINE_STEPS):
             r = rhs - self.matvec(w)
             if eager and not concrete_any(self.unsettled(rhs, w, r)):
@@ -212,10 +220,9 @@ def kkt_solver(xp: Any, P: Any, G: Any, a: Any) -> KKTSolver:
     a
         (B, k) 0/1 floats: the rows in the system (equality and active inequality rows).
     """
-    if not is_traced(P):
-        compiled = _compiled_solver(xp, P, G, a)
-        if compiled is not None:
-            return compiled
+    compiled = _compiled_solver(xp, P, G, a)
+    if compiled is not None:
+        return compiled
     batch, n = P.shape[0], P.shape[-1]
     scale = xp.ones((batch,), dtype=P.dtype, device=device(P))
     for mat in (P, G):
@@ -231,24 +238,31 @@ def kkt_solver(xp: Any, P: Any, G: Any, a: Any) -> KKTSolver:
     H = P + d[:, None, None] * eye + S
     L, ok = cholesky_ex(H)
     d_retry = RETRY * d
+    all_factored = False
+
+    def retry(args: tuple[Any, Any, Any]) -> tuple[Any, Any, Any]:
+        """Refactorise with more regularisation where the first factorisation failed."""
+        L, ok, d = args
+        H_retry = xp.where(ok[:, None, None], H, P + d_retry[:, None, None] * eye + S / RETRY)
+        L_retry, ok_retry = cholesky_ex(H_retry)
+        return L_retry, ok_retry, xp.where(ok, d, d_retry)
+
     if is_traced(P):
         # Under jit, inside a branch taken only when some factorisation failed. (Two
         # independent Cholesky calls in one program have deadlocked XLA's CPU runtime here.)
-        def retry(args: tuple[Any, Any, Any]) -> tuple[Any, Any, Any]:
-            L, ok, d = args
-            H_retry = xp.where(ok[:, None, None], H, P + d_retry[:, None, None] * eye + S / RETRY)
-            L_retry, ok_retry = cholesky_ex(H_retry)
-            return L_retry, ok_retry, xp.where(ok, d, d_retry)
-
         L, ok, d = branch(xp.all(ok), lambda args: args, retry, (L, ok, d))
+    elif not values_known(P):  # meta tensors: no value to branch on
+        L, ok, d = retry((L, ok, d))
     elif concrete_any(~ok):
         L_retry, ok_retry = cholesky_ex(P + d_retry[:, None, None] * eye + S / RETRY)
         use = ~ok & ok_retry
         L = xp.where(use[:, None, None], L_retry, L)
         d = xp.where(use, d_retry, d)
         ok = ok | ok_retry
+    else:
+        all_factored = True
     L = xp.where(ok[:, None, None], L, xp.zeros_like(L) + eye)  # keep failed factors finite
-    return KKTSolver(xp, P, G, a, scale, d, L, ok)
+    return KKTSolver(xp, P, G, a, scale, d, L, ok, all_factored)
 
 
 def _compiled_solver(xp: Any, P: Any, G: Any, a: Any) -> KKTSolver | None:
@@ -266,7 +280,8 @@ def _compiled_solver(xp: Any, P: Any, G: Any, a: Any) -> KKTSolver | None:
     d = math.sqrt(float(np.finfo(np.float64).eps)) * scale
     U, ok = kernels.factor(P_h, G_h, a_h, d, RETRY)
     L = from_host(U, P).mT if hasattr(P, "mT") else U.transpose(0, 2, 1)
-    return KKTSolver(xp, P, G, a, from_host(scale, P), from_host(d, P), L, from_host(ok, P), compiled=True)
+    fields = (from_host(scale, P), from_host(d, P), L, from_host(ok, P))
+    return KKTSolver(xp, P, G, a, *fields, all_factored=bool(ok.all()), compiled=True)
 
 
 def _diag(xp: Any, v: Any) -> Any:

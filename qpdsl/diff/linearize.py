@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .._array import cholesky_ex, concrete_any, device, is_traced, matvec, namespace
+from .._array import cholesky_ex, device, host_values, matvec, namespace, put_rows, values_known
 from ..qp import QPData, QPResult, Status
 from .kkt import KKTSolver, kkt_solver
 
@@ -29,10 +29,10 @@ class Linearization:
     """Primal quantities of one batch, shared by :func:`qp_vjp` and :func:`qp_jvp`.
 
     Masks are (B, m) booleans over inequality rows; ``*_f`` are the same as 0/1 floats.
-    ``M_pinv`` is the pseudo-inverse of ``M = [A; C_V]`` (the equality rows and the violated
-    inequality rows, others zeroed) and ``Pi`` the orthogonal projector onto range(M); both are
-    None when no row is violated and every A has full row rank (then ``Pi`` is the identity on
-    the equality rows, nothing needs projecting and the shift is identically zero nearby).
+    ``Pi`` is the orthogonal projector onto range(M), ``M = [A; C_V]`` (the equality rows and the
+    violated inequality rows, others zeroed); None when no row is violated and every A has full
+    row rank (then it is the identity on the equality rows, nothing needs projecting and the
+    shift is identically zero nearby).
     ``y`` and ``z_act`` are the multipliers with no part along null(M') on the rows of M.
     """
 
@@ -50,7 +50,6 @@ class Linearization:
     s_eq: Any  # shift, 0 unless closest feasible
     s_in: Any  # shift on violated rows, 0 elsewhere
     kkt: KKTSolver  # the active-set KKT matrix (identity-like rows for inactive constraints)
-    M_pinv: Any | None  # (B, n, p + m)
     Pi: Any | None  # (B, p + m, p + m)
     rows_f: Any  # (B, p + m): 1 on rows of M (equality rows and violated rows)
     shifted: bool  # some element may have a nonzero shift (always True under jit)
@@ -74,12 +73,19 @@ class Linearization:
 
 
 def linearize(
-    data: QPData, result: QPResult, active_tol: float | None = None, shiftable: Any = None
+    data: QPData,
+    result: QPResult,
+    active_tol: float | None = None,
+    shiftable: Any = None,
+    flags: tuple[bool, bool] | None = None,
 ) -> Linearization:
     """Build the :class:`Linearization` of ``result`` on dense batched ``data``.
 
     ``shiftable`` (a :class:`~qpdsl.solve.closest.Shiftable`, default: every row) says which rows
-    the closest feasible QP may shift; the others are hard.
+    the closest feasible QP may shift; the others are hard. ``flags``, ``(all_ok, any_closest)``
+    when the caller knows them (whether every status is ok, whether some element is closest
+    feasible); otherwise they are read from the statuses in one host read (assumed
+    ``(False, True)`` where values cannot be read).
     """
     xp = namespace(data.q)
     dtype, dev = data.q.dtype, device(data.q)
@@ -90,21 +96,25 @@ def linearize(
     status = xp.asarray(result.status, device=dev)
     ok = (status == int(Status.SOLVED)) | (status == int(Status.SOLVED_CLOSEST_FEASIBLE))
     closest = status == int(Status.SOLVED_CLOSEST_FEASIBLE)
+    all_ok, shifted = _flags(xp, ok, closest) if flags is None else flags
     okv, okm = ok[:, None], ok[:, None, None]
 
-    def clean(a: Any, mask: Any = okv, fill: float = 0.0) -> Any:
+    def clean(a: Any, mask: Any = okv, fill: float = 0.0, keep_all: bool = all_ok) -> Any:
         a = xp.asarray(a, dtype=dtype, device=dev)
-        if not concrete_any(~mask):  # nothing to replace (the common case, and a large copy saved)
+        if keep_all:  # nothing to replace (the common case, and a large copy saved)
             return a
-        return xp.where(mask, a, xp.asarray(fill, dtype=dtype, device=dev))
+        return xp.where(mask, a, xp.full_like(a, fill))
+
+    def shift(a: Any) -> Any:
+        a = xp.asarray(a, dtype=dtype, device=dev)
+        return xp.where(closest[:, None], a, xp.zeros_like(a)) if shifted else xp.zeros_like(a)
 
     P = clean(data.P, okm)
     P = 0.5 * (P + xp.matrix_transpose(P))
     A, C = clean(data.A, okm), clean(data.C, okm)
     low, up = clean(data.l, fill=-math.inf), clean(data.u, fill=math.inf)
     x, y, z = clean(result.x), clean(result.y), clean(result.z)
-    s_eq = clean(result.shift_eq, closest[:, None])
-    s_in = clean(result.shift_in, closest[:, None])
+    s_eq, s_in = shift(result.shift_eq), shift(result.shift_in)
 
     cx = matvec(C, x)
     tol = tol_rel * (1.0 + xp.abs(cx))
@@ -129,8 +139,9 @@ def linearize(
     kkt = kkt_solver(xp, P, xp.concat([A, C], axis=1), xp.concat([ones_p, act_f], axis=1))
 
     rows_f = xp.concat([ones_p, viol_f], axis=1)
-    shifted = concrete_any(closest)
-    M_pinv, Pi = _range_projector(xp, A, C, viol_f, any_violated=shifted)
+    # Eagerly, only the closest-feasible elements pay for the pseudo-inverses of the shifted rows.
+    index = xp.nonzero(closest)[0] if shifted and values_known(closest) else None
+    Pi = _range_projector(xp, A, C, viol_f, shifted, index)
     if Pi is not None:
         # Multipliers of dependent rows are determined only up to null(M'); backends return any
         # representative. Taking the one in range(M) makes the gradients independent of that choice.
@@ -151,25 +162,22 @@ def linearize(
         H = (1.0 - user) * xp.maximum(eq_rows, xp.concat([xp.zeros_like(ones_p), act_f], axis=1))
         G = xp.concat([A, C], axis=1)
         s_all = xp.concat([s_eq, s_in * viol_f], axis=1) * S
-        if is_traced(G):
+        if index is None:
             K_pinv, weights = shift_system(xp, G, x, s_all, S, H)
-        else:  # eagerly, only the closest-feasible elements pay for the (n + 2k)-square pseudo-inverse
-            from .._array import put_rows
-
-            idx = xp.nonzero(closest)[0]
+        else:
 
             def take(a: Any) -> Any:
-                return xp.take(a, idx, axis=0)
+                return xp.take(a, index, axis=0)
 
             K_sub, w_sub = shift_system(xp, take(G), take(x), take(s_all), take(S), take(H))
             k_rows = G.shape[1]
             K_pinv = xp.zeros((batch, n + 2 * k_rows, k_rows + n), dtype=dtype, device=dev)
-            K_pinv = put_rows(K_pinv, idx, K_sub)
-            weights = put_rows(xp.zeros_like(s_all), idx, w_sub)
+            K_pinv = put_rows(K_pinv, index, K_sub)
+            weights = put_rows(xp.zeros_like(s_all), index, w_sub)
 
     return Linearization(
         xp=xp,
-        any_failed=concrete_any(~ok),
+        any_failed=not all_ok,
         closest_f=closest_f,
         S=S,
         H=H,
@@ -188,38 +196,58 @@ def linearize(
         s_eq=s_eq,
         s_in=s_in * viol_f,
         kkt=kkt,
-        M_pinv=M_pinv,
         Pi=Pi,
         rows_f=rows_f,
         shifted=shifted,
     )
 
 
-def _range_projector(
-    xp: Any, A: Any, C: Any, viol_f: Any, any_violated: bool
-) -> tuple[Any, Any] | tuple[None, None]:
-    """``M^+`` (B, n, p + m) and the projector ``M M^+`` onto range(M) for ``M = [A; C_V]``.
+def _flags(xp: Any, ok: Any, closest: Any) -> tuple[bool, bool]:
+    """``(all_ok, any_closest)`` in one host read; ``(False, True)`` where values cannot be read."""
+    if not values_known(ok):
+        return False, True
+    all_ok, any_closest = host_values(xp.all(ok), xp.any(closest))
+    return bool(all_ok), bool(any_closest)
 
-    Without violated rows anywhere in the batch M is ``[A; 0]``, so only A's (small)
-    pseudo-inverse is computed; this is every batch of feasible problems. When moreover every
-    A clearly has full row rank (decided eagerly), the projector is the identity on the
-    equality rows and neither is formed: ``(None, None)``.
+
+def _range_projector(xp: Any, A: Any, C: Any, viol_f: Any, shifted: bool, index: Any = None) -> Any | None:
+    """The projector ``M M^+`` onto range(M), ``M = [A; C_V]`` (B, p + m, p + m), or None.
+
+    Without violated rows (no element ``shifted``) M is ``[A; 0]``: only A's (small)
+    pseudo-inverse is needed, and nothing when every A clearly has full row rank (decided
+    eagerly; then the projector is the identity on the equality rows: None). With violated
+    rows, M's pseudo-inverse is computed for the elements ``index`` (default: all) only.
     """
-    batch, p, m, n = A.shape[0], A.shape[1], C.shape[1], C.shape[2]
-    dtype, dev = A.dtype, device(A)
-    if any_violated:
-        M = xp.concat([A, C * viol_f[:, :, None]], axis=1)
-        M_pinv = xp.linalg.pinv(M)
-        Pi = M @ M_pinv
-    else:
-        if p == 0 or _clearly_full_row_rank(xp, A):
-            return None, None
-        A_pinv = xp.linalg.pinv(A)
-        Pi_A = A @ A_pinv
-        M_pinv = xp.concat([A_pinv, xp.zeros((batch, n, m), dtype=dtype, device=dev)], axis=2)
-        top = xp.concat([Pi_A, xp.zeros((batch, p, m), dtype=dtype, device=dev)], axis=2)
-        Pi = xp.concat([top, xp.zeros((batch, m, p + m), dtype=dtype, device=dev)], axis=1)
-    return M_pinv, 0.5 * (Pi + xp.matrix_transpose(Pi))
+    batch, p, m = A.shape[0], A.shape[1], C.shape[1]
+    if shifted and index is None:
+        return _projector(xp, xp.concat([A, C * viol_f[:, :, None]], axis=1))
+    base = None
+    if p and not _clearly_full_row_rank(xp, A):
+        top = xp.concat([_projector(xp, A), _zeros(xp, A, batch, p, m)], axis=2)
+        base = xp.concat([top, _zeros(xp, A, batch, m, p + m)], axis=1)
+    if not shifted:
+        return base
+    if base is None:
+        ones = xp.concat(
+            [xp.ones((batch, p), dtype=A.dtype, device=device(A)), _zeros(xp, A, batch, m)], axis=1
+        )
+        base = xp.eye(p + m, dtype=A.dtype, device=device(A))[None] * ones[:, None, :]
+
+    def take(a: Any) -> Any:
+        return xp.take(a, index, axis=0)
+
+    M = xp.concat([take(A), take(C) * take(viol_f)[:, :, None]], axis=1)
+    return put_rows(base, index, _projector(xp, M))
+
+
+def _projector(xp: Any, M: Any) -> Any:
+    """The symmetric orthogonal projector ``M M^+`` onto the range of each (B, r, n) ``M``."""
+    Pi = M @ xp.linalg.pinv(M)
+    return 0.5 * (Pi + xp.matrix_transpose(Pi))
+
+
+def _zeros(xp: Any, like: Any, *shape: int) -> Any:
+    return xp.zeros(shape, dtype=like.dtype, device=device(like))
 
 
 def _clearly_full_row_rank(xp: Any, A: Any) -> bool:
@@ -228,11 +256,10 @@ def _clearly_full_row_rank(xp: Any, A: Any) -> bool:
     Decided from the Cholesky factor of ``AA'``: its diagonal must span less than
     ``1 / RANK_TOL``; otherwise the caller takes the SVD-based pseudo-inverse.
     """
-    p = A.shape[1]
-    if is_traced(A):
+    if not values_known(A):
         return False
     gram = A @ xp.matrix_transpose(A)
     L, ok = cholesky_ex(gram)
-    diag = xp.abs(L[:, xp.arange(p), xp.arange(p)])
+    diag = xp.abs(xp.linalg.diagonal(L))
     full = ok & (xp.min(diag, axis=1) > RANK_TOL * xp.max(diag, axis=1))
-    return not concrete_any(~full)
+    return bool(xp.all(full))

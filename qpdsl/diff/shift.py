@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._array import matvec, outer, rmatvec
+from .._array import device, matvec, outer, rmatvec
 
 
 def shift_jvp(lin: Any, dA: Any, db: Any, dC: Any, dh: Any) -> tuple[Any, Any]:
@@ -63,8 +63,9 @@ def shift_vjp(lin: Any, g_eq: Any, g_in: Any) -> tuple[Any, Any, Any]:
         return zeros, xp.zeros_like(lin.x), zeros
     n = lin.n
     g = xp.concat([g_eq, g_in], axis=1) * lin.S * lin.closest_f[:, None]
-    batch = g.shape[0]
-    e = xp.concat([xp.zeros((batch, n), dtype=g.dtype), g, xp.zeros((batch, k), dtype=g.dtype)], axis=1)
+    batch, dev = g.shape[0], device(g)
+    zeros_x = xp.zeros((batch, n), dtype=g.dtype, device=dev)
+    e = xp.concat([zeros_x, g, xp.zeros((batch, k), dtype=g.dtype, device=dev)], axis=1)
     u = rmatvec(lin.K_pinv, e)  # pinv(K)' e, (B, k + n)
     g_c = (lin.S + lin.H) * u[:, :k]
     return g_c, u[:, k:], lin.shift_weights
@@ -86,8 +87,6 @@ def shift_system(xp: Any, G: Any, x: Any, s: Any, S: Any, H: Any) -> tuple[Any, 
     """
     batch, k, n = G.shape
     dtype = G.dtype
-    from .._array import device
-
     dev = device(G)
     eye = xp.eye(k, dtype=dtype, device=dev)[None]
     GS, GH = G * S[:, :, None], G * H[:, :, None]

@@ -94,7 +94,7 @@ class Flow:
         self.bucket = bucket
 
     def any(self, mask: Any) -> Any:
-        return bool(np.any(to_numpy(mask)))
+        return bool(namespace(mask).any(mask))
 
     def cond(self, pred: Any, true_fn: Callable, false_fn: Callable, operand: Any) -> Any:
         return true_fn(operand) if pred else false_fn(operand)
@@ -112,7 +112,9 @@ class Flow:
         return value
 
     def solve(self, data: QPData, warm: WarmStart | None, mask: Any, base: QPResult) -> QPResult:
-        """``base`` with the elements in ``mask`` replaced by a solve of ``data``."""
+        """``base`` with the elements in ``mask`` (None: all) replaced by a solve of ``data``."""
+        if mask is None:
+            return _complete(self.raw(data, warm), base)
         index = np.flatnonzero(to_numpy(mask))
         if index.size == data.batch_size:
             return _complete(self.raw(data, warm), base)
@@ -160,6 +162,8 @@ class TracedFlow(Flow):
         return jnp.asarray(value, dtype=jnp.int32)
 
     def solve(self, data: QPData, warm: WarmStart | None, mask: Any, base: QPResult) -> QPResult:
+        if mask is None:
+            mask = _everyone(data)
         res = _complete(self.raw_masked(data, warm, mask), base)
         return _where_rows(mask, res, base)
 
@@ -184,10 +188,8 @@ def solve_with_closest_feasible(
         the feasibility QP confirms a nonzero shift (else ``inaccurate``).
     """
     shiftable = shiftable or Shiftable()
-    xp = namespace(data.q)
-    everyone = xp.ones((data.batch_size,), dtype=xp.bool, device=device(data.q))
     if not settings.closest_feasible or data.n_eq + data.n_in == 0:
-        first = verify(data, flow.solve(data, warm_start, everyone, _blank(data)), settings)
+        first = verify(data, flow.solve(data, warm_start, None, _blank(data)), settings)
         first = _check_unbounded(flow, data, first, settings)
         if data.n_eq + data.n_in == 0:
             return first
@@ -275,8 +277,9 @@ def _two_passes(
         unbounded = new_status == int(Status.DUAL_INFEASIBLE)
         direction = xp.where(unbounded[:, None], second.x, xp.zeros_like(second.x))
         certified = unbounded & descent_direction(data, direction)
-        code = xp.asarray(int(Status.INACCURATE), dtype=new_status.dtype, device=device(new_status))
-        new_status = xp.where(unbounded & ~certified, code, new_status)
+        new_status = xp.where(
+            unbounded & ~certified, xp.full_like(new_status, int(Status.INACCURATE)), new_status
+        )
         rows = shifted[:, None]
         merged = replace(
             _where_rows(again, second, first),
@@ -299,10 +302,14 @@ def _two_passes(
                 None if warm_start is None else warm_start.z,
             ),
         )
-        res = flow.solve(current, warm, c.mask, c.out)
+        # Concretely, the first solve is for every element (no mask to read).
+        mask = None if isinstance(c.k, int) and c.k == 0 else c.mask
+        res = flow.solve(current, warm, mask, c.out)
         return flow.cond(c.k == 0, lambda r: after_first(c, r), lambda r: after_second(c, r), res)
 
     def running(c: _Carry) -> Any:
+        if isinstance(c.k, int):  # concrete: read the mask only before the second solve
+            return c.k == 0 or (c.k == 1 and flow.any(c.mask))
         return (c.k == 0) | ((c.k == 1) & flow.any(c.mask))
 
     start = _Carry(
@@ -310,7 +317,7 @@ def _two_passes(
         data.b,
         data.l,
         data.u,
-        xp.ones((data.batch_size,), dtype=xp.bool, device=device(data.q)),
+        _everyone(data),
         xp.zeros_like(data.q),
         _blank(data, residuals=True),
         zero_shift.s_eq,
@@ -322,7 +329,7 @@ def _two_passes(
     # An element still primal_infeasible here had a feasibility solve that failed: that verdict is
     # a numerical error for users who asked for the closest feasible QP.
     status = end.out.status
-    code = xp.asarray(int(Status.NUMERICAL_ERROR), dtype=status.dtype, device=device(status))
+    code = xp.full_like(status, int(Status.NUMERICAL_ERROR))
     return replace(end.out, status=xp.where(status == int(Status.PRIMAL_INFEASIBLE), code, status))
 
 
@@ -343,7 +350,7 @@ def _confirm_infeasible(
         return todo & _is_ok(feas.status) & sh.shifted
 
     confirmed = flow.cond(flow.any(todo), stage, lambda _: xp.zeros_like(todo), None)
-    code = xp.asarray(int(Status.INACCURATE), dtype=status.dtype, device=device(status))
+    code = xp.full_like(status, int(Status.INACCURATE))
     return replace(first, status=xp.where(todo & ~confirmed, code, status))
 
 
@@ -363,8 +370,8 @@ def _check_unbounded(flow: Flow, data: QPData, first: QPResult, settings: Settin
         flow.any(claims), lambda d: descent_direction(data, d), lambda _: xp.zeros_like(claims), direction
     )
     claims_left = claims & ~shown
+    code = xp.full_like(status, int(Status.INACCURATE))
     if isinstance(flow, TracedFlow):  # no further solve under jit: what the backend showed decides
-        code = xp.asarray(int(Status.INACCURATE), dtype=status.dtype, device=device(status))
         return replace(first, status=xp.where(claims_left, code, status))
     confirmed_x = claims & ~claims_left
     claims = claims_left
@@ -381,7 +388,6 @@ def _check_unbounded(flow: Flow, data: QPData, first: QPResult, settings: Settin
         return claims & _is_ok(res.status) & (descent < -tol)
 
     confirmed = flow.cond(flow.any(claims), certify, lambda _: xp.zeros_like(claims), None)
-    code = xp.asarray(int(Status.INACCURATE), dtype=status.dtype, device=device(status))
     return replace(first, status=xp.where(claims & ~confirmed & ~confirmed_x, code, status))
 
 
@@ -398,15 +404,15 @@ def descent_direction(data: QPData, d: Any) -> Any:
     tol = RECESSION_TOL["float32" if "float32" in str(d.dtype) else "float64"]
     finite = xp.all(xp.isfinite(d), axis=1)
     d = xp.where(finite[:, None], d, xp.zeros_like(d))
-    size = xp.max(xp.abs(d), axis=1) if d.shape[1] else xp.zeros(d.shape[0], dtype=d.dtype)
-    d = d / xp.maximum(size, xp.asarray(xp.finfo(d.dtype).tiny, dtype=d.dtype))[:, None]
+    size = xp.max(xp.abs(d), axis=1) if d.shape[1] else xp.zeros(d.shape[0], dtype=d.dtype, device=device(d))
+    d = d / xp.clip(size, float(xp.finfo(d.dtype).tiny), None)[:, None]
 
     def rows_small(M: Any, side: Any = None) -> Any:
         # |d| <= 1 after the normalisation: a row's 1-norm bounds |M_i d|
         Md, Md_abs = _matvec(M, d), _matvec(M, xp.ones_like(d), absolute=True)
         excess = xp.abs(Md) if side is None else xp.maximum(side * Md, xp.zeros_like(Md))
         ok = excess <= tol * Md_abs
-        return xp.all(ok, axis=1) if ok.shape[1] else xp.ones(d.shape[0], dtype=xp.bool)
+        return xp.all(ok, axis=1) if ok.shape[1] else xp.ones(d.shape[0], dtype=xp.bool, device=device(d))
 
     l, u = xp.asarray(data.l, dtype=d.dtype), xp.asarray(data.u, dtype=d.dtype)
     one, zero = xp.ones_like(l), xp.zeros_like(l)
@@ -655,6 +661,11 @@ def _blank(data: QPData, residuals: bool = False) -> QPResult:
         compl_res=scalar if residuals else None,
         gap=scalar if residuals else None,
     )
+
+
+def _everyone(data: QPData) -> Any:
+    xp = namespace(data.q)
+    return xp.ones((data.batch_size,), dtype=xp.bool, device=device(data.q))
 
 
 def _complete(res: QPResult, like: QPResult | None) -> QPResult:

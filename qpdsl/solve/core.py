@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .._array import device, framework, int_dtype, is_traced, namespace, to_numpy
+from .._array import device, framework, host_values, int_dtype, is_traced, namespace, to_numpy
 from ..errors import ParameterError, SolverError
 from ..qp import QPData, QPResult, Settings, SparseBatch, Status, WarmStart
 from .closest import Shiftable
@@ -145,6 +145,23 @@ class Outcome:
     data: QPData  # the sanitised data the backend solved (dense)
     valid: Any  # (B,) bool
     ok: Any  # (B,) bool, status ok
+    flags: BatchFlags | None = None  # the batch-wide flags when the forward read them already
+
+
+@dataclass(frozen=True)
+class BatchFlags:
+    """Batch-wide facts read on the host once, for the backward to reuse."""
+
+    all_ok: bool  # every element's status is ok
+    any_closest: bool  # some element is solved_closest_feasible
+
+
+def batch_flags(status: Any) -> BatchFlags:
+    """:class:`BatchFlags` of a (B,) array of status codes, in one host read."""
+    xp = namespace(status)
+    ok = (status == int(Status.SOLVED)) | (status == int(Status.SOLVED_CLOSEST_FEASIBLE))
+    all_ok, any_closest = host_values(xp.all(ok), xp.any(status == int(Status.SOLVED_CLOSEST_FEASIBLE)))
+    return BatchFlags(bool(all_ok), bool(any_closest))
 
 
 def solve_batch(
@@ -168,7 +185,7 @@ def solve_batch(
     traced = is_traced(data.q)
     dense = data if data.is_sparse else data.dense()
     valid = valid_elements(dense)
-    all_valid = not traced and bool(np.all(to_numpy(valid)))
+    all_valid = not traced and bool(xp.all(valid))
     if not traced and on_failure == "raise" and not all_valid:
         raise ParameterError(invalid_message(invalid_reasons(dense)))
     # sanitising copies every array: only when some element is invalid (or may be, traced)
@@ -177,7 +194,8 @@ def solve_batch(
     result = _call(solver, clean, settings, warm, shiftable)
 
     codes = int_dtype(xp)
-    status = xp.where(valid, xp.astype(result.status, codes), xp.asarray(FAILED, dtype=codes))
+    status = xp.astype(result.status, codes)
+    status = xp.where(valid, status, xp.full_like(status, FAILED))
     ok = (status == int(Status.SOLVED)) | (status == int(Status.SOLVED_CLOSEST_FEASIBLE))
     hide = ~valid if on_failure == "ignore" else ~ok
 
@@ -193,11 +211,13 @@ def solve_batch(
         shift_in=masked(result.shift_in),
         status=status,
     )
+    flags = None
     if not traced and on_failure == "raise":
-        error = failure_error(to_numpy(status), to_numpy(valid))
+        flags = batch_flags(status)
+        error = None if flags.all_ok else failure_error(to_numpy(status), to_numpy(valid))
         if error is not None:
             raise error
-    return Outcome(result, clean, valid, ok)
+    return Outcome(result, clean, valid, ok, flags)
 
 
 def failure_error(status: np.ndarray, valid: np.ndarray) -> Exception | None:

@@ -244,8 +244,7 @@ def verify(data: QPData, result: QPResult, settings: Settings, solved: QPData | 
         solved_bounds,
     )
     failed = claimed & ~chk.passed
-    code = xp.asarray(int(Status.INACCURATE), dtype=status.dtype, device=device(status))
-    new_status = xp.where(failed, code, status)
+    new_status = xp.where(failed, xp.full_like(status, int(Status.INACCURATE)), status)
 
     def keep(mine: Any, theirs: Any) -> Any:
         if theirs is None:
