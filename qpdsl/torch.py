@@ -380,8 +380,9 @@ def _backward(
             out.append(None)
             continue
         g = getattr(grads, name)
-        mask = computed.reshape((-1,) + (1,) * (g.ndim - 1))
-        out.append(torch.where(mask, g, torch.zeros_like(g)).to(dtype))
+        if grads.all_solved is not True:  # known everywhere solved: nothing to zero, no full copy
+            g = torch.where(computed.reshape((-1,) + (1,) * (g.ndim - 1)), g, torch.zeros_like(g))
+        out.append(g.to(dtype))
     return (None, *out)
 
 

@@ -136,15 +136,15 @@ def test_compiled_factorisation_is_retried_with_more_regularisation() -> None:
     from qpdsl.backends.cpu_alm import kkt as kernels
 
     n, k = 4, 3
-    d0 = 1e-6
+    d0 = float(np.sqrt(np.finfo(np.float64).eps))  # every scale is 1: |P|, |G| <= 1
     P = np.zeros((3, n, n))
     P[0] = -10 * d0 * np.eye(n)
     P[1] = np.eye(n)
     P[2] = -1e3 * d0 * np.eye(n)
     G, a = np.ones((3, k, n)), np.zeros((3, k))
-    d = np.full(3, d0)
-    U, ok = kernels.factor(P, G, a, d, kkt.RETRY)
+    U, ok, scale, d = kernels.factor(P, G, a, d0, kkt.RETRY)
     assert ok.tolist() == [True, True, False]
+    assert scale.tolist() == [1.0, 1.0, 1.0]
     assert d.tolist() == [kkt.RETRY * d0, d0, d0]
     for e in (0, 1):
         expected = P[e] + d[e] * np.eye(n)

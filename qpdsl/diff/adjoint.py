@@ -112,8 +112,8 @@ def qp_vjp(
     )
     g_dual = lin.project_duals(xp.concat([gy, gz * lin.act_f], axis=1))
     rhs = xp.concat([gx, g_dual], axis=1)
-    w = lin.solve(rhs)
-    solved = lin.ok & ~lin.kkt.failed(rhs, w)
+    w, failed = lin.solve_checked(rhs)
+    solved = lin.ok & ~failed
     w = -w
     w_x, w_y, w_z = w[:, :n], w[:, n : n + p], w[:, n + p :] * lin.act_f
 
@@ -192,9 +192,9 @@ def _qp_jvp(
     rhs_y = db + ds_eq - matvec(dA, lin.x)
     rhs_z = (dh + ds_in - matvec(dC, lin.x)) * lin.act_f
     rhs = xp.concat([rhs_x, rhs_y, rhs_z], axis=1)
-    sol = lin.solve(rhs)
+    sol, failed = lin.solve_checked(rhs)
     # Traced, ``failed`` depends on the primal data only (a failed factorisation): zero those tangents.
-    solved = ~lin.kkt.failed(rhs, sol)
+    solved = ~failed
     sol = xp.where(solved[:, None], sol, xp.zeros_like(sol))
     duals = lin.project_duals(sol[:, n:])
     outs = (sol[:, :n], duals[:, :p], duals[:, p:] * lin.act_f, ds_eq, ds_in)

@@ -112,23 +112,37 @@ class KKTSolver:
 
     def solve(self, rhs: Any) -> Any:
         """Solve ``K w = rhs`` (B, n + k); linear in ``rhs`` (under ``jit`` the step count is fixed)."""
+        return self._solve(rhs)[0]
+
+    def solve_checked(self, rhs: Any) -> tuple[Any, Any]:
+        """:meth:`solve` and the mask of :meth:`failed`, whose residual test is skipped when every
+        element settled at rounding level in the refinement (then none failed)."""
+        w, settled = self._solve(rhs)
+        if settled:
+            return w, self.xp.zeros_like(self.chol_ok)
+        return w, self.failed(rhs, w)
+
+    def _solve(self, rhs: Any) -> tuple[Any, bool]:
+        """The solution, and whether every element is known to have settled (one host read)."""
         xp = self.xp
         compiled = self._refined_compiled(rhs) if self.compiled else None
         if compiled is not None:
             w, bad = compiled
             if self.all_factored and not concrete_any(bad):
-                return w
+                return w, True
         else:
             w, settled = self._refined(rhs)
-            if not values_known(rhs) or (settled and self.all_factored):
-                return w
+            if not values_known(rhs):
+                return w, False
+            if settled and self.all_factored:
+                return w, True
             bad = self.unsettled(rhs, w, rhs - self.matvec(w))
         # Eagerly, redo with LU only the elements that did not settle (a rhs-dependent choice,
         # which a transposed JAX trace could not make).
         idx = xp.nonzero(bad | ~self.chol_ok)[0]
         if idx.shape[0] == 0:
-            return w
-        return put_rows(w, idx, self.take(idx)._solve_lu(xp.take(rhs, idx, axis=0)))
+            return w, False
+        return put_rows(w, idx, self.take(idx)._solve_lu(xp.take(rhs, idx, axis=0))), False
 
     def failed(self, rhs: Any, w: Any) -> Any:
         """(B,) mask of elements whose solution ``w`` of ``K w = rhs`` cannot be trusted.
@@ -273,12 +287,8 @@ def _compiled_solver(xp: Any, P: Any, G: Any, a: Any) -> KKTSolver | None:
     from ..backends.cpu_alm import kkt as kernels
 
     P_h, G_h, a_h = host
-    scale = np.ones(P_h.shape[0])
-    for mat in (P_h, G_h):
-        if mat.shape[1] * mat.shape[2]:
-            scale = np.maximum(scale, np.abs(mat).max(axis=(1, 2)))
-    d = math.sqrt(float(np.finfo(np.float64).eps)) * scale
-    U, ok = kernels.factor(P_h, G_h, a_h, d, RETRY)
+    rel = math.sqrt(float(np.finfo(np.float64).eps))  # as in kkt_solver
+    U, ok, scale, d = kernels.factor(P_h, G_h, a_h, rel, RETRY)
     L = from_host(U, P).mT if hasattr(P, "mT") else U.transpose(0, 2, 1)
     fields = (from_host(scale, P), from_host(d, P), L, from_host(ok, P))
     return KKTSolver(xp, P, G, a, *fields, all_factored=bool(ok.all()), compiled=True)

@@ -64,6 +64,10 @@ class Linearization:
         """Solve ``K w = rhs`` (B, N) exactly up to rounding (see :mod:`qpdsl.diff.kkt`)."""
         return self.kkt.solve(rhs)
 
+    def solve_checked(self, rhs: Any) -> tuple[Any, Any]:
+        """:meth:`solve` and the (B,) mask of elements whose solution cannot be trusted."""
+        return self.kkt.solve_checked(rhs)
+
     def project_duals(self, v: Any) -> Any:
         """Project a (B, p + m) dual vector onto range(M) on the rows of M; other rows unchanged."""
         if self.Pi is None:

@@ -39,10 +39,22 @@ def _factor_one(P, G, a, d, U, W) -> bool:
 
 
 @njit(**KERNEL)
-def _factor_or_retry(P, G, a, d, retry, U, ok, e) -> None:
-    """Factor element ``e`` into ``U[e]``; where that fails, retry with ``retry`` times more
-    regularisation (and update ``d[e]``); where that fails too, ``U[e] = I`` and ``ok[e]`` False."""
+def _largest(M) -> float:
+    out = 0.0
+    for i in range(M.shape[0]):
+        for j in range(M.shape[1]):
+            out = max(out, abs(M[i, j]))
+    return out
+
+
+@njit(**KERNEL)
+def _factor_or_retry(P, G, a, rel, retry, scale, d, U, ok, e) -> None:
+    """Factor element ``e`` into ``U[e]`` with ``d[e] = rel * scale[e]``, ``scale[e]`` the largest of
+    1, |P| and |G|; where that fails, retry with ``retry`` times more regularisation (and update
+    ``d[e]``); where that fails too, ``U[e] = I`` and ``ok[e]`` False."""
     n, k = P.shape[1], G.shape[1]
+    scale[e] = max(1.0, _largest(P[e]), _largest(G[e]))
+    d[e] = rel * scale[e]
     W = np.empty((n, max(k, 1)))
     good = _factor_one(P[e], G[e], a[e], d[e], U[e], W)
     if not good:
@@ -57,17 +69,17 @@ def _factor_or_retry(P, G, a, d, retry, U, ok, e) -> None:
 
 
 @njit(parallel=True, **KERNEL)
-def factor_batch(P, G, a, d, retry, U, ok) -> None:
+def factor_batch(P, G, a, rel, retry, scale, d, U, ok) -> None:
     """Factor every element in place of ``U`` (B, n, n), in parallel (see :func:`_factor_or_retry`)."""
     for e in prange(P.shape[0]):
-        _factor_or_retry(P, G, a, d, retry, U, ok, e)
+        _factor_or_retry(P, G, a, rel, retry, scale, d, U, ok, e)
 
 
 @njit(**KERNEL)
-def factor_batch_serial(P, G, a, d, retry, U, ok) -> None:
+def factor_batch_serial(P, G, a, rel, retry, scale, d, U, ok) -> None:
     """:func:`factor_batch` in the calling thread."""
     for e in range(P.shape[0]):
-        _factor_or_retry(P, G, a, d, retry, U, ok, e)
+        _factor_or_retry(P, G, a, rel, retry, scale, d, U, ok, e)
 
 
 @njit(**KERNEL)
@@ -155,13 +167,15 @@ def refined_solve_batch_serial(P, G, a, d, U, scale, rhs, steps, tol, w, settled
 
 
 def factor(
-    P: np.ndarray, G: np.ndarray, a: np.ndarray, d: np.ndarray, retry: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """The upper factors ``U`` (B, n, n) and ``ok`` (B,) of :func:`factor_batch`; ``d`` is updated."""
+    P: np.ndarray, G: np.ndarray, a: np.ndarray, rel: float, retry: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The upper factors ``U`` (B, n, n), ``ok``, ``scale`` and ``d`` (B,) of :func:`factor_batch`."""
     batch, n = P.shape[0], P.shape[-1]
     U, ok = np.empty((batch, n, n)), np.empty(batch, dtype=bool)
-    run_kernel(factor_batch, factor_batch_serial, (P, G, a, d, retry, U, ok), thread_count(None))
-    return U, ok
+    scale, d = np.empty(batch), np.empty(batch)
+    args = (P, G, a, rel, retry, scale, d, U, ok)
+    run_kernel(factor_batch, factor_batch_serial, args, thread_count(None))
+    return U, ok, scale, d
 
 
 def refined_solve(
