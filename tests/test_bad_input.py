@@ -1,4 +1,4 @@
-"""Bad input catalogue (issue #7): every item is a typed qpdsl error whose message names the
+"""Bad input catalogue: every item is a typed qpdsl error whose message names the
 offending thing and says what to change, or a documented per-element outcome.
 
 Already covered elsewhere, not repeated here (see docs/robustness.md for the whole table):

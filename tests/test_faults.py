@@ -1,4 +1,4 @@
-"""Numerical faults (issue #7): float32 on badly scaled problems, and diverging batch elements.
+"""Numerical faults: float32 on badly scaled problems, and diverging batch elements.
 
 * float32, badly scaled: each element is either solved correctly (checked in float64 against
   ProxQP) or reported ``max_iter`` / ``numerical_error``; never ``solved`` with a wrong point.

@@ -1,4 +1,4 @@
-"""Gradients at degenerate points (issue #7): finite, and equal to a valid element of the
+"""Gradients at degenerate points: finite, and equal to a valid element of the
 conservative Jacobian, with each test saying which element.
 
 At a degenerate point the solution map is only piecewise smooth; its conservative (Clarke)

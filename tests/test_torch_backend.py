@@ -103,9 +103,22 @@ def test_float32_reaches_its_tolerance() -> None:
     res = BACKEND.solve(data, Settings())
     assert res.x.dtype == torch.float32
     assert all(s == Status.SOLVED for s in res.statuses())
-    # measured in float32 on the user's data: within 1e-5 plus ten roundoffs of the terms (verified)
-    assert res.prim_res.max() <= 2e-5 and res.dual_res.max() <= 2e-5
+    # measured in float32 on the user's data: within 1e-5 or ten roundoffs of the terms (|P x| up
+    # to about 20 here), plus the rounding of the measurement itself
+    assert res.prim_res.max() <= 5e-5 and res.dual_res.max() <= 5e-5
     x_ref, _ = proxsuite_solve(arrays)
+    np.testing.assert_allclose(res.x.double().numpy(), x_ref, atol=1e-4)
+
+
+def test_float32_stops_at_the_rounding_level_of_larger_problems() -> None:
+    """At n = 50 (|P| up to about 200) the float32 dual residual cannot get below 1e-5: its terms'
+    rounding is larger. The solver stops at that level, as verification allows, instead of
+    running to max_iter; x is as close to the float64 solution as float32 arithmetic gets."""
+    arrays = [a.astype(np.float32) for a in random_feasible_qps(4, 50, 10, 50, seed=0)]
+    res = BACKEND.solve(to_data(arrays, torch.float32), Settings())
+    assert [s.label for s in res.statuses()] == ["solved"] * 4
+    assert res.iterations.max() < 100
+    x_ref, _ = proxsuite_solve([a.astype(np.float64) for a in arrays])
     np.testing.assert_allclose(res.x.double().numpy(), x_ref, atol=1e-3)
 
 

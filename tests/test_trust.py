@@ -314,7 +314,10 @@ def test_backward_failure_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
 
     d = _box_qp()
     args = [torch.as_tensor(a[0]).requires_grad_(True) for a in d.arrays()]
-    monkeypatch.setattr(kkt.KKTSolver, "failed", lambda self, rhs, w: self.xp.ones(rhs.shape[0], dtype=bool))
+    def fails(self: kkt.KKTSolver, rhs: object) -> tuple[object, object]:
+        return self.solve(rhs), self.xp.ones(rhs.shape[0], dtype=bool)
+
+    monkeypatch.setattr(kkt.KKTSolver, "solve_checked", fails)
     x = qt.solve_qp(*args, backend="proxsuite")[0]
     with pytest.raises(SolverError, match="backward"):
         x.sum().backward()
