@@ -34,6 +34,10 @@ class Capabilities:
         Floating dtypes it solves in.
     extra
         The pip extra that installs it.
+    soft_rows
+        Whether ``solve_raw`` (and ``solve_raw_masked``) take ``soft``: rows penalised by their
+        squared residual instead of constrained, which solve the closest-feasible stage's
+        least-squares problem on the QP's own shapes (others get it in residual form).
     """
 
     framework: str
@@ -45,6 +49,7 @@ class Capabilities:
     extra: str = ""
     installed: bool = True
     description: str = ""
+    soft_rows: bool = False
 
 
 class Backend:
@@ -66,9 +71,10 @@ class Backend:
         raise NotImplementedError
 
     def solve_raw_masked(
-        self, data: QPData, settings: Settings, warm_start: WarmStart | None, mask: Any
+        self, data: QPData, settings: Settings, warm_start: WarmStart | None, mask: Any, soft: Any = None
     ) -> QPResult:
-        """:meth:`solve_raw` on traced arrays, iterating only the elements in ``mask`` (B,) bool."""
+        """:meth:`solve_raw` on traced arrays, iterating only the elements in ``mask`` (B,) bool,
+        with the soft rows ``soft`` (see :class:`Capabilities`)."""
         raise NotImplementedError(f"backend {self.name!r} cannot run on traced arrays")
 
     def solve(
@@ -92,17 +98,19 @@ class Backend:
         messages: list[dict[int, str]] = []
         extras: dict[str, Any] = {}
 
-        def raw(d: QPData, w: WarmStart | None) -> QPResult:
-            res = self.solve_raw(d, settings, w)
+        def raw(d: QPData, w: WarmStart | None, soft: Any = None) -> QPResult:
+            more = {} if soft is None else {"soft": soft}
+            res = self.solve_raw(d, settings, w, **more)
             if not messages:  # the first solve's diagnostics (iteration counts, ...) are kept
                 extras.update({k: v for k, v in res.extras.items() if k != "messages"})
             messages.append(res.extras.get("messages", {}))
             return res
 
         if traced(data):
-            flow: Flow = TracedFlow(lambda d, w, m: self.solve_raw_masked(d, settings, w, m))
+            flow: Flow = TracedFlow(lambda d, w, m, s: self.solve_raw_masked(d, settings, w, m, s))
         else:
-            flow = Flow(raw, bucket=self.capabilities.framework == "jax")
+            caps = self.capabilities
+            flow = Flow(raw, bucket=caps.framework == "jax", soft_rows=caps.soft_rows)
         result = solve_with_closest_feasible(flow, data, settings, warm_start, shiftable)
         if any(messages):
             later = [msg for c in messages[1:] for msg in c.values()]

@@ -49,7 +49,9 @@ class JaxBackend(Backend):
         self.name = name
         self.capabilities = CAPABILITIES
 
-    def solve_raw(self, data: QPData, settings: Settings, warm_start: WarmStart | None = None) -> QPResult:
+    def solve_raw(
+        self, data: QPData, settings: Settings, warm_start: WarmStart | None = None, soft: Any = None
+    ) -> QPResult:
         """One solve of a batch of concrete JAX arrays; see :class:`~qpdsl.backends.Backend`.
 
         Raises
@@ -58,35 +60,53 @@ class JaxBackend(Backend):
             If the data are torch tensors, have inconsistent shapes or an unsupported dtype,
             or ``settings.options`` names an unknown solver option.
         """
-        return solve_raw(data, settings, warm_start)
+        return solve_raw(data, settings, warm_start, soft=soft)
 
     def solve_raw_masked(
-        self, data: QPData, settings: Settings, warm_start: WarmStart | None, mask: Any
+        self, data: QPData, settings: Settings, warm_start: WarmStart | None, mask: Any, soft: Any = None
     ) -> QPResult:
         """One traceable solve (inside ``jax.jit``, ``vmap``, ``grad``); elements outside ``mask``
         are not iterated."""
-        return solve_raw(data, settings, warm_start, mask)
+        return solve_raw(data, settings, warm_start, mask, soft)
 
 
 def solve_raw(
-    data: QPData, settings: Settings, warm_start: WarmStart | None = None, mask: Any = None
+    data: QPData,
+    settings: Settings,
+    warm_start: WarmStart | None = None,
+    mask: Any = None,
+    soft: Any = None,
 ) -> QPResult:
-    """One ALM solve of the batch: the claims, unverified (an infeasible element: PRIMAL_INFEASIBLE)."""
+    """One ALM solve of the batch: the claims, unverified (an infeasible element: PRIMAL_INFEASIBLE).
+
+    ``soft``, a pair of (B, p) and (B, m) boolean arrays (or (1, ·), or None): the rows that are
+    penalised by their squared residual instead of constrained (see :mod:`.alm.core`). Every
+    solve, with soft rows or without, runs the same compiled program for its shapes.
+    """
     prob, r = _problem(data)
     cfg = core.make_config(settings, prob.q.dtype)
     if mask is None:
         mask = jnp.ones(prob.q.shape[:1], bool)
-    out = _SOLVE(prob, _warm(warm_start, prob), mask, cfg=cfg)
+    out = _SOLVE(prob, _warm(warm_start, prob), mask, _soft(soft, prob), cfg=cfg)
     return _result(out, r)
+
+
+def _soft(soft: Any, prob: Problem) -> Any:
+    """The soft rows as one (B, p + m) boolean array (all False for None)."""
+    batch, p, m = prob.q.shape[0], prob.b.shape[1], prob.l.shape[1]
+    if soft is None:
+        return jnp.zeros((batch, p + m), bool)
+    eq, ineq = (jnp.broadcast_to(jnp.asarray(a, bool), (batch, k)) for a, k in zip(soft, (p, m), strict=True))
+    return jnp.concatenate([eq, ineq], axis=1)
 
 
 # --------------------------------------------------------------------------- traced core
 
 
-def _iterate(prob: Problem, scaling: Scaling, st: core.State, cfg: core.Config) -> core.State:
+def _iterate(prob: Problem, scaling: Scaling, st: core.State, cfg: core.Config, soft: Any) -> core.State:
     """``core.step`` in a ``lax.while_loop`` until no element runs (or the iteration limit)."""
     limit = cfg.max_iter + 2  # step() itself retires an element after cfg.max_iter Newton steps
-    data = core.prepare(prob, scaling)  # once, outside the loop: it copies the data into one array
+    data = core.prepare(prob, scaling, soft)  # once, outside the loop: it copies the data into one array
 
     def cond(carry: tuple[Any, core.State]) -> Any:
         k, st = carry
@@ -120,14 +140,13 @@ def _sweeps(sweep: Any, iterations: int, carry: Any) -> Any:
 
 
 def _raw_solve(
-    prob: Problem, warm: tuple[Any, Any, Any], cfg: core.Config, mask: Any = None
+    prob: Problem, warm: tuple[Any, Any, Any], cfg: core.Config, mask: Any, soft: Any
 ) -> core.Solution:
     """Sanitise, equilibrate, iterate, unscale. Elements outside ``mask`` are not iterated."""
     clean, valid = core.sanitize(prob)
     scaled, scaling = equilibrate(clean, loop=_sweeps)
-    run = valid if mask is None else valid & mask
-    st = core.init_state(scaled, scaling, cfg, run, *warm)
-    st = _iterate(scaled, scaling, st, cfg)
+    st = core.init_state(scaled, scaling, cfg, valid & mask, *warm, soft=soft)
+    st = _iterate(scaled, scaling, st, cfg, soft)
     return core.finalize(clean, scaling, st, valid)
 
 
@@ -135,9 +154,9 @@ def _rows(mask: Any, like: Any) -> Any:
     return mask.reshape(mask.shape + (1,) * (like.ndim - 1))
 
 
-def _solve_impl(prob: Problem, warm: tuple[Any, Any, Any], mask: Any, cfg: core.Config) -> tuple:
+def _solve_impl(prob: Problem, warm: tuple[Any, Any, Any], mask: Any, soft: Any, cfg: core.Config) -> tuple:
     """The traceable raw solve (a tuple in :data:`_FIELDS` order, shifts zero)."""
-    sol = _raw_solve(prob, warm, cfg, mask)
+    sol = _raw_solve(prob, warm, cfg, mask, soft)
     return (*sol, jnp.zeros_like(prob.b), jnp.zeros_like(prob.l))
 
 
@@ -227,6 +246,7 @@ CAPABILITIES = Capabilities(
     extra="jax",
     installed=jax is not None,
     description="qpdsl's batched dense proximal ALM (ProxQP-style) in JAX: lax.while_loop, jit/vmap-able",
+    soft_rows=True,
 )
 
 register("jax", JaxBackend, CAPABILITIES)

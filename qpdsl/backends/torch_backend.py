@@ -185,7 +185,8 @@ def _take(tree: Any, index: Any) -> Any:
     return type(tree)(*(a[index] for a in tree))
 
 
-_CERTIFICATE_FIELDS = ("q", "lo", "hi", "row_norm", "lo_inf", "hi_inf")  # and K: what certificates_of reads
+# what certificates_of reads, besides K
+_CERTIFICATE_FIELDS = ("q", "lo", "hi", "row_norm", "lo_inf", "hi_inf", "soft")
 
 
 def _take_data(data: core.Data, index: Any, fields: tuple[str, ...] | None = None) -> core.Data:
@@ -193,11 +194,12 @@ def _take_data(data: core.Data, index: Any, fields: tuple[str, ...] | None = Non
     n, p = data.P.shape[1], data.A.shape[1]
     K = data.K[index]
     views = {"K": K, "P": K[:, :n], "A": K[:, n : n + p], "G": K[:, n:], "eq": data.eq}
-    rest = {
-        f: (getattr(data, f)[index] if fields is None or f in fields else None)
-        for f in core.Data._fields
-        if f not in views
-    }
+
+    def part(f: str) -> Any:
+        a = getattr(data, f)
+        return a[index] if (fields is None or f in fields) and a is not None else None
+
+    rest = {f: part(f) for f in core.Data._fields if f not in views}
     return core.Data(**views, **rest)
 
 

@@ -4,15 +4,17 @@ A backend solves the batch once and reports a claim per element; :func:`verify` 
 ok claims. Elements that are not ok (and not unbounded) get two more solves with the same
 backend:
 
-1. the least-squares feasibility QP, in residual form over ``(x, r_eq, r_in)``::
+1. the least-squares feasibility problem, in residual form over ``(x, r_eq, r_in)``::
 
        minimize    1/2 ||r_eq||² + 1/2 ||r_in||²
        subject to  A x - D_eq r_eq = b,   l <= C x - D_in r_in <= u
 
    where ``D`` is 1 on the rows that may be shifted (the user's constraints) and 0 on the rows
    the compiler added (kept hard). Its optimal ``x_ls`` gives the unique minimal shift
-   ``s* = (A x_ls - b, C x_ls - clip(C x_ls, l, u))``. Its own point is verified like any
-   solution, which checks that the shift is the least-squares one.
+   ``s* = (A x_ls - b, C x_ls - clip(C x_ls, l, u))``. A backend with soft rows (``jax``)
+   solves it on the QP's own shapes, with ``P = 0``, ``q = 0`` and the shiftable rows soft;
+   the others solve the residual form. Its point is verified like any
+   solution (:func:`_feasibility_claim`), which checks that the shift is the least-squares one.
 2. the shifted QP in its robust form: ``b' = A x_ls`` and, on the shifted rows,
    ``l'_i = u'_i = C_i x_ls`` (every point of the shifted feasible set has residual s*, so
    those rows are equalities there).
@@ -25,7 +27,8 @@ shift reads zero to contain the least-squares point).
 
 The control flow (any, cond, loop, masked solve) comes from a :class:`Flow`: plain Python on
 concrete arrays, where each solve only sees the elements that need it, and ``jax.lax`` under
-``jit``, where masks select them and the first and the shifted solve share one compiled loop body.
+``jit``, where masks select them and the three solves (the QP, the feasibility problem, the
+shifted QP) and their verification share one compiled loop body.
 """
 
 from __future__ import annotations
@@ -85,19 +88,25 @@ class Shiftable:
 class Flow:
     """Control flow for concrete arrays: Python branches; each solve sees only its elements.
 
-    With ``bucket``, a sub-batch is padded to a power of two (at most the full batch) by
-    repeating its last element, for backends that compile once per batch size.
+    ``raw(data, warm)`` solves a batch; with ``soft_rows``, ``raw(data, warm, soft)`` also solves
+    it with the rows in ``soft`` penalised by their squared residual instead of constrained (see
+    :meth:`solve`). With ``bucket``, a sub-batch is padded to a power of two (at most the full
+    batch) by repeating its last element, for backends that compile once per batch size.
     """
 
-    def __init__(self, raw: Callable[[QPData, WarmStart | None], QPResult], bucket: bool = False):
+    def __init__(self, raw: Callable[..., QPResult], bucket: bool = False, soft_rows: bool = False):
         self.raw = raw
         self.bucket = bucket
+        self.soft_rows = soft_rows
 
     def any(self, mask: Any) -> Any:
         return bool(namespace(mask).any(mask))
 
     def cond(self, pred: Any, true_fn: Callable, false_fn: Callable, operand: Any) -> Any:
         return true_fn(operand) if pred else false_fn(operand)
+
+    def switch(self, index: Any, branches: list[Callable], operand: Any) -> Any:
+        return branches[index](operand)
 
     def loop(self, cond_fn: Callable, body: Callable, carry: Any) -> Any:
         while cond_fn(carry):
@@ -111,30 +120,53 @@ class Flow:
     def counter(self, value: int) -> Any:
         return value
 
-    def solve(self, data: QPData, warm: WarmStart | None, mask: Any, base: QPResult) -> QPResult:
-        """``base`` with the elements in ``mask`` (None: all) replaced by a solve of ``data``."""
+    def solve(
+        self, data: QPData, warm: WarmStart | None, mask: Any, base: QPResult, soft: Any = None
+    ) -> QPResult:
+        """``base`` with the elements in ``mask`` (None: all) replaced by a solve of ``data``.
+
+        ``soft``, a pair of (1, p) and (1, m) boolean arrays, asks for the least-squares
+        feasibility problem of ``data`` (its ``P`` and ``q`` zero) with those rows shiftable:
+        ``x`` is the least-squares point, ``y`` and ``z`` the multipliers, which equal the
+        residuals on the shiftable rows. ``None`` (or no row marked) solves ``data`` itself.
+        """
         if mask is None:
-            return _complete(self.raw(data, warm), base)
+            return _complete(self._raw(data, warm, soft), base)
         index = np.flatnonzero(to_numpy(mask))
         if index.size == data.batch_size:
-            return _complete(self.raw(data, warm), base)
+            return _complete(self._raw(data, warm, soft), base)
         if index.size == 0:
             return base
         count = index.size
         if self.bucket:
             target = min(1 << (count - 1).bit_length(), data.batch_size)
             index = np.concatenate([index, np.full(target - count, index[-1])])
-        part = _complete(self.raw(select(data, index), select_warm(warm, index)), None)
+        part = _complete(self._raw(select(data, index), select_warm(warm, index), soft), None)
         if index.size > count:
             part = QPResult(**{f: getattr(part, f)[:count] for f in RESULT_FIELDS}, extras={})
         return _merge_rows(base, part, index[:count])
 
+    def _raw(self, data: QPData, warm: WarmStart | None, soft: Any) -> QPResult:
+        if soft is None:
+            return self.raw(data, warm)
+        if self.soft_rows:
+            return self.raw(data, warm, soft)
+        # the least-squares problem in residual form, over (x, r_eq, r_in), of the same rows
+        eq, ineq = (np.asarray(to_numpy(s), dtype=bool).reshape(-1) for s in soft)
+        res = self.raw(_feasibility_qp(data, Shiftable(eq, ineq)), None)
+        return replace(res, x=res.x[:, : data.n])
+
 
 class TracedFlow(Flow):
-    """Control flow under ``jax.jit``: ``lax`` branches and loops; solves see masks."""
+    """Control flow under ``jax.jit``: ``lax`` branches and loops; solves see masks.
 
-    def __init__(self, raw_masked: Callable[[QPData, WarmStart | None, Any], QPResult]):
+    ``raw_masked(data, warm, mask, soft)`` must support soft rows (the jax backend does): every
+    pass of the closest-feasible stage runs through its one compiled solve.
+    """
+
+    def __init__(self, raw_masked: Callable[[QPData, WarmStart | None, Any, Any], QPResult]):
         self.raw_masked = raw_masked
+        self.soft_rows = True
 
     def any(self, mask: Any) -> Any:
         import jax.numpy as jnp
@@ -145,6 +177,11 @@ class TracedFlow(Flow):
         import jax
 
         return jax.lax.cond(pred, true_fn, false_fn, operand)
+
+    def switch(self, index: Any, branches: list[Callable], operand: Any) -> Any:
+        import jax
+
+        return jax.lax.switch(index, branches, operand)
 
     def loop(self, cond_fn: Callable, body: Callable, carry: Any) -> Any:
         import jax
@@ -161,10 +198,12 @@ class TracedFlow(Flow):
 
         return jnp.asarray(value, dtype=jnp.int32)
 
-    def solve(self, data: QPData, warm: WarmStart | None, mask: Any, base: QPResult) -> QPResult:
+    def solve(
+        self, data: QPData, warm: WarmStart | None, mask: Any, base: QPResult, soft: Any = None
+    ) -> QPResult:
         if mask is None:
             mask = _everyone(data)
-        res = _complete(self.raw_masked(data, warm, mask), base)
+        res = _complete(self.raw_masked(data, warm, mask, soft), base)
         return _where_rows(mask, res, base)
 
 
@@ -194,18 +233,18 @@ def solve_with_closest_feasible(
         if data.n_eq + data.n_in == 0:
             return first
         return _confirm_infeasible(flow, data, first, settings, shiftable)
-    return _two_passes(flow, data, settings, warm_start, shiftable)
+    return _passes(flow, data, settings, warm_start, shiftable)
 
 
 class _Carry(NamedTuple):
-    """The state between the two passes of :func:`_two_passes` (arrays only, for ``lax.while_loop``)."""
+    """The state between the passes of :func:`_passes` (arrays only, for ``lax.while_loop``)."""
 
-    k: Any  # 0 before the first solve, 1 before the second, 2 when done
+    k: Any  # the next pass: 0 the QP, 1 the feasibility problem, 2 the shifted QP, 3 done
     b: Any
     l: Any
     u: Any
     mask: Any  # (B,) elements the next solve is for
-    x_ls: Any  # (B, n) least-squares point: the second solve's warm start
+    x_ls: Any  # (B, n) least-squares point: the shifted solve's warm start
     out: QPResult
     s_eq: Any
     s_in: Any
@@ -213,104 +252,111 @@ class _Carry(NamedTuple):
     feas_iters: Any  # (B,) iterations of the feasibility solve
 
 
-def _two_passes(
+def _passes(
     flow: Flow, data: QPData, settings: Settings, warm_start: WarmStart | None, shiftable: Shiftable
 ) -> QPResult:
-    """The closest-feasible stage as a loop of at most two passes around one solve call, so that
-    under ``jit`` the backend's solver is compiled once for the QP's shape (the feasibility QP,
-    of another shape, is the only other solve)."""
+    """The closest-feasible stage as a loop of at most three passes around one solve call: the
+    QP, the least-squares feasibility problem of the elements that need it, their shifted QP.
+
+    All three have the QP's shapes (the feasibility problem has soft rows, see
+    :meth:`Flow.solve`), so under ``jit`` the backend's solver is compiled once.
+    """
     xp = namespace(data.q)
     tol = settings.tolerance(data.q.dtype)
     traced = isinstance(flow, TracedFlow)
+    cold = None
     if traced:  # every carried value must be an array
-        warm_start = WarmStart(
-            *(
-                xp.zeros_like(like) if w is None else w
-                for w, like in zip(
-                    (None, None, None) if warm_start is None else (warm_start.x, warm_start.y, warm_start.z),
-                    (data.q, data.b, data.l),
-                    strict=True,
-                )
-            )
-        )
-    zero_shift = _zero_shift(data)
+        zeros = tuple(xp.zeros_like(like) for like in (data.q, data.b, data.l))
+        given = (None, None, None) if warm_start is None else (warm_start.x, warm_start.y, warm_start.z)
+        warm_start = WarmStart(*(z if w is None else w for w, z in zip(given, zeros, strict=True)))
+        cold = WarmStart(*zeros)
+    soft_on, soft_off = _soft_rows(flow, data, shiftable)
+    ls_data = _without_objective(data)
 
-    def after_first(c: _Carry, res: QPResult) -> _Carry:
-        first = _check_unbounded(flow, data, verify(data, res, settings), settings)
-        status = first.status
-        todo = ~_is_ok(status) & (status != int(Status.DUAL_INFEASIBLE))
+    # Each pass's claims are verified by one call in the loop body: the QP's on ``data``; the
+    # feasibility problem's on ``ls_data``, shifted by its multipliers (see _feasibility_claim);
+    # the shifted QP's on ``data`` within the bounds it was solved with.
+    # ``shown``: (B,) the elements whose solve claims dual_infeasible and returned a descent
+    # direction of ``data`` as x (the shifted QPs have the recession cone of the original ones).
+    def claim_first(c: _Carry, res: QPResult, shown: Any) -> tuple[QPResult, Any, Any]:
+        return res, data.l, data.u
 
-        def stage(_: Any) -> tuple[Any, ...]:
-            feasibility = _feasibility_qp(data, shiftable)  # (n + p + m)² per element: only when needed
-            feas = verify(feasibility, flow.solve(feasibility, None, todo, _blank(feasibility)), settings)
-            x_ls = xp.where(todo[:, None], feas.x[:, : data.n], xp.zeros_like(feas.x[:, : data.n]))
-            sh = closest_shift(data, x_ls, tol, settings.eps_rel)
-            again = todo & _is_ok(feas.status)
-            return sh, again, feas.iterations, x_ls
+    def claim_feasibility(c: _Carry, res: QPResult, shown: Any) -> tuple[QPResult, Any, Any]:
+        claim = _feasibility_claim(res, soft_on)
+        return claim, data.l + claim.shift_in, data.u + claim.shift_in
 
-        def no_stage(_: Any) -> tuple[Any, ...]:
-            return zero_shift, xp.zeros_like(todo), xp.zeros_like(first.iterations), xp.zeros_like(data.q)
-
-        sh, again, feas_iters, x_ls = flow.cond(flow.any(todo), stage, no_stage, None)
-        robust = shifted_data(data, sh)
-        plain = replace(first, extras={})
-        return _Carry(
-            flow.counter(1),
-            robust.b,
-            robust.l,
-            robust.u,
-            again,
-            x_ls,
-            plain,
-            sh.s_eq,
-            sh.s_in,
-            again & sh.shifted,
-            feas_iters,
-        )
-
-    def after_second(c: _Carry, second: QPResult) -> _Carry:
+    def claim_second(c: _Carry, second: QPResult, shown: Any) -> tuple[QPResult, Any, Any]:
         first, again, shifted = c.out, c.mask, c.shifted
         new_status = xp.where(shifted, closest_status(xp, second.status), second.status)
         # An unbounded claim of the second solve stands when its point is a descent direction (the
-        # shifted QPs have the recession cone of the original ones: the closest feasible QP is
-        # unbounded); otherwise it is not reported.
+        # closest feasible QP is unbounded); otherwise it is not reported.
         unbounded = new_status == int(Status.DUAL_INFEASIBLE)
-        direction = xp.where(unbounded[:, None], second.x, xp.zeros_like(second.x))
-        certified = unbounded & descent_direction(data, direction)
         new_status = xp.where(
-            unbounded & ~certified, xp.full_like(new_status, int(Status.INACCURATE)), new_status
+            unbounded & ~shown, xp.full_like(new_status, int(Status.INACCURATE)), new_status
         )
         rows = shifted[:, None]
         merged = replace(
-            _where_rows(again, second, first),
+            _where_rows(again, second, replace(first, compl_res=None, gap=None)),
             status=xp.where(again, new_status, first.status),
             shift_eq=xp.where(rows, c.s_eq, xp.zeros_like(c.s_eq)),
             shift_in=xp.where(rows, c.s_in, xp.zeros_like(c.s_in)),
             iterations=xp.where(again, second.iterations + first.iterations + c.feas_iters, first.iterations),
         )
-        merged = replace(verify(data, merged, settings, solved=replace(data, b=c.b, l=c.l, u=c.u)), extras={})
-        return c._replace(k=flow.counter(2), out=merged, mask=xp.zeros_like(again))
+        return merged, c.l, c.u
+
+    def after_first(c: _Carry, checked: QPResult, shown: Any) -> _Carry:
+        first = _check_unbounded(flow, data, checked, settings, shown)
+        status = first.status
+        todo = ~_is_ok(status) & (status != int(Status.DUAL_INFEASIBLE))
+        return c._replace(k=flow.counter(1), mask=todo, out=first)
+
+    def after_feasibility(c: _Carry, checked: QPResult, shown: Any) -> _Carry:
+        todo = c.mask
+        x_ls = xp.where(todo[:, None], checked.x, xp.zeros_like(checked.x))
+        sh = closest_shift(data, x_ls, tol, settings.eps_rel)
+        again = todo & _is_ok(checked.status)
+        robust = shifted_data(data, sh)
+        return c._replace(
+            k=flow.counter(2),
+            b=robust.b,
+            l=robust.l,
+            u=robust.u,
+            mask=again,
+            x_ls=x_ls,
+            s_eq=sh.s_eq,
+            s_in=sh.s_in,
+            shifted=again & sh.shifted,
+            feas_iters=xp.astype(checked.iterations, c.feas_iters.dtype),
+        )
+
+    def after_second(c: _Carry, checked: QPResult, shown: Any) -> _Carry:
+        return c._replace(k=flow.counter(3), out=checked, mask=xp.zeros_like(c.mask))
 
     def body(c: _Carry) -> _Carry:
-        current = replace(data, b=c.b, l=c.l, u=c.u)
-        warm = flow.pick(
-            c.k == 0,
-            warm_start,
-            WarmStart(
-                c.x_ls,
-                None if warm_start is None else warm_start.y,
-                None if warm_start is None else warm_start.z,
-            ),
+        feasibility = c.k == 1
+        current = flow.pick(feasibility, ls_data, replace(data, b=c.b, l=c.l, u=c.u))
+        second = WarmStart(
+            c.x_ls,
+            None if warm_start is None else warm_start.y,
+            None if warm_start is None else warm_start.z,
         )
+        warm = flow.pick(c.k == 0, warm_start, flow.pick(feasibility, cold, second))
+        soft = flow.pick(feasibility, soft_on, soft_off)
         # Concretely, the first solve is for every element (no mask to read).
         mask = None if isinstance(c.k, int) and c.k == 0 else c.mask
-        res = flow.solve(current, warm, mask, c.out)
-        return flow.cond(c.k == 0, lambda r: after_first(c, r), lambda r: after_second(c, r), res)
+        res = flow.solve(current, warm, mask, replace(c.out, compl_res=None, gap=None), soft)
+        shown = _shows_unbounded(flow, data, res)
+        claims = [claim_first, claim_feasibility, claim_second]
+        claim, lo, hi = flow.switch(c.k, [lambda r, f=f: f(c, r, shown) for f in claims], res)
+        solved = replace(data, l=lo, u=hi)
+        checked = replace(verify(flow.pick(feasibility, ls_data, data), claim, settings, solved), extras={})
+        afters = [after_first, after_feasibility, after_second]
+        return flow.switch(c.k, [lambda r, f=f: f(c, r, shown) for f in afters], checked)
 
     def running(c: _Carry) -> Any:
-        if isinstance(c.k, int):  # concrete: read the mask only before the second solve
-            return c.k == 0 or (c.k == 1 and flow.any(c.mask))
-        return (c.k == 0) | ((c.k == 1) & flow.any(c.mask))
+        if isinstance(c.k, int):  # concrete: no mask read before the first solve
+            return c.k == 0 or (c.k < 3 and flow.any(c.mask))
+        return (c.k == 0) | ((c.k < 3) & flow.any(c.mask))
 
     start = _Carry(
         flow.counter(0),
@@ -320,8 +366,8 @@ def _two_passes(
         _everyone(data),
         xp.zeros_like(data.q),
         _blank(data, residuals=True),
-        zero_shift.s_eq,
-        zero_shift.s_in,
+        xp.zeros_like(data.b),
+        xp.zeros_like(data.l),
         xp.zeros((data.batch_size,), dtype=xp.bool, device=device(data.q)),
         _blank(data).iterations,
     )
@@ -333,19 +379,71 @@ def _two_passes(
     return replace(end.out, status=xp.where(status == int(Status.PRIMAL_INFEASIBLE), code, status))
 
 
+def _soft_rows(flow: Flow, data: QPData, shiftable: Shiftable) -> tuple[Any, Any]:
+    """The soft rows of the feasibility problem, (1, p) and (1, m) booleans, and of the other
+    solves (none: ``None`` on concrete arrays, all False under ``jit``, where a pass picks one)."""
+    xp = namespace(data.q)
+    dev = device(data.q)
+    on = tuple(mask != 0 for mask in shiftable.masks(xp, data.n_eq, data.n_in, data.q.dtype, dev))
+    off = tuple(xp.zeros_like(mask) for mask in on) if isinstance(flow, TracedFlow) else None
+    return on, off
+
+
+def _without_objective(data: QPData) -> QPData:
+    """``data`` with ``P = 0`` and ``q = 0``: the least-squares feasibility problem's data, whose
+    objective is the squared residual of its soft rows."""
+    xp = namespace(data.q)
+    if isinstance(data.P, SparseBatch):
+        empty = np.zeros(0, dtype=np.int64)
+        values = np.zeros((data.batch_size, 0), dtype=np.asarray(data.q).dtype)
+        P = SparseBatch(empty, empty, values, data.P.shape)
+    else:
+        P = xp.zeros_like(xp.asarray(data.P))
+    return replace(data, P=P, q=xp.zeros_like(data.q))
+
+
+def _feasibility_claim(res: QPResult, soft: tuple[Any, Any]) -> QPResult:
+    """The feasibility solve's claims as closest-feasible claims, to verify as those of the QP it is.
+
+    In residual form the problem is ``min 1/2 ||r||²  s.t.  A x - r_eq = b,  l <= C x - r_in <= u``
+    (``r = 0`` on the hard rows), and its optimal ``r`` equals the multipliers. So ``(x, y, z)`` is
+    optimal when it solves the QP with ``P = 0``, ``q = 0``, ``b + r_eq`` and bounds
+    ``[l + r_in, u + r_in]`` for ``r`` the multipliers on the shiftable rows: :func:`verify`'s
+    check of a closest-feasible point given those bounds as the ones solved (not, as for a
+    shifted QP, ``l = u`` at a row whose multiplier is merely rounding noise).
+    """
+    xp = namespace(res.x)
+    d_eq, d_in = (xp.astype(mask, res.x.dtype) for mask in soft)
+    return replace(
+        res,
+        status=xp.where(_is_ok(res.status), int(Status.SOLVED_CLOSEST_FEASIBLE), res.status),
+        shift_eq=d_eq * res.y,
+        shift_in=d_in * res.z,
+    )
+
+
+def _verify_feasibility(data: QPData, res: QPResult, soft: tuple[Any, Any], settings: Settings) -> QPResult:
+    """The feasibility solve's result with its claims verified (see :func:`_feasibility_claim`)."""
+    claim = _feasibility_claim(res, soft)
+    solved = replace(data, l=data.l + claim.shift_in, u=data.u + claim.shift_in)
+    return verify(data, claim, settings, solved=solved)
+
+
 def _confirm_infeasible(
     flow: Flow, data: QPData, first: QPResult, settings: Settings, shiftable: Shiftable
 ) -> QPResult:
     """With the closest feasible QP off: a ``primal_infeasible`` claim stands only when the
-    feasibility QP finds a nonzero shift; otherwise it becomes ``inaccurate``."""
+    feasibility problem finds a nonzero shift; otherwise it becomes ``inaccurate``."""
     xp = namespace(data.q)
     status = first.status
     todo = status == int(Status.PRIMAL_INFEASIBLE)
-    feasibility = _feasibility_qp(data, shiftable)
+    soft, _ = _soft_rows(flow, data, shiftable)
+    ls_data = _without_objective(data)
 
     def stage(_: Any) -> Any:
-        feas = verify(feasibility, flow.solve(feasibility, None, todo, _blank(feasibility)), settings)
-        x_ls = xp.where(todo[:, None], feas.x[:, : data.n], xp.zeros_like(feas.x[:, : data.n]))
+        res = flow.solve(ls_data, None, todo, replace(first, extras={}), soft)
+        feas = _verify_feasibility(ls_data, res, soft, settings)
+        x_ls = xp.where(todo[:, None], feas.x, xp.zeros_like(feas.x))
         sh = closest_shift(data, x_ls, settings.tolerance(data.q.dtype), settings.eps_rel)
         return todo & _is_ok(feas.status) & sh.shifted
 
@@ -354,22 +452,34 @@ def _confirm_infeasible(
     return replace(first, status=xp.where(todo & ~confirmed, code, status))
 
 
-def _check_unbounded(flow: Flow, data: QPData, first: QPResult, settings: Settings) -> QPResult:
+def _shows_unbounded(flow: Flow, data: QPData, res: QPResult) -> Any:
+    """(B,) the ``dual_infeasible`` claims of ``res`` whose x is a descent direction of ``data``."""
+    xp = namespace(res.x)
+    claims = res.status == int(Status.DUAL_INFEASIBLE)
+    direction = xp.where(claims[:, None], res.x, xp.zeros_like(res.x))
+    return flow.cond(  # products with every matrix of the batch: only when someone claims
+        flow.any(claims),
+        lambda d: claims & descent_direction(data, d),
+        lambda _: xp.zeros_like(claims),
+        direction,
+    )
+
+
+def _check_unbounded(
+    flow: Flow, data: QPData, first: QPResult, settings: Settings, shown: Any = None
+) -> QPResult:
     """``first`` with each ``dual_infeasible`` claim that no descent direction confirms made ``inaccurate``.
 
-    The certificate is the direction LP ``min q'd  s.t.  P d = 0, A d = 0, C d in the recession
-    cone of [l, u], -1 <= d <= 1``, solved by the same backend and verified like any solution:
-    the claim stands when its optimal value is clearly negative (relative to ``|q| |d|``).
+    A backend may return its certificate as x (a direction); checking it costs no solve
+    (``shown``, when the caller checked it: :func:`_shows_unbounded`). Otherwise the certificate
+    is the direction LP ``min q'd  s.t.  P d = 0, A d = 0, C d in the recession cone of [l, u],
+    -1 <= d <= 1``, solved by the same backend and verified like any solution: the claim stands
+    when its optimal value is clearly negative (relative to ``|q| |d|``).
     """
     xp = namespace(data.q)
     status = first.status
     claims = status == int(Status.DUAL_INFEASIBLE)
-    # A backend may return its certificate as x (a direction); checking it costs no solve.
-    direction = xp.where(claims[:, None], first.x, xp.zeros_like(first.x))
-    shown = flow.cond(  # a product with every matrix of the batch: only when someone claims
-        flow.any(claims), lambda d: descent_direction(data, d), lambda _: xp.zeros_like(claims), direction
-    )
-    claims_left = claims & ~shown
+    claims_left = claims & ~(_shows_unbounded(flow, data, first) if shown is None else shown)
     code = xp.full_like(status, int(Status.INACCURATE))
     if isinstance(flow, TracedFlow):  # no further solve under jit: what the backend showed decides
         return replace(first, status=xp.where(claims_left, code, status))

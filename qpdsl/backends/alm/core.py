@@ -17,6 +17,13 @@ shifted value leaves ``[l, u]``), factorised by a batched Cholesky only when J o
 changes, followed by an exact line search (:mod:`.linesearch`). The multipliers at ``x``,
 ``y = y_prox + (Ax - b)/mu_eq`` and ``z = [z_prox + (Cx - u)/mu_in]_+ + [z_prox + (Cx - l)/mu_in]_-``,
 follow the sign convention ``Px + q + A'y + C'z = 0``.
+
+Soft rows: a row marked soft is not a constraint but the penalty ``1/2 dist(G_i x, [lo_i, hi_i])²``
+(in the original units) added to the objective. It is the subproblem's own term with a fixed
+penalty and a zero prox multiplier, so the iteration is unchanged: the BCL update never touches
+those rows, and their multiplier converges to the row's residual ``G_i x - clip(G_i x, lo_i, hi_i)``.
+With ``P = 0``, ``q = 0`` and the rows that may be shifted marked soft, the solve is the
+least-squares feasibility problem of the closest feasible QP, on the QP's own shapes.
 """
 
 from __future__ import annotations
@@ -119,10 +126,22 @@ class Data(NamedTuple):
     hi_fin: Any  # (B, k) hi with +inf replaced by 0
     lo_inf: Any  # (B, k) bool, lo == -inf
     hi_inf: Any  # (B, k) bool, hi == +inf
+    soft: Any = None  # (B, k) bool, the soft rows; None: none
+    soft_mu: Any = None  # (B, k) the fixed penalty of a soft row (scaled): E² / c
 
 
-def prepare(prob: Problem, scaling: Scaling) -> Data:
-    """Stack the scaled problem's data for :func:`step` (do it once per solve)."""
+def soft_penalties(scaling: Scaling) -> Any:
+    """(B, k) the scaled penalty that makes a soft row's term ``1/2 ||residual||²`` in original units."""
+    xp = namespace(scaling.c)
+    E = xp.concat([scaling.E_eq, scaling.E_in], axis=-1)
+    return E * E / scaling.c[:, None]
+
+
+def prepare(prob: Problem, scaling: Scaling, soft: Any = None) -> Data:
+    """Stack the scaled problem's data for :func:`step` (do it once per solve).
+
+    ``soft``: (B, k) or (1, k) bool, the soft rows (equality rows first), or None.
+    """
     xp = namespace(prob.q)
     n, p = prob.q.shape[1], prob.b.shape[1]
     K = xp.concat([prob.P, prob.A, prob.C], axis=1)
@@ -151,6 +170,8 @@ def prepare(prob: Problem, scaling: Scaling) -> Data:
         hi_fin=xp.where(hi_inf, zeros, hi),
         lo_inf=lo_inf,
         hi_inf=hi_inf,
+        soft=None if soft is None else xp.broadcast_to(soft, lo.shape),
+        soft_mu=None if soft is None else soft_penalties(scaling),
     )
 
 
@@ -252,15 +273,31 @@ def sanitize(prob: Problem) -> tuple[Problem, Any]:
     ), valid
 
 
-def row_penalties(xp: Any, eq: Any, mu_eq: Any, mu_in: Any) -> Any:
-    """(B, k) penalties: ``mu_eq`` on the equality rows, ``mu_in`` on the others."""
-    return xp.where(eq, _col(mu_eq), _col(mu_in))
+def row_penalties(xp: Any, eq: Any, mu_eq: Any, mu_in: Any, soft: Any = None, soft_mu: Any = None) -> Any:
+    """(B, k) penalties: ``mu_eq`` on the equality rows, ``mu_in`` on the others, ``soft_mu`` on soft rows."""
+    mu = xp.where(eq, _col(mu_eq), _col(mu_in))
+    return mu if soft is None else xp.where(soft, soft_mu, mu)
+
+
+def _hard(xp: Any, data: Data, a: Any) -> Any:
+    """``a`` (B, k) with the soft rows set to zero."""
+    return a if data.soft is None else xp.where(data.soft, xp.zeros_like(a), a)
 
 
 def init_state(
-    prob: Problem, scaling: Scaling, cfg: Config, valid: Any, x0: Any = None, y0: Any = None, z0: Any = None
+    prob: Problem,
+    scaling: Scaling,
+    cfg: Config,
+    valid: Any,
+    x0: Any = None,
+    y0: Any = None,
+    z0: Any = None,
+    soft: Any = None,
 ) -> State:
-    """The initial state: zeros or the (unscaled) warm start, initial penalties and tolerances."""
+    """The initial state: zeros or the (unscaled) warm start, initial penalties and tolerances.
+
+    ``soft``: the soft rows as for :func:`prepare`; their prox multipliers are zero.
+    """
     xp = namespace(prob.q)
     batch, n = prob.q.shape
     p = prob.b.shape[1]
@@ -276,6 +313,10 @@ def init_state(
     y, z = scale_duals(scaling, y, z)
     v = xp.concat([y, z], axis=-1)
     k = v.shape[1]
+    soft_mu = None
+    if soft is not None:
+        soft = xp.broadcast_to(soft, v.shape)
+        soft_mu = soft_penalties(scaling)
     KX = xp.concat([matvec(prob.P, x), matvec(prob.A, x), matvec(prob.C, x)], axis=-1)
 
     def full(value: float) -> Any:
@@ -289,10 +330,10 @@ def init_state(
         v=v,
         KX=KX,
         x_prox=x,
-        v_prox=v,
+        v_prox=v if soft is None else xp.where(soft, xp.zeros_like(v), v),
         mu_eq=mu_eq,
         mu_in=mu_in,
-        mu=row_penalties(xp, eq, mu_eq, mu_in),
+        mu=row_penalties(xp, eq, mu_eq, mu_in, soft, soft_mu),
         mu_floor_eq=full(cfg.mu_min_eq),
         mu_floor_in=full(cfg.mu_min_in),
         eta=full(cfg.mu_in**cfg.alpha_bcl),
@@ -346,15 +387,18 @@ def residuals(data: Data, st: State, ev: Eval, cfg: Config) -> tuple[Any, Any, A
     """Unscaled primal and dual residuals (infinity norms) and the convergence mask.
 
     Convergence also asks for complementarity: a row with a multiplier above the tolerance
-    must sit on the bound that multiplier belongs to (within the primal tolerance).
+    must sit on the bound that multiplier belongs to (within the primal tolerance). A soft row's
+    primal residual is that of the equation for its multiplier (``r``), its only condition.
     """
     xp = namespace(st.x)
     n = st.x.shape[1]
     Gx = ev.KX[:, n:]
-    viol = ev.viol
+    viol = ev.viol if data.soft is None else xp.where(data.soft, ev.r, ev.viol)
     # Multipliers below the tolerance (unscaled) are rounding noise of rows that left J.
     z = st.v * data.v_scale
     comp = xp.where(z > cfg.eps_abs, Gx - data.hi, xp.where(z < -cfg.eps_abs, Gx - data.lo, viol))
+    if data.soft is not None:
+        comp = xp.where(data.soft, ev.r, comp)
     prim = _norm(xp, viol * data.inv_E)
     prim_comp = _norm(xp, comp * data.inv_E)
     dual = _norm(xp, ev.dual * data.inv_DC)
@@ -380,6 +424,8 @@ def residuals(data: Data, st: State, ev: Eval, cfg: Config) -> tuple[Any, Any, A
 def duality_gap(data: Data, st: State, ev: Eval) -> tuple[Any, Any]:
     """Unscaled duality gap ``|x'Px + q'x + hi'[v]_+ + lo'[v]_-|`` and its relative scale.
 
+    Soft rows add their quadratic term ``mu v²`` (the squared residual) to ``x'Px``.
+
     Small residuals do not bound the gap when ``x`` or ``v`` are large, so the public QP
     benchmark (and proxsuite's ``check_duality_gap``) test it separately. A multiplier on an
     infinite bound contributes nothing here; it shows in the dual residual instead.
@@ -389,6 +435,8 @@ def duality_gap(data: Data, st: State, ev: Eval) -> tuple[Any, Any]:
     n = st.x.shape[1]
     support = xp.sum(xp.where(st.v > 0, data.hi_fin, data.lo_fin) * st.v, axis=-1)
     xPx = _dot(xp, st.x, ev.KX[:, :n])
+    if data.soft is not None:
+        xPx = xPx + xp.sum(xp.where(data.soft, st.mu * st.v * st.v, xp.zeros_like(st.v)), axis=-1)
     qx = _dot(xp, data.q, st.x)
     gap = xp.abs(xPx + qx + support) * data.inv_c
     scale = amax(xp, xp.abs(xp.stack([xPx, qx, support], axis=-1)), -1) * data.inv_c
@@ -405,7 +453,7 @@ def certificates_of(data: Data, st: Any, cfg: Config) -> tuple[Any, Any]:
     """
     xp = namespace(st.x)
     n = st.x.shape[1]
-    dv = st.v - st.v_prox
+    dv = _hard(xp, data, st.v - st.v_prox)
     size = _norm(xp, dv)
     zeros = xp.zeros_like(dv)
     support = xp.sum(xp.where(dv > 0, data.hi * dv, xp.where(dv < 0, data.lo * dv, zeros)), axis=-1)
@@ -472,7 +520,7 @@ def outer_update(
     """
     xp = namespace(st.x)
     primal_inf, dual_inf = certificates_of(data, st, cfg) if certificates is None else certificates
-    pres = _norm(xp, ev.viol)
+    pres = _norm(xp, _hard(xp, data, ev.viol))
     accept = done & (pres <= st.eta)
     reject = done & ~accept
     mu_eq = xp.where(reject, xp.maximum(st.mu_eq * cfg.mu_factor, st.mu_floor_eq), st.mu_eq)
@@ -491,10 +539,10 @@ def outer_update(
     st = st._replace(
         # an unbounded element keeps its last prox center: x - x_prox is its certificate
         x_prox=xp.where(_col(done & (status != int(Status.DUAL_INFEASIBLE))), st.x, st.x_prox),
-        v_prox=xp.where(_col(accept), st.v, st.v_prox),
+        v_prox=xp.where(_col(accept) if data.soft is None else _col(accept) & ~data.soft, st.v, st.v_prox),
         mu_eq=mu_eq,
         mu_in=mu_in,
-        mu=row_penalties(xp, data.eq, mu_eq, mu_in),
+        mu=row_penalties(xp, data.eq, mu_eq, mu_in, data.soft, data.soft_mu),
         eta=eta,
         eps_in=eps_in,
         fresh=st.fresh & (mu_eq == st.mu_eq) & (mu_in == st.mu_in),
@@ -578,9 +626,9 @@ def newton(
     quad = _dot(xp, dx, KD[:, :n]) + cfg.rho * _dot(xp, dx, dx)
     if p:
         Adx = Gdx[:, :p]
-        quad = quad + _dot(xp, Adx, Adx) / st.mu_eq
+        quad = quad + _dot(xp, Adx, Adx / st.mu[:, :p])
     alpha = exact_step(
-        quad, _dot(xp, dx, ev.grad), ev.w[:, p:], Gdx[:, p:], data.lo[:, p:], data.hi[:, p:], st.mu_in
+        quad, _dot(xp, dx, ev.grad), ev.w[:, p:], Gdx[:, p:], data.lo[:, p:], data.hi[:, p:], st.mu[:, p:]
     )
     alpha = xp.where(running, alpha, xp.zeros_like(alpha))
     dv = (Gdx * xp.astype(active, Gdx.dtype) + ev.r) / st.mu
@@ -597,7 +645,7 @@ def newton(
         fresh=(st.fresh | (need & ok)) & ~retry,
         mu_eq=mu_eq,
         mu_in=mu_in,
-        mu=row_penalties(xp, data.eq, mu_eq, mu_in),
+        mu=row_penalties(xp, data.eq, mu_eq, mu_in, data.soft, data.soft_mu),
         mu_floor_eq=xp.where(retry, mu_eq, st.mu_floor_eq),
         mu_floor_in=xp.where(retry, mu_in, st.mu_floor_in),
         L=L,

@@ -2,7 +2,7 @@
 
 Along ``x + a dx`` the merit of the inner problem is convex and piecewise quadratic in ``a``;
 its derivative is piecewise linear and nondecreasing, with a kink wherever an inequality
-row ``w_i + a v_i`` (``w = C x + mu_in z_prox``, ``v = C dx``) crosses ``l_i`` or ``u_i``.
+row ``w_i + a v_i`` (``w = C x + mu z_prox``, ``v = C dx``) crosses ``l_i`` or ``u_i``.
 Sorting the kinks and accumulating the slope changes gives the derivative at every kink
 in O(m log m); the minimiser is the root on the first interval where it turns nonnegative.
 """
@@ -38,7 +38,7 @@ def _take_last(xp: Any, a: Any, index: Any) -> Any:
 
 
 def exact_step(
-    quad: Any, lin: Any, w: Any, v: Any, l: Any, u: Any, mu_in: Any, pairwise: bool | None = None
+    quad: Any, lin: Any, w: Any, v: Any, l: Any, u: Any, mu: Any, pairwise: bool | None = None
 ) -> Any:
     """The minimiser ``a >= 0`` of the merit along a direction, per batch element.
 
@@ -46,13 +46,13 @@ def exact_step(
     ----------
     quad
         (B,) curvature of the smooth part along the direction,
-        ``dx'(P + rho I)dx + ||A dx||² / mu_eq`` (positive unless ``dx = 0``).
+        ``dx'(P + rho I)dx + sum_i (A_i dx)² / mu_i`` (positive unless ``dx = 0``).
     lin
         (B,) derivative of the merit at ``a = 0`` (the subproblem gradient times ``dx``).
     w, v, l, u
-        (B, m) ``C x + mu_in z_prox``, ``C dx`` and the bounds (±inf allowed).
-    mu_in
-        (B,) inequality penalty.
+        (B, m) ``C x + mu z_prox``, ``C dx`` and the bounds (±inf allowed).
+    mu
+        (B, m) the inequality rows' penalties, or (B,) one penalty for all of them.
     pairwise
         Find the kinks before the root by comparing every pair of kinks (O(m²) work, no sort)
         instead of sorting them. By default only for JAX arrays with ``2m <= PAIRWISE_MAX``:
@@ -76,7 +76,7 @@ def exact_step(
     entering = xp.concat([v, neg_v], axis=-1) > 0  # sv > 0, with sv = [v, -v]
     t = s / xp.concat([neg_v, v], axis=-1)  # -s / sv
     valid = (t > 0) & (t < float("inf"))
-    c2 = v * v / mu_in[:, None]
+    c2 = v * v / (mu if mu.ndim == 2 else mu[:, None])
     c2 = xp.concat([c2, c2], axis=-1)
     zeros = xp.zeros_like(c2)
     active0 = (s > 0) | ((s == 0) & entering)
