@@ -3,7 +3,8 @@
 :mod:`.solver` holds the method for one element and the batch kernels, :mod:`.linalg` the
 dense factorisation and its updates, :mod:`.linesearch` the exact line search,
 :mod:`.scaling` the Ruiz equilibration, :mod:`.params` the solver parameters and
-:mod:`.runtime` the threading. The ``cpu`` backend (``qpdsl.backends.cpu_backend``) drives them.
+:mod:`.runtime` the threading. The ``cpu`` backend (``qpdsl.backends.cpu_backend``) drives them;
+:mod:`.kkt` holds the backward pass's KKT solves for float64 host arrays (``qpdsl.diff.kkt``).
 """
 
 from . import cache  # noqa: F401  (first: the kernels below are cached by its locator)
