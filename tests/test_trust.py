@@ -314,6 +314,7 @@ def test_backward_failure_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
 
     d = _box_qp()
     args = [torch.as_tensor(a[0]).requires_grad_(True) for a in d.arrays()]
+
     def fails(self: kkt.KKTSolver, rhs: object) -> tuple[object, object]:
         return self.solve(rhs), self.xp.ones(rhs.shape[0], dtype=bool)
 
