@@ -351,3 +351,24 @@ def test_layer_arguments_and_affine_maps_run_on_meta_tensors() -> None:
     for m in gathers.values():
         out = m.apply(theta)
         assert out.shape == (8, m.nnz) and out.device.type == "meta"
+
+
+def test_the_prepared_gpu_check_runs_on_the_cpu(tmp_path: Any) -> None:
+    """``benchmarks/cuda_check.py`` (the GPU path's correctness check) runs end to end without a
+    GPU and its checks pass there: statuses, x, shifts and gradients of the ``torch`` backend
+    against the ``cpu`` backend on a mixed-status batch, and a warm-started psd layer."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "cuda_check.py"
+    spec = importlib.util.spec_from_file_location("cuda_check", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "check.json"
+    rows = module.main(["--device", "cpu", "--json", str(out)])
+    assert [r["passed"] for r in rows] == [True, True, True]
+    mixed = rows[0]
+    assert mixed["statuses_host"][:4] == [0, 1, 4, 2]  # solved, closest feasible, invalid, unbounded
+    assert json.loads(out.read_text())["device"] == "cpu"
