@@ -293,7 +293,7 @@ def _compiled_solver(xp: Any, P: Any, G: Any, a: Any) -> KKTSolver | None:
     P_h, G_h, a_h = host
     rel = math.sqrt(float(np.finfo(np.float64).eps))  # as in kkt_solver
     U, ok, scale, d = kernels.factor(P_h, G_h, a_h, rel, RETRY)
-    L = from_host(U, P).mT if hasattr(P, "mT") else U.transpose(0, 2, 1)
+    L = xp.matrix_transpose(from_host(U, P))
     fields = (from_host(scale, P), from_host(d, P), L, from_host(ok, P))
     return KKTSolver(xp, P, G, a, *fields, all_factored=bool(ok.all()), compiled=True)
 
