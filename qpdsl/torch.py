@@ -68,7 +68,9 @@ def solve_qp(
         backend supports warm starts.
     on_failure
         What to do with batch elements that are invalid (non-finite data, ``l > u``) or
-        that the solver could not solve (status not ``ok``):
+        that the solver could not solve (status not ``ok``; ``solved`` and
+        ``solved_closest_feasible`` are ok, so an infeasible element never raises and gets
+        the closest feasible QP's solution and gradients):
         ``"raise"`` raises :class:`~qpdsl.errors.ParameterError` (invalid data) or
         :class:`~qpdsl.errors.SolverError` (failed solve) naming the batch elements;
         ``"nan"`` makes their output rows NaN; ``"ignore"`` returns what the solver gave.
