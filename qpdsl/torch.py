@@ -98,8 +98,6 @@ def solve_qp(
     check_on_failure(on_failure)
     settings = Settings() if settings is None else settings
     tensors, batched = _broadcast(dict(zip(_NAMES, (P, q, A, b, C, l, u), strict=False)))
-    P_, *rest = tensors
-    tensors = (0.5 * (P_ + P_.transpose(-1, -2)), *rest)
     solver = resolve_backend(backend, tensors[1])
     if solver.capabilities.framework == "jax":
         from .errors import BackendNotFound
@@ -358,16 +356,22 @@ def _backward(
 
     outcome: Outcome = ctx.outcome
     options: _Options = ctx.options
+    host = not isinstance(outcome.data.q, torch.Tensor)  # the forward ran on numpy views
     result = _zero_failed(outcome.result, outcome.ok)
-    grads_in = (torch.nan_to_num(g) if g is not None else None for g in (gx, gy, gz, gse, gsi))
+    grads_in = (
+        None if g is None else (_host_view(torch.nan_to_num(g)) if host else torch.nan_to_num(g))
+        for g in (gx, gy, gz, gse, gsi)
+    )
     flags = None if outcome.flags is None else (outcome.flags.all_ok, outcome.flags.any_closest)
     grads = qp_vjp(outcome.data, result, *grads_in, shiftable=options.shiftable, flags=flags)
-    computed = grads.ok & outcome.ok
+    if host:
+        grads = replace(grads, ok=_tensor(grads.ok), **{k: _tensor(getattr(grads, k)) for k in _NAMES})
+    computed = grads.ok & _tensor(outcome.ok)
     layer = options.info.get("layer")
     if layer is not None:
         layer.last_backward_status = computed
     check = options.on_failure == "raise" and not grads.all_solved
-    failed = (outcome.ok & ~grads.ok).nonzero()[:, 0].tolist() if check else []
+    failed = (_tensor(outcome.ok) & ~grads.ok).nonzero()[:, 0].tolist() if check else []
     if failed:
         raise SolverError(
             f"the backward pass could not solve the adjoint system of batch elements {failed} "
@@ -395,16 +399,42 @@ def _zero_failed(result: QPResult, ok: torch.Tensor) -> QPResult:
 
 
 def _forward(options: _Options, tensors: tuple[torch.Tensor, ...]) -> tuple[Outputs, Outcome]:
-    """Solve through the shared core; return the outputs and what the backward needs."""
-    data = QPData(*(t.detach() for t in tensors))
-    outcome = solve_batch(
-        options.solver, data, options.settings, options.warm, options.on_failure, options.shiftable
-    )
+    """Solve through the shared core; return the outputs and what the backward needs.
+
+    For a numpy backend and CPU tensors the core (validation, verification, the closest-feasible
+    stage) and later the backward run on numpy views of the tensors: small numpy operations cost
+    a fraction of torch's, and no torch operation wakes torch's thread pool, whose spinning
+    threads would compete with the solver's own threads for the cores.
+    """
+    host = _on_host(options.solver, tensors)
+    P, *rest = (_host_view(t) if host else t.detach() for t in tensors)
+    # Only the symmetric part of P counts. The gradient the backward returns for P is symmetric,
+    # hence also the gradient with respect to the unsymmetrised input.
+    data = QPData(0.5 * (P + P.swapaxes(-1, -2)), *rest)
+    warm = options.warm
+    if host and warm is not None:
+        warm = WarmStart(*(None if w is None else _host_view(w) for w in (warm.x, warm.y, warm.z)))
+    outcome = solve_batch(options.solver, data, options.settings, warm, options.on_failure, options.shiftable)
     options.info["outcome"] = outcome
     res = outcome.result
     dtype = tensors[1].dtype
-    outputs = tuple(a.to(dtype) for a in (res.x, res.y, res.z, res.shift_eq, res.shift_in))
-    return (*outputs, res.status), outcome
+    outputs = tuple(_tensor(a).to(dtype) for a in (res.x, res.y, res.z, res.shift_eq, res.shift_in))
+    return (*outputs, _tensor(res.status)), outcome
+
+
+def _on_host(solver: Any, tensors: tuple[torch.Tensor, ...]) -> bool:
+    """Whether the solve runs on numpy views: a numpy backend and CPU tensors."""
+    return solver.capabilities.framework == "numpy" and tensors[1].device.type == "cpu"
+
+
+def _host_view(t: torch.Tensor) -> Any:
+    """A numpy view of a CPU tensor (no copy; broadcast dimensions keep their zero strides)."""
+    return t.detach().numpy()
+
+
+def _tensor(a: Any) -> torch.Tensor:
+    """``a`` as a tensor: numpy arrays wrapped without a copy, tensors as they are."""
+    return a if isinstance(a, torch.Tensor) else torch.from_numpy(a)
 
 
 def _broadcast(args: dict[str, torch.Tensor | None]) -> tuple[tuple[torch.Tensor, ...], bool]:
