@@ -59,8 +59,9 @@ def solve_qp(
         promotes them). ``l`` and ``u`` may hold ``-inf`` / ``+inf``.
         Only the symmetric part of ``P`` matters (it is symmetrised).
     backend
-        A name from :func:`qpdsl.backends.available_backends`. A numpy backend receives
-        host copies; a torch backend receives the tensors themselves.
+        A name from :func:`qpdsl.backends.available_backends`. A numpy backend reads CPU
+        tensors through numpy views (no copy) and CUDA tensors through host copies; a torch
+        backend receives the tensors themselves.
     settings
         Solver settings; ``Settings()`` when None.
     warm_start
