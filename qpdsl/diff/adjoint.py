@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .._array import concrete_any, device, framework, matvec, namespace, outer, rmatvec, values_known
+from .._array import concrete_any, device, framework, matvec, namespace, outer_sum, rmatvec, values_known
 from ..qp import QPData, QPResult
 from .linearize import Linearization, linearize
 from .shift import shift_jvp, shift_vjp
@@ -82,7 +82,7 @@ def qp_vjp(
     Returns
     -------
     QPGrads
-        Gradients with respect to P, q, A, b, C, l, u (P's is symmetric; l's and u's are
+        Gradients with respect to P, q, A, b, C, l, u (P's is symmetric, to rounding; l's and u's are
         zero on inactive rows). Elements whose status is not ok get zeros.
     """
     promoted = _in_float64(data, result)
@@ -119,15 +119,12 @@ def qp_vjp(
 
     g_c, v_s, weights = shift_vjp(lin, gse - w_y, gsi - w_z)
     u_y, u_z = w_y - g_c[:, :p], w_z - g_c[:, p:]
-    grad_A = outer(lin.y, w_x) + outer(u_y, lin.x)
-    grad_C = outer(lin.z_act, w_x) + outer(u_z, lin.x)
-    if lin.shifted:
-        grad_A = grad_A - outer(weights[:, :p], v_s)
-        grad_C = grad_C - outer(weights[:, p:], v_s)
-    wx_x = outer(w_x, lin.x)
+    rights = [w_x, lin.x, -v_s] if lin.shifted else [w_x, lin.x]
+    grad_A = outer_sum([lin.y, u_y, weights[:, :p]][: len(rights)], rights)
+    grad_C = outer_sum([lin.z_act, u_z, weights[:, p:]][: len(rights)], rights)
     zero = xp.zeros_like(u_z)
     grads = QPGrads(
-        P=0.5 * (wx_x + xp.matrix_transpose(wx_x)),
+        P=outer_sum([w_x, lin.x], [0.5 * lin.x, 0.5 * w_x]),
         q=w_x,
         A=grad_A,
         b=-u_y,
