@@ -139,6 +139,31 @@ def test_a_claim_correct_to_rounding_is_kept() -> None:
     assert float(res.prim_res[0]) < 1e-9 and float(res.gap[0]) < 1e-9
 
 
+def test_a_small_multiplier_of_a_row_at_its_bound_is_kept() -> None:
+    """A two-sided row at its upper bound is not off its bound because its lower bound is far:
+    its multiplier, however small, stays (zeroing z = 5e-10 at u = 20 moved the gap by 1e-8, and
+    Maros-Meszaros QRECIPE, solved, was reported inaccurate). Far from the bound it is read as zero."""
+    from qpdsl.solve.verify import check_point
+
+    # min 1/2 x² - (20 + d) x  s.t.  5 <= x <= 20: x = 20, z = d
+    d = 5e-10
+    data = QPData(
+        np.eye(1)[None],
+        np.array([[-(20.0 + d)]]),
+        np.zeros((1, 0, 1)),
+        np.zeros((1, 0)),
+        np.eye(1)[None],
+        np.array([[5.0]]),
+        np.array([[20.0]]),
+    )
+    no_y, no_shift = np.zeros((1, 0)), np.zeros((1, 1))
+    chk = check_point(data, np.array([[20.0]]), no_y, np.array([[d]]), no_y, no_shift, 1e-9, 0.0)
+    assert chk.passed[0] and chk.z[0, 0] == d and chk.gap[0] < 1e-12
+    # the same multiplier at x = 10 (off the upper bound by 10) is noise: read as zero
+    chk = check_point(data, np.array([[10.0]]), no_y, np.array([[d]]), no_y, no_shift, 1e-9, 0.0)
+    assert chk.z[0, 0] == 0.0
+
+
 def test_large_terms_in_one_row_neither_hide_nor_fake_an_error_in_another() -> None:
     """Row scales are per row: 1e8 in one row allows rounding there only."""
     from qpdsl.solve.verify import check_point

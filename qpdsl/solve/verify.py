@@ -10,8 +10,9 @@ the data the user gave (the shifted bounds ``b + s_eq``, ``l + min(s_in, 0)``,
 - complementarity of every inequality row (``z_i > 0`` only where row i is at its upper
   bound, ``z_i < 0`` only at its lower bound, never on an infinite side). A multiplier whose
   whole contribution to the gradient, ``|z_i|`` times the row's absolute sum, is within
-  ``eps_abs`` is zero at the dual residual's resolution: on a row off its bound it is read as
-  zero, every test is made with it so, and that is the multiplier returned;
+  ``eps_abs`` is zero at the dual residual's resolution: on a row off the bound its sign
+  points at (an infinite side is always off) it is read as zero, every test is made with it
+  so, and that is the multiplier returned;
 - the duality gap ``x'Px + q'x + b'y + u'[z]_+ - l'[z]_-`` of the element.
 
 Each quantity passes when it is within ``eps_abs + eps_rel * scale + 10 * u * scale``, where
@@ -146,8 +147,13 @@ def check_point(
     # bound it is read as zero (interior-point solvers leave such multipliers on inactive rows).
     # Every test below, the dual residual included, is made on those multipliers, which are the
     # ones :func:`verify` returns.
-    off_bound = xp.where(hi_inf, zero_in, xp.maximum(hi_f - cx, zero_in)) + xp.where(
-        lo_inf, zero_in, xp.maximum(cx - lo_f, zero_in)
+    # The distance from the bound the multiplier's sign points at (an infinite side: infinitely
+    # far): a row at its upper bound is not off it because its lower bound is far below.
+    far = xp.full_like(cx, float("inf"))
+    off_bound = xp.where(
+        z > 0,
+        xp.where(hi_inf, far, xp.maximum(hi_f - cx, zero_in)),
+        xp.where(z < 0, xp.where(lo_inf, far, xp.maximum(cx - lo_f, zero_in)), zero_in),
     )
     row_abs = _matvec(data.C, xp.ones_like(x), absolute=True)
     negligible = (xp.abs(z) * row_abs <= eps_abs) & (off_bound * xp.abs(z) > eps_abs)

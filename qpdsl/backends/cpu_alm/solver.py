@@ -404,6 +404,11 @@ def solve_one(P, q, A, b, C, l, u, x0, y0, z0, fp, ip, x_out, y_out, z_out, info
                 vp[:] = v
             else:
                 new_eq, new_in = max(mu_eq * mu_factor, floor_eq), max(mu_in * mu_factor, floor_in)
+                if new_eq == mu_eq and new_in == mu_in:
+                    # Both penalties at their floors: a plain rejection would pose the same
+                    # subproblem again and stall. At a fixed penalty the multiplier step is the
+                    # proximal point method on the dual, which converges for any penalty: take it.
+                    vp[:] = v
                 fresh = fresh and new_eq == mu_eq and new_in == mu_in
                 mu_eq, mu_in = new_eq, new_in
                 eta = mu_in ** fp[prm.ALPHA_BCL]
