@@ -525,6 +525,10 @@ def outer_update(
     reject = done & ~accept
     mu_eq = xp.where(reject, xp.maximum(st.mu_eq * cfg.mu_factor, st.mu_floor_eq), st.mu_eq)
     mu_in = xp.where(reject, xp.maximum(st.mu_in * cfg.mu_factor, st.mu_floor_in), st.mu_in)
+    # A rejection with both penalties at their floors would pose the same subproblem again and
+    # stall; at a fixed penalty the multiplier step is the proximal point method on the dual,
+    # which converges for any penalty: take it.
+    step = accept | (reject & (mu_eq == st.mu_eq) & (mu_in == st.mu_in))
     eta = xp.where(accept, st.eta * st.mu_in**cfg.beta_bcl, xp.where(reject, mu_in**cfg.alpha_bcl, st.eta))
     eps_in = xp.where(
         accept,
@@ -539,7 +543,7 @@ def outer_update(
     st = st._replace(
         # an unbounded element keeps its last prox center: x - x_prox is its certificate
         x_prox=xp.where(_col(done & (status != int(Status.DUAL_INFEASIBLE))), st.x, st.x_prox),
-        v_prox=xp.where(_col(accept) if data.soft is None else _col(accept) & ~data.soft, st.v, st.v_prox),
+        v_prox=xp.where(_col(step) if data.soft is None else _col(step) & ~data.soft, st.v, st.v_prox),
         mu_eq=mu_eq,
         mu_in=mu_in,
         mu=row_penalties(xp, data.eq, mu_eq, mu_in, data.soft, data.soft_mu),
