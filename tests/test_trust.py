@@ -164,6 +164,32 @@ def test_a_small_multiplier_of_a_row_at_its_bound_is_kept() -> None:
     assert chk.z[0, 0] == 0.0
 
 
+def test_the_gap_of_a_shifted_bound_is_judged_at_the_rounding_of_its_terms() -> None:
+    """A zero row with bounds [1, 3] shifted by -1 sits at the shifted bound 0, computed as 1 + (-1).
+    In float32 the shifted bound is exact only to the rounding of 1 and -1, so its multiplier's
+    gap term is measured against |1| + |-1|, not against the bound's own size: a correct point
+    failed the gap test (the closest-feasible stage then reported numerical_error in float32)."""
+    from qpdsl.solve.verify import check_point
+
+    f32 = np.float32
+    # min 1/2 x²  s.t.  1 <= 0 x <= 3 (infeasible; s = -1 moves the lower bound onto 0)
+    data = QPData(
+        np.eye(1, dtype=f32)[None],
+        np.zeros((1, 1), f32),
+        np.zeros((1, 0, 1), f32),
+        np.zeros((1, 0), f32),
+        np.zeros((1, 1, 1), f32),
+        np.array([[1.0]], f32),
+        np.array([[3.0]], f32),
+    )
+    # the lower bound as the solver's float32 arithmetic left it: 1 + (-1 + 6e-8)
+    s_in = np.array([[-1.0 + 6e-8]], f32)
+    no_y = np.zeros((1, 0), f32)
+    z = np.array([[-400.0]], f32)  # any multiplier is optimal on a zero row at its bound
+    chk = check_point(data, np.zeros((1, 1), f32), no_y, z, no_y, s_in, 1e-5, 0.0)
+    assert chk.passed[0], chk
+
+
 def test_large_terms_in_one_row_neither_hide_nor_fake_an_error_in_another() -> None:
     """Row scales are per row: 1e8 in one row allows rounding there only."""
     from qpdsl.solve.verify import check_point

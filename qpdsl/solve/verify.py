@@ -186,12 +186,16 @@ def check_point(
     by = xp.sum(b_s * y, axis=1)
     support = xp.sum(xp.where(hi_inf, zero_in, hi_f * z_up) - xp.where(lo_inf, zero_in, lo_f * z_lo), axis=1)
     gap = xp.abs(xpx + qx + by + support)
+    # A shifted bound is a sum (b + s, u + s): its rounding is that of its terms, which may be far
+    # larger than the bound itself (a zero row shifted onto 0).
+    abs_s_in = xp.abs(s_in)
     gap_scale = (
         xp.sum(xp.abs(x) * px_abs, axis=1)
         + xp.sum(xp.abs(q * x), axis=1)
-        + xp.sum(xp.abs(b_s * y), axis=1)
+        + xp.sum((xp.abs(b) + xp.abs(s_eq)) * xp.abs(y), axis=1)
         + xp.sum(
-            xp.where(hi_inf, zero_in, xp.abs(hi_f) * z_up) + xp.where(lo_inf, zero_in, xp.abs(lo_f) * z_lo),
+            xp.where(hi_inf, zero_in, (xp.abs(hi_f) + abs_s_in) * z_up)
+            + xp.where(lo_inf, zero_in, (xp.abs(lo_f) + abs_s_in) * z_lo),
             axis=1,
         )
     )
