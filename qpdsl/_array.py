@@ -137,8 +137,7 @@ def scatter_2d(values: Any, rows: np.ndarray, cols: np.ndarray, shape: tuple[int
     if fw == "jax":
         import jax.numpy as jnp
 
-        out = jnp.zeros((batch, size), dtype=values.dtype)
-        out = out.at[:, flat_idx].add(values)
+        out = jax_add_columns(jnp.zeros((batch, size), dtype=values.dtype), flat_idx, values)
         return out.reshape(batch, *shape)
     out = np.zeros((batch, size), dtype=values.dtype)
     out[:, flat_idx] = values  # patterns compiled by qpdsl hold no duplicates
@@ -169,6 +168,46 @@ def _flat_index(rows: np.ndarray, cols: np.ndarray, width: int, dev: Any) -> Any
         _FLAT_INDEX.clear()
     _FLAT_INDEX[key] = (*refs, tensor)
     return tensor
+
+
+def jax_take_columns(a: Any, index: np.ndarray) -> Any:
+    """``a[:, index]`` for a (B, k) JAX array and a numpy array of valid, non-negative columns.
+
+    The gather ``a[:, index]`` traces to, without the index normalisation that ``jax.numpy``
+    stages for negative entries (``index`` is known on the host).
+    """
+    from jax import lax
+
+    return lax.gather(
+        a,
+        _jax_index(index, a.shape[1]),
+        lax.GatherDimensionNumbers(offset_dims=(0,), collapsed_slice_dims=(1,), start_index_map=(1,)),
+        slice_sizes=(a.shape[0], 1),
+        mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS,
+    )
+
+
+def jax_add_columns(a: Any, index: np.ndarray, values: Any) -> Any:
+    """``a.at[:, index].add(values)`` for JAX arrays and a numpy array of valid, non-negative columns
+    (the scatter it traces to, without the index normalisation)."""
+    from jax import lax
+
+    return lax.scatter_add(
+        a,
+        _jax_index(index, a.shape[1]),
+        values,
+        lax.ScatterDimensionNumbers(
+            update_window_dims=(0,), inserted_window_dims=(1,), scatter_dims_to_operand_dims=(1,)
+        ),
+        mode=lax.GatherScatterMode.FILL_OR_DROP,
+    )
+
+
+def _jax_index(index: np.ndarray, size: int) -> np.ndarray:
+    """``index`` as the (k, 1) start indices of a gather or scatter along an axis of ``size``
+    (int32 where the axis allows, as ``jax.numpy`` indexing makes them)."""
+    dtype = np.int32 if size <= np.iinfo(np.int32).max else np.int64
+    return np.asarray(index, dtype=dtype).reshape(-1, 1)
 
 
 def gather_2d(dense: Any, rows: np.ndarray, cols: np.ndarray) -> Any:

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from .._array import framework
+from .._array import framework, jax_add_columns, jax_take_columns
 from ..expressions.constraints import Constraint
 from ..expressions.expression import Parameter, Variable
 from ..qp import QPData, SparseBatch
@@ -71,16 +71,22 @@ class AffineMap:
             return self._apply_numpy(theta_aug, out)
         gather = self._gather()
         if gather is not None:
-            out = theta_aug[:, self._constant("columns", gather[0], theta_aug, index=True)]
+            out = self._columns(theta_aug, "columns", gather[0])
         else:
             used, T = self._compact()
-            sub = theta_aug[:, self._constant("used", used, theta_aug, index=True)]
+            sub = self._columns(theta_aug, "used", used)
             out = (self._torch(sub, T) @ sub.T).T if fw == "torch" else _jax_sparse_apply(T, sub)
         if gather is not None and gather[1] is not None:
             out = out * self._constant("coefficients", gather[1], theta_aug)
         if self.offset is not None:
             out = out + self._constant("offset", self.offset, theta_aug)
         return out
+
+    def _columns(self, theta_aug: Any, name: str, index: np.ndarray) -> Any:
+        """``theta_aug[:, index]`` (torch or JAX)."""
+        if framework(theta_aug) == "jax":
+            return jax_take_columns(theta_aug, index)
+        return theta_aug[:, self._constant(name, index, theta_aug, index=True)]
 
     def _constant(self, name: str, values: np.ndarray, ref: Any, index: bool = False) -> Any:
         """:func:`_like` of one of this map's constant arrays; torch tensors are kept per device and
@@ -115,7 +121,10 @@ def _jax_sparse_apply(T: sp.csr_matrix, sub: Any) -> Any:
 
     coo = T.tocoo()
     out = jnp.zeros((sub.shape[0], T.shape[0]), dtype=sub.dtype)
-    return out.at[:, coo.row].add(sub[:, coo.col] * jnp.asarray(coo.data, dtype=sub.dtype))
+    if coo.nnz == 0:
+        return out
+    terms = jax_take_columns(sub, coo.col) * jnp.asarray(coo.data, dtype=sub.dtype)
+    return jax_add_columns(out, coo.row, terms)
 
 
 def _like(values: np.ndarray, ref: Any, index: bool = False) -> Any:

@@ -191,7 +191,8 @@ class TracedFlow(Flow):
     def pick(self, first: Any, a: Any, b: Any) -> Any:
         import jax
 
-        return jax.tree_util.tree_map(lambda u, v: jax.numpy.where(first, u, v), a, b)
+        # a leaf both sides share (the matrices of the QP and of its feasibility problem) needs no select
+        return jax.tree_util.tree_map(lambda u, v: u if u is v else jax.numpy.where(first, u, v), a, b)
 
     def counter(self, value: int) -> Any:
         import jax.numpy as jnp
@@ -517,9 +518,13 @@ def descent_direction(data: QPData, d: Any) -> Any:
     size = xp.max(xp.abs(d), axis=1) if d.shape[1] else xp.zeros(d.shape[0], dtype=d.dtype, device=device(d))
     d = d / xp.clip(size, float(xp.finfo(d.dtype).tiny), None)[:, None]
 
-    def rows_small(M: Any, side: Any = None) -> Any:
+    ones = xp.ones_like(d)
+
+    def products(M: Any) -> tuple[Any, Any]:
         # |d| <= 1 after the normalisation: a row's 1-norm bounds |M_i d|
-        Md, Md_abs = _matvec(M, d), _matvec(M, xp.ones_like(d), absolute=True)
+        return _matvec(M, d), _matvec(M, ones, absolute=True)
+
+    def rows_small(Md: Any, Md_abs: Any, side: Any = None) -> Any:
         excess = xp.abs(Md) if side is None else xp.maximum(side * Md, xp.zeros_like(Md))
         ok = excess <= tol * Md_abs
         return xp.all(ok, axis=1) if ok.shape[1] else xp.ones(d.shape[0], dtype=xp.bool, device=device(d))
@@ -530,8 +535,10 @@ def descent_direction(data: QPData, d: Any) -> Any:
     lower = xp.where(l > -INFINITE_BOUND, one, zero)
     q = xp.asarray(data.q, dtype=d.dtype)
     descent = xp.sum(q * d, axis=1) < -tol * xp.sum(xp.abs(q * d), axis=1)
-    cone = rows_small(data.C, upper) & rows_small(data.C, -lower)
-    return finite & (size > 0) & descent & rows_small(data.P) & rows_small(data.A) & cone
+    Cd, Cd_abs = products(data.C)
+    cone = rows_small(Cd, Cd_abs, upper) & rows_small(Cd, Cd_abs, -lower)
+    still = rows_small(*products(data.P)) & rows_small(*products(data.A))
+    return finite & (size > 0) & descent & still & cone
 
 
 def _direction_lp(data: QPData) -> QPData:
@@ -620,8 +627,9 @@ def closest_shift(data: QPData, x_ls: Any, tolerance: float, eps_rel: float = 0.
     xp = namespace(x_ls)
     u = float(xp.finfo(x_ls.dtype).eps) / 2.0
     rel = float(eps_rel) + ROUNDING * u
-    ax, ax_abs = _matvec(data.A, x_ls), _matvec(data.A, xp.abs(x_ls), absolute=True)
-    cx, cx_abs = _matvec(data.C, x_ls), _matvec(data.C, xp.abs(x_ls), absolute=True)
+    abs_x = xp.abs(x_ls)
+    ax, ax_abs = _matvec(data.A, x_ls), _matvec(data.A, abs_x, absolute=True)
+    cx, cx_abs = _matvec(data.C, x_ls), _matvec(data.C, abs_x, absolute=True)
     b = xp.asarray(data.b, dtype=x_ls.dtype)
     l, up = xp.asarray(data.l, dtype=x_ls.dtype), xp.asarray(data.u, dtype=x_ls.dtype)
     s_eq = ax - b

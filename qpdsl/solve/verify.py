@@ -107,8 +107,10 @@ def check_point(
             return xp.zeros(a.shape[0], dtype=a.dtype, device=device(a))
         return xp.max(a, axis=1)
 
-    ax, ax_abs = _matvec(data.A, x), _matvec(data.A, xp.abs(x), absolute=True)
-    cx, cx_abs = _matvec(data.C, x), _matvec(data.C, xp.abs(x), absolute=True)
+    abs_x = xp.abs(x)
+    A_abs, C_abs = magnitude(data.A, xp, dtype), magnitude(data.C, xp, dtype)
+    ax, ax_abs = _matvec(data.A, x), _matvec(A_abs, abs_x)
+    cx, cx_abs = _matvec(data.C, x), _matvec(C_abs, abs_x)
     b = xp.asarray(data.b, dtype=dtype)
     l, up = xp.asarray(data.l, dtype=dtype), xp.asarray(data.u, dtype=dtype)
     zero_in = xp.zeros_like(s_in)
@@ -138,8 +140,10 @@ def check_point(
     viol = xp.where(hi_inf, zero_in, xp.maximum(cx - hi_f, zero_in)) + xp.where(
         lo_inf, zero_in, xp.maximum(lo_f - cx, zero_in)
     )
-    bound_scale = xp.maximum(xp.abs(lo_f), xp.abs(hi_f)) + xp.abs(s_in)
-    in_value = xp.maximum(xp.abs(cx), xp.maximum(xp.abs(lo_f), xp.abs(hi_f)))
+    abs_lo, abs_hi = xp.abs(lo_f), xp.abs(hi_f)
+    bound_max = xp.maximum(abs_lo, abs_hi)
+    bound_scale = bound_max + xp.abs(s_in)
+    in_value = xp.maximum(xp.abs(cx), bound_max)
     ok_in = row_all(within(viol, xp.minimum(cx_abs + bound_scale, cancellation * in_value)))
 
     # A multiplier whose whole contribution to the gradient (|z_i| times the row's absolute sum) is
@@ -149,40 +153,42 @@ def check_point(
     # ones :func:`verify` returns.
     # The distance from the bound the multiplier's sign points at (an infinite side: infinitely
     # far): a row at its upper bound is not off it because its lower bound is far below.
+    below_hi, above_lo = xp.maximum(hi_f - cx, zero_in), xp.maximum(cx - lo_f, zero_in)
     far = xp.full_like(cx, float("inf"))
     off_bound = xp.where(
         z > 0,
-        xp.where(hi_inf, far, xp.maximum(hi_f - cx, zero_in)),
-        xp.where(z < 0, xp.where(lo_inf, far, xp.maximum(cx - lo_f, zero_in)), zero_in),
+        xp.where(hi_inf, far, below_hi),
+        xp.where(z < 0, xp.where(lo_inf, far, above_lo), zero_in),
     )
-    row_abs = _matvec(data.C, xp.ones_like(x), absolute=True)
-    negligible = (xp.abs(z) * row_abs <= eps_abs) & (off_bound * xp.abs(z) > eps_abs)
+    row_abs = _matvec(C_abs, xp.ones_like(x))
+    abs_z = xp.abs(z)
+    negligible = (abs_z * row_abs <= eps_abs) & (off_bound * abs_z > eps_abs)
     z = xp.where(negligible, zero_in, z)
+    abs_z = xp.abs(z)
 
     # dual residual, variable by variable
-    px, px_abs = _matvec(data.P, x), _matvec(data.P, xp.abs(x), absolute=True)
+    px, px_abs = _matvec(data.P, x), _matvec(magnitude(data.P, xp, dtype), abs_x)
     q = xp.asarray(data.q, dtype=dtype)
     grad = px + q + _rmatvec(data.A, y) + _rmatvec(data.C, z)
-    grad_scale = px_abs + xp.abs(q) + _rmatvec(data.A, xp.abs(y), absolute=True)
-    grad_scale = grad_scale + _rmatvec(data.C, xp.abs(z), absolute=True)
+    grad_scale = px_abs + xp.abs(q) + _rmatvec(A_abs, xp.abs(y))
+    grad_scale = grad_scale + _rmatvec(C_abs, abs_z)
     r_dual = xp.abs(grad)
     ok_dual = row_all(within(r_dual, grad_scale))
 
     # complementarity, row by row: a multiplier only where its side is active and finite
     z_up, z_lo = xp.maximum(z, zero_in), xp.maximum(-z, zero_in)
-    z_size = row_max(xp.abs(z))
+    z_size = row_max(abs_z)
     wrong_side = xp.where(hi_inf, z_up, zero_in) + xp.where(lo_inf, z_lo, zero_in)
     ok_sign = row_all(within(wrong_side, z_size[:, None] + zero_in))
-    slack = xp.where(hi_inf, zero_in, z_up * xp.maximum(hi_f - cx, zero_in)) + xp.where(
-        lo_inf, zero_in, z_lo * xp.maximum(cx - lo_f, zero_in)
-    )
+    slack = xp.where(hi_inf, zero_in, z_up * below_hi) + xp.where(lo_inf, zero_in, z_lo * above_lo)
     one = xp.ones_like(z)
-    compl_tol = (eps_abs + rel * (cx_abs + bound_scale)) * xp.maximum(xp.abs(z), one)
+    compl_tol = (eps_abs + rel * (cx_abs + bound_scale)) * xp.maximum(abs_z, one)
     ok_compl = row_all(slack <= compl_tol)
 
     # duality gap of the element
+    q_x = q * x
     xpx = xp.sum(x * px, axis=1)
-    qx = xp.sum(q * x, axis=1)
+    qx = xp.sum(q_x, axis=1)
     by = xp.sum(b_s * y, axis=1)
     support = xp.sum(xp.where(hi_inf, zero_in, hi_f * z_up) - xp.where(lo_inf, zero_in, lo_f * z_lo), axis=1)
     gap = xp.abs(xpx + qx + by + support)
@@ -190,12 +196,12 @@ def check_point(
     # larger than the bound itself (a zero row shifted onto 0).
     abs_s_in = xp.abs(s_in)
     gap_scale = (
-        xp.sum(xp.abs(x) * px_abs, axis=1)
-        + xp.sum(xp.abs(q * x), axis=1)
+        xp.sum(abs_x * px_abs, axis=1)
+        + xp.sum(xp.abs(q_x), axis=1)
         + xp.sum((xp.abs(b) + xp.abs(s_eq)) * xp.abs(y), axis=1)
         + xp.sum(
-            xp.where(hi_inf, zero_in, (xp.abs(hi_f) + abs_s_in) * z_up)
-            + xp.where(lo_inf, zero_in, (xp.abs(lo_f) + abs_s_in) * z_lo),
+            xp.where(hi_inf, zero_in, (abs_hi + abs_s_in) * z_up)
+            + xp.where(lo_inf, zero_in, (abs_lo + abs_s_in) * z_lo),
             axis=1,
         )
     )
@@ -272,6 +278,14 @@ def verify(data: QPData, result: QPResult, settings: Settings, solved: QPData | 
         compl_res=keep(chk.compl_res, None),
         gap=keep(chk.gap, None),
     )
+
+
+def magnitude(M: Any, xp: Any, dtype: Any) -> Any:
+    """``|M|`` in ``dtype`` (a dense array, or a SparseBatch of the absolute values), for the
+    products :func:`_matvec` and :func:`_rmatvec` take it to."""
+    if isinstance(M, SparseBatch):
+        return replace(M, values=np.abs(np.asarray(M.values)))
+    return xp.abs(xp.asarray(M, dtype=dtype))
 
 
 def _matvec(M: Any, x: Any, absolute: bool = False) -> Any:
