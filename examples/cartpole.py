@@ -17,8 +17,9 @@ The *learner* starts from a wrong model (heavier, longer pole) and a wrong cost 
 and learns A, B (all 20 entries), the diagonal of Q and r as layer parameters by minimising the
 squared error between its first action and the expert's.
 
-Models (each skipped with a message when it cannot run here): qpdsl with the proxsuite and torch
-backends (``prob.to_torch``), OptNet (qpth) and proxsuite's QPLayer on the same compiled QP.
+Models (each skipped with a message when it cannot run here): qpdsl with the default backend
+(``auto``, here ``cpu``), proxsuite and torch (``prob.to_torch``), OptNet (qpth) and proxsuite's
+QPLayer on the same compiled QP.
 The table gives the forward and backward time per batch and per epoch and the final imitation
 loss (the QPLayer paper's Table: forward 616 ms OptNet vs 55 ms QPLayer, backward 61 vs 39 ms,
 on its own machine and sizes — ours are measured here).
@@ -53,6 +54,7 @@ from _peers import RESULTS, ModelSpec, Timer, float64, format_table, progress, u
 import qpdsl as qd  # noqa: E402
 
 MODELS = [
+    ModelSpec("qpdsl[auto]", "qpdsl", "auto"),
     ModelSpec("qpdsl[proxsuite]", "qpdsl", "proxsuite"),
     ModelSpec("qpdsl[torch]", "qpdsl", "torch"),
     ModelSpec("optnet[qpth]", "qpth"),

@@ -20,8 +20,9 @@ with 8 blanks and 10 epochs the LP test error stays near 1.
 
 Models (each skipped with a message when it cannot run here):
 
-    qpdsl-lp[proxsuite], qpdsl-lp[torch]   the LP (P = 0) through prob.to_torch
-    qpdsl-qp[proxsuite], qpdsl-qp[torch]   the QP (P = 0.1 I)
+    qpdsl-lp[auto], qpdsl-lp[proxsuite], qpdsl-lp[torch]   the LP (P = 0) through prob.to_torch
+    qpdsl-qp[auto], qpdsl-qp[proxsuite], qpdsl-qp[torch]   the QP (P = 0.1 I); auto is the default
+                                                            backend (here: cpu)
     optnet-qp[qpth]                         OptNet's layer (needs P > 0: the QP)
     qplayer-qp, qplayer-lp                  proxsuite's QPLayer on the same data
 
@@ -59,8 +60,10 @@ BOX = 2  # box side
 NX = N * N * N  # one-hot size
 
 MODELS = [
+    ModelSpec("qpdsl-lp[auto]", "qpdsl", "auto", "lp"),
     ModelSpec("qpdsl-lp[proxsuite]", "qpdsl", "proxsuite", "lp"),
     ModelSpec("qpdsl-lp[torch]", "qpdsl", "torch", "lp"),
+    ModelSpec("qpdsl-qp[auto]", "qpdsl", "auto", "qp"),
     ModelSpec("qpdsl-qp[proxsuite]", "qpdsl", "proxsuite", "qp"),
     ModelSpec("qpdsl-qp[torch]", "qpdsl", "torch", "qp"),
     ModelSpec("optnet-qp[qpth]", "qpth", None, "qp"),

@@ -164,6 +164,30 @@ def test_a_small_multiplier_of_a_row_at_its_bound_is_kept() -> None:
     assert chk.z[0, 0] == 0.0
 
 
+def test_sign_noise_at_a_one_sided_bound_is_kept() -> None:
+    """Two rows x >= 0 at their bound, with multipliers of the wrong sign (pointing at the infinite
+    upper side) of 0.9e-9 each: sign noise within the tolerance. Zeroing them moved the dual
+    residual to 1.8e-9 > 1e-9 (proxsuite's points in the Sudoku example were then reported
+    inaccurate); they are kept and pass."""
+    from qpdsl.solve.verify import check_point
+
+    # min 1/2 x² + x  s.t.  x >= 0 (three times): x = 0, z = (-1 - 1.8e-9, 0.9e-9, 0.9e-9)
+    noise = 0.9e-9
+    data = QPData(
+        np.eye(1)[None],
+        np.array([[1.0]]),
+        np.zeros((1, 0, 1)),
+        np.zeros((1, 0)),
+        np.ones((1, 3, 1)),
+        np.zeros((1, 3)),
+        np.full((1, 3), np.inf),
+    )
+    z = np.array([[-1.0 - 2 * noise, noise, noise]])
+    no_y = np.zeros((1, 0))
+    chk = check_point(data, np.zeros((1, 1)), no_y, z, no_y, np.zeros((1, 3)), 1e-9, 0.0)
+    assert chk.passed[0] and chk.dual_res[0] < 1e-15, chk
+
+
 def test_the_gap_of_a_shifted_bound_is_judged_at_the_rounding_of_its_terms() -> None:
     """A zero row with bounds [1, 3] shifted by -1 sits at the shifted bound 0, computed as 1 + (-1).
     In float32 the shifted bound is exact only to the rounding of 1 and -1, so its multiplier's

@@ -151,14 +151,15 @@ def check_point(
     # bound it is read as zero (interior-point solvers leave such multipliers on inactive rows).
     # Every test below, the dual residual included, is made on those multipliers, which are the
     # ones :func:`verify` returns.
-    # The distance from the bound the multiplier's sign points at (an infinite side: infinitely
-    # far): a row at its upper bound is not off it because its lower bound is far below.
+    # The distance from the bound the multiplier's sign points at: a row at its upper bound is
+    # not off it because its lower bound is far below. A sign pointing at an infinite side is
+    # judged by the other, finite side: at that bound the multiplier is sign noise, which the
+    # complementarity test bounds; zeroing it would move the dual residual by up to eps_abs per row.
     below_hi, above_lo = xp.maximum(hi_f - cx, zero_in), xp.maximum(cx - lo_f, zero_in)
-    far = xp.full_like(cx, float("inf"))
     off_bound = xp.where(
         z > 0,
-        xp.where(hi_inf, far, below_hi),
-        xp.where(z < 0, xp.where(lo_inf, far, above_lo), zero_in),
+        xp.where(hi_inf, xp.where(lo_inf, zero_in, above_lo), below_hi),
+        xp.where(z < 0, xp.where(lo_inf, xp.where(hi_inf, zero_in, below_hi), above_lo), zero_in),
     )
     row_abs = _matvec(C_abs, xp.ones_like(x))
     abs_z = xp.abs(z)
