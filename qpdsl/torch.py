@@ -367,12 +367,13 @@ def _backward(
     grads = qp_vjp(outcome.data, result, *grads_in, shiftable=options.shiftable, flags=flags)
     if host:
         grads = replace(grads, ok=_tensor(grads.ok), **{k: _tensor(getattr(grads, k)) for k in _NAMES})
-    computed = grads.ok & _tensor(outcome.ok)
+    ok = _tensor(outcome.ok)
+    computed = grads.ok & ok
     layer = options.info.get("layer")
     if layer is not None:
         layer.last_backward_status = computed
     check = options.on_failure == "raise" and not grads.all_solved
-    failed = (_tensor(outcome.ok) & ~grads.ok).nonzero()[:, 0].tolist() if check else []
+    failed = (ok & ~grads.ok).nonzero()[:, 0].tolist() if check else []
     if failed:
         raise SolverError(
             f"the backward pass could not solve the adjoint system of batch elements {failed} "

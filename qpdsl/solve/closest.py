@@ -283,8 +283,7 @@ def _passes(
         return res, data.l, data.u
 
     def claim_feasibility(c: _Carry, res: QPResult, shown: Any) -> tuple[QPResult, Any, Any]:
-        claim = _feasibility_claim(res, soft_on)
-        return claim, data.l + claim.shift_in, data.u + claim.shift_in
+        return _feasibility_claim(data, res, soft_on)
 
     def claim_second(c: _Carry, second: QPResult, shown: Any) -> tuple[QPResult, Any, Any]:
         first, again, shifted = c.out, c.mask, c.shifted
@@ -403,8 +402,9 @@ def _without_objective(data: QPData) -> QPData:
     return replace(data, P=P, q=xp.zeros_like(data.q))
 
 
-def _feasibility_claim(res: QPResult, soft: tuple[Any, Any]) -> QPResult:
-    """The feasibility solve's claims as closest-feasible claims, to verify as those of the QP it is.
+def _feasibility_claim(data: QPData, res: QPResult, soft: tuple[Any, Any]) -> tuple[QPResult, Any, Any]:
+    """The feasibility solve's claims as closest-feasible claims, and the inequality bounds
+    ``(lo, hi)`` of the QP they are claims for, to verify them as such.
 
     In residual form the problem is ``min 1/2 ||r||²  s.t.  A x - r_eq = b,  l <= C x - r_in <= u``
     (``r = 0`` on the hard rows), and its optimal ``r`` equals the multipliers. So ``(x, y, z)`` is
@@ -415,19 +415,19 @@ def _feasibility_claim(res: QPResult, soft: tuple[Any, Any]) -> QPResult:
     """
     xp = namespace(res.x)
     d_eq, d_in = (xp.astype(mask, res.x.dtype) for mask in soft)
-    return replace(
+    claim = replace(
         res,
         status=xp.where(_is_ok(res.status), int(Status.SOLVED_CLOSEST_FEASIBLE), res.status),
         shift_eq=d_eq * res.y,
         shift_in=d_in * res.z,
     )
+    return claim, data.l + claim.shift_in, data.u + claim.shift_in
 
 
 def _verify_feasibility(data: QPData, res: QPResult, soft: tuple[Any, Any], settings: Settings) -> QPResult:
     """The feasibility solve's result with its claims verified (see :func:`_feasibility_claim`)."""
-    claim = _feasibility_claim(res, soft)
-    solved = replace(data, l=data.l + claim.shift_in, u=data.u + claim.shift_in)
-    return verify(data, claim, settings, solved=solved)
+    claim, lo, hi = _feasibility_claim(data, res, soft)
+    return verify(data, claim, settings, solved=replace(data, l=lo, u=hi))
 
 
 def _confirm_infeasible(
