@@ -420,7 +420,9 @@ def _forward(options: _Options, tensors: tuple[torch.Tensor, ...]) -> tuple[Outp
     options.info["outcome"] = outcome
     res = outcome.result
     dtype = tensors[1].dtype
-    outputs = tuple(_tensor(a).to(dtype) for a in (res.x, res.y, res.z, res.shift_eq, res.shift_in))
+    # Copies: the backward reads the result, which an in-place change of an output must not alter.
+    results = (res.x, res.y, res.z, res.shift_eq, res.shift_in)
+    outputs = tuple(_tensor(a).to(dtype, copy=True) for a in results)
     return (*outputs, _tensor(res.status)), outcome
 
 

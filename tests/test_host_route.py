@@ -102,3 +102,20 @@ def test_host_route_gives_the_torch_route_results() -> None:
     torch.testing.assert_close(s0, s1, atol=1e-6, rtol=0)
     for a, b in zip(g0, g1, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "proxsuite", "torch"])
+def test_changing_an_output_in_place_keeps_the_gradient_right(backend: str) -> None:
+    """The outputs are not the arrays the backward reads: ``x.mul_(10)`` after the solve gives the
+    gradient of ``10 x`` (the backward used to read the changed x and returned about zero)."""
+    if backend == "proxsuite":
+        pytest.importorskip("proxsuite")
+    grads = []
+    for in_place in (False, True):
+        inputs = _inputs(3, True)
+        x, *_ = qt.solve_qp(*inputs, backend=backend)
+        x = x.mul_(10.0) if in_place else x * 10.0
+        (x**2).sum().backward()
+        grads.append([t.grad for t in inputs])
+    for out_of_place, in_place in zip(*grads, strict=True):
+        torch.testing.assert_close(in_place, out_of_place, rtol=1e-10, atol=1e-12)
