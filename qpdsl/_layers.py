@@ -270,12 +270,9 @@ def make_jax_function(
         if on_failure == "raise" and any(_is_tracer(a) for a in arrays):
             _check_finite_traced(parameters, arrays)
         data = mark_invalid(dense_data(qp, theta), invalid)
-        results = qjax.solve_qp(
-            *data.arrays(),
-            backend=backend_name,
-            settings=settings,
-            on_failure=on_failure,
-            shiftable=qp.shiftable,
+        # P is convex by construction: the psd parameters are checked where they enter.
+        results = qjax.solve_standard_form(
+            data.arrays(), backend_name, settings, on_failure, None, qp.shiftable, check_convexity=False
         )
         return read_outputs(specs, results[:5], batched)
 

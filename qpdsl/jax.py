@@ -62,7 +62,9 @@ def solve_qp(
         ``(B, p)``, ``(B, p)``. Each may omit the batch dimension or have batch size 1 (it is
         then shared). ``A, b`` may both be None, ``C, l, u`` may all be None. float32 or
         float64 (only when ``jax_enable_x64`` is on); mixed inputs are computed in the widest.
-        ``l`` and ``u`` may hold ``-inf`` / ``+inf``. Only the symmetric part of ``P`` matters.
+        ``l`` and ``u`` may hold ``-inf`` / ``+inf``. Only the symmetric part of ``P`` matters;
+        it must be positive semidefinite (checked per element with one Cholesky factorisation;
+        an element that is not is invalid data, see ``on_failure``).
     backend
         A name from :func:`qpdsl.backends.available_backends` whose framework is ``"jax"``
         or ``"numpy"`` (the latter through :func:`jax.pure_callback`).
@@ -70,9 +72,9 @@ def solve_qp(
         Solver settings; ``Settings()`` when None.
     on_failure
         ``"raise"``, ``"nan"`` or ``"ignore"``, as in :func:`qpdsl.torch.solve_qp`: invalid
-        elements (non-finite data, ``l > u``) are never solved and get status
-        ``NUMERICAL_ERROR`` and NaN rows; failed solves raise, become NaN, or are returned
-        as given. Derivatives are zero on elements whose status is not ``ok``.
+        elements (non-finite data, ``l > u``, a P that is not positive semidefinite) are never
+        solved and get status ``NUMERICAL_ERROR`` and NaN rows; failed solves raise, become NaN,
+        or are returned as given. Derivatives are zero on elements whose status is not ``ok``.
     warm_start
         A :class:`~qpdsl.qp.WarmStart` ``(x, y, z)`` (e.g. the previous call's outputs), each
         ``(B, ·)``, unbatched, or None; used by backends that support warm starts, ignored by
@@ -91,9 +93,24 @@ def solve_qp(
         ``B`` when no input had a batch dimension); ``status`` is int32
         :class:`~qpdsl.qp.Status` codes.
     """
+    return solve_standard_form(
+        (P, q, A, b, C, l, u), backend, settings, on_failure, warm_start, shiftable, check_convexity=True
+    )
+
+
+def solve_standard_form(
+    args: tuple[Any, ...],
+    backend: str,
+    settings: Settings | None,
+    on_failure: str,
+    warm_start: WarmStart | None,
+    shiftable: Shiftable | None,
+    check_convexity: bool,
+) -> Outputs:
+    """:func:`solve_qp`; ``check_convexity=False`` for data convex by construction (compiled problems)."""
     check_on_failure(on_failure)
     settings = Settings() if settings is None else settings
-    arrays, batched = _broadcast(dict(zip(_NAMES, (P, q, A, b, C, l, u), strict=False)))
+    arrays, batched = _broadcast(dict(zip(_NAMES, args, strict=True)))
     solver = resolve_backend(backend, arrays[1])
     if solver.capabilities.framework == "torch":
         raise BackendNotFound(
@@ -102,7 +119,7 @@ def solve_qp(
         )
     P_, *rest = arrays
     warm = _broadcast_warm_start(warm_start, arrays) if solver.capabilities.warm_start else ()
-    outputs = _differentiable_solve(solver, settings, on_failure, shiftable)(
+    outputs = _differentiable_solve(solver, settings, on_failure, shiftable, check_convexity)(
         0.5 * (P_ + jnp.swapaxes(P_, -1, -2)), *rest, *warm
     )
     if not batched:
@@ -111,16 +128,17 @@ def solve_qp(
 
 
 def _differentiable_solve(
-    solver: Any, settings: Settings, on_failure: str, shiftable: Shiftable | None
+    solver: Any, settings: Settings, on_failure: str, shiftable: Shiftable | None, check_convexity: bool
 ) -> Callable[..., Outputs]:
     """The custom-JVP solve for one backend and one set of options."""
+    options = (solver, settings, on_failure, shiftable, check_convexity)
 
     def primal(*arrays: jax.Array) -> Outputs:
         # arrays: the seven data arrays, then optionally the warm start's x, y, z.
         traced = any(isinstance(a, jax.core.Tracer) for a in arrays)
         if traced and solver.capabilities.framework == "numpy":
-            return _solve_by_callback(solver, settings, on_failure, shiftable, arrays)
-        return _solve(solver, settings, on_failure, shiftable, arrays, traced)
+            return _solve_by_callback(options, arrays)
+        return _solve(options, arrays, traced)
 
     solve = jax.custom_jvp(primal)
 
@@ -167,18 +185,15 @@ def _tangent_map(
     return tuple(jnp.where(_rows(ok, d), d, 0) for d in qp_jvp(data, result, masked, shiftable))
 
 
-def _solve(
-    solver: Any,
-    settings: Settings,
-    on_failure: str,
-    shiftable: Shiftable | None,
-    arrays: tuple[jax.Array, ...],
-    traced: bool,
-) -> Outputs:
-    """The shared solve on JAX arrays (concrete, or traced with a JAX backend)."""
+def _solve(options: tuple[Any, ...], arrays: tuple[jax.Array, ...], traced: bool) -> Outputs:
+    """The shared solve on JAX arrays (concrete, or traced with a JAX backend).
+
+    ``options``: the solver, settings, on_failure, shiftable rows and check_convexity of :func:`solve_batch`.
+    """
+    on_failure = options[2]
     data, warm = QPData(*arrays[:7]), arrays[7:]
     start = WarmStart(*warm) if warm else None
-    outcome = solve_batch(solver, data, settings, start, on_failure, shiftable)
+    outcome = _solve_batch(options, data, start)
     res = outcome.result
     status = res.status.astype(jnp.int32)
     if traced and on_failure == "raise":
@@ -187,13 +202,12 @@ def _solve(
     return (*(a.astype(dtype) for a in (res.x, res.y, res.z, res.shift_eq, res.shift_in)), status)
 
 
-def _solve_by_callback(
-    solver: Any,
-    settings: Settings,
-    on_failure: str,
-    shiftable: Shiftable | None,
-    arrays: tuple[jax.Array, ...],
-) -> Outputs:
+def _solve_batch(options: tuple[Any, ...], data: QPData, start: WarmStart | None) -> Any:
+    solver, settings, on_failure, shiftable, check_convexity = options
+    return solve_batch(solver, data, settings, start, on_failure, shiftable, check_convexity)
+
+
+def _solve_by_callback(options: tuple[Any, ...], arrays: tuple[jax.Array, ...]) -> Outputs:
     """Solve with a numpy backend under ``jit`` / ``vmap``, through ``jax.pure_callback``."""
     q, b, l = arrays[1], arrays[3], arrays[5]
     dtype = q.dtype
@@ -207,8 +221,7 @@ def _solve_by_callback(
         flat = [np.asarray(a).reshape(count, *core) for a, core in zip(host_arrays, cores, strict=True)]
         data, warm = QPData(*flat[:7]), flat[7:]
         start = WarmStart(*warm) if warm else None
-        outcome = solve_batch(solver, data, settings, start, on_failure, shiftable)
-        res = outcome.result
+        res = _solve_batch(options, data, start).result
         outs = [np.asarray(a, dtype=dtype) for a in (res.x, res.y, res.z, res.shift_eq, res.shift_in)]
         return (
             *(o.reshape(*lead, o.shape[-1]) for o in outs),

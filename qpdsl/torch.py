@@ -57,7 +57,9 @@ def solve_qp(
         (no equalities), ``C, l, u`` may all be None (no inequalities). float32 or float64,
         one device for all; mixed float32 and float64 inputs are computed in float64 (as torch
         promotes them). ``l`` and ``u`` may hold ``-inf`` / ``+inf``.
-        Only the symmetric part of ``P`` matters (it is symmetrised).
+        Only the symmetric part of ``P`` matters (it is symmetrised); it must be positive
+        semidefinite (checked per element with one Cholesky factorisation; an element that is
+        not is invalid data, see ``on_failure``).
     backend
         A name from :func:`qpdsl.backends.available_backends`. A numpy backend reads CPU
         tensors through numpy views (no copy) and CUDA tensors through host copies; a torch
@@ -68,7 +70,8 @@ def solve_qp(
         Initial ``x, y, z`` (batched like the outputs, or unbatched); used when the
         backend supports warm starts.
     on_failure
-        What to do with batch elements that are invalid (non-finite data, ``l > u``) or
+        What to do with batch elements that are invalid (non-finite data, ``l > u``, a P that
+        is not positive semidefinite) or
         that the solver could not solve (status not ``ok``; ``solved`` and
         ``solved_closest_feasible`` are ok, so an infeasible element never raises and gets
         the closest feasible QP's solution and gradients):
@@ -96,9 +99,32 @@ def solve_qp(
     BackendNotFound
         Unknown or uninstalled backend.
     """
+    return _solve_qp(
+        (P, q, A, b, C, l, u),
+        backend,
+        settings,
+        warm_start,
+        on_failure,
+        shiftable,
+        info,
+        check_convexity=True,
+    )
+
+
+def _solve_qp(
+    args: tuple[torch.Tensor | None, ...],
+    backend: str,
+    settings: Settings | None,
+    warm_start: WarmStart | None,
+    on_failure: str,
+    shiftable: Shiftable | None,
+    info: dict[str, Any] | None,
+    check_convexity: bool,
+) -> Outputs:
+    """:func:`solve_qp`; ``check_convexity=False`` for data convex by construction (compiled problems)."""
     check_on_failure(on_failure)
     settings = Settings() if settings is None else settings
-    tensors, batched = _broadcast(dict(zip(_NAMES, (P, q, A, b, C, l, u), strict=False)))
+    tensors, batched = _broadcast(dict(zip(_NAMES, args, strict=True)))
     solver = resolve_backend(backend, tensors[1])
     if solver.capabilities.framework == "jax":
         from .errors import BackendNotFound
@@ -108,7 +134,7 @@ def solve_qp(
             "('auto', 'cpu', 'torch', 'proxsuite', 'qpsolvers:<name>'), or use qpdsl.jax / Problem.to_jax"
         )
     warm = _broadcast_warm_start(warm_start, tensors)
-    options = _Options(solver, settings, warm, on_failure, shiftable, info)
+    options = _Options(solver, settings, warm, on_failure, shiftable, info, check_convexity)
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         outputs = _QPFunction.apply(options, *tensors)
     else:
@@ -251,24 +277,35 @@ class ProblemLayer(_SolvingModule):
         )
         data = mark_invalid(dense_data(qp, theta), invalid)
         key = (batch, dtype, device)
-        x, y, z, s_eq, s_in, _ = solve_layer(self, data.arrays(), key, self._memory, qp.shiftable)
+        # P is convex by construction: the psd parameters are checked where they enter.
+        x, y, z, s_eq, s_in, _ = solve_layer(
+            self, data.arrays(), key, self._memory, qp.shiftable, convex=True
+        )
         return read_outputs(self._specs, (x, y, z, s_eq, s_in), batched)
 
 
 def solve_layer(
-    layer: Any, args: tuple[Any, ...], key: Any, memory: WarmMemory, shiftable: Shiftable | None = None
+    layer: Any,
+    args: tuple[Any, ...],
+    key: Any,
+    memory: WarmMemory,
+    shiftable: Shiftable | None = None,
+    convex: bool = False,
 ) -> Outputs:
     """The solve of a torch layer: :func:`solve_qp` with the layer's options, warm-start memory
-    (``layer.warm_start``) and status records (``layer.last_status``, ``layer.last_backward_status``)."""
+    (``layer.warm_start``) and status records (``layer.last_status``, ``layer.last_backward_status``).
+    ``convex``: P is known to be positive semidefinite (not checked again)."""
     info: dict[str, Any] = {"layer": layer}
-    out = solve_qp(
-        *args,
-        backend=layer.backend,
-        settings=layer.settings,
-        warm_start=memory.get(key) if layer.warm_start else None,
-        on_failure=layer.on_failure,
-        shiftable=shiftable,
-        info=info,
+    warm = memory.get(key) if layer.warm_start else None
+    out = _solve_qp(
+        args,
+        layer.backend,
+        layer.settings,
+        warm,
+        layer.on_failure,
+        shiftable,
+        info,
+        check_convexity=not convex,
     )
     layer.last_status = out[-1]
     outcome: Outcome = info["outcome"]
@@ -288,6 +325,7 @@ class _Options:
         on_failure: str,
         shiftable: Shiftable | None,
         info: dict[str, Any] | None,
+        check_convexity: bool,
     ) -> None:
         self.solver = solver
         self.settings = settings
@@ -295,6 +333,7 @@ class _Options:
         self.on_failure = on_failure
         self.shiftable = shiftable
         self.info = {} if info is None else info
+        self.check_convexity = check_convexity
 
 
 class _QPFunction(torch.autograd.Function):
@@ -416,7 +455,15 @@ def _forward(options: _Options, tensors: tuple[torch.Tensor, ...]) -> tuple[Outp
     warm = options.warm
     if host and warm is not None:
         warm = WarmStart(*(None if w is None else _host_view(w) for w in (warm.x, warm.y, warm.z)))
-    outcome = solve_batch(options.solver, data, options.settings, warm, options.on_failure, options.shiftable)
+    outcome = solve_batch(
+        options.solver,
+        data,
+        options.settings,
+        warm,
+        options.on_failure,
+        options.shiftable,
+        options.check_convexity,
+    )
     options.info["outcome"] = outcome
     res = outcome.result
     dtype = tensors[1].dtype

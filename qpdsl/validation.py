@@ -13,6 +13,11 @@ from .errors import ParameterError
 if TYPE_CHECKING:
     from .expressions.expression import Parameter
 
+# Relative to a matrix's largest entry, the most negative eigenvalue that still counts as
+# rounding: positive semidefinite to single precision. A rank-deficient L @ L.T formed in float32
+# and then cast to float64 has eigenvalues near -1e-7 times its largest entry.
+PSD_TOL = 1e-6
+
 
 def _bad_elements(mask: Any) -> list[int]:
     """Batch indices where a boolean (B, ...) mask holds anywhere."""
@@ -20,7 +25,7 @@ def _bad_elements(mask: Any) -> list[int]:
     return [int(i) for i in flat.any(axis=1).nonzero()[0]]
 
 
-def invalid_parameter_elements(p: Parameter, value: Any, psd_tol: float = 1e-8) -> dict[str, list[int]]:
+def invalid_parameter_elements(p: Parameter, value: Any, psd_tol: float = PSD_TOL) -> dict[str, list[int]]:
     """Batch indices of a (B, *p.shape) batch of values that are invalid for ``p``, by reason.
 
     Reasons (dictionary keys, each with a fix): non-finite entries; for ``nonneg`` parameters,
@@ -53,9 +58,8 @@ def invalid_parameter_elements(p: Parameter, value: Any, psd_tol: float = 1e-8) 
 def _invalid_masks(xp: Any, p: Parameter, value: Any, psd_tol: float) -> dict[str, Any]:
     """(B,) boolean masks by reason, computed without reading any value on the host.
 
-    The psd mask flags the elements whose symmetric part, shifted by ``psd_tol`` times the
-    batch's largest entry (at least 1), has no Cholesky factor: a superset of the elements with an
-    eigenvalue below that bound, which :func:`_eigenvalue_check` names exactly.
+    The psd mask is :func:`not_psd`: a superset of the elements with an eigenvalue below the
+    tolerance, which :func:`_eigenvalue_check` names exactly.
     """
     batch = value.shape[0]
     if batch == 0 or math.prod(value.shape) == 0:
@@ -67,18 +71,44 @@ def _invalid_masks(xp: Any, p: Parameter, value: Any, psd_tol: float) -> dict[st
         masks["negative (declared nonneg)"] = finite & xp.any(flat < 0, axis=1)
     if p.psd:
         clean = xp.where(xp.reshape(finite, (batch, 1, 1)), value, xp.zeros_like(value))
-        sym = (clean + xp.matrix_transpose(clean)) / 2
-        tol = psd_tol * xp.clip(xp.max(xp.abs(sym)), 1.0, None)
-        n = sym.shape[-1]
-        _, factored = cholesky_ex(sym + tol * xp.eye(n, dtype=sym.dtype, device=device(sym)))
-        masks["negative eigenvalue (declared psd)"] = finite & ~factored
+        masks["negative eigenvalue (declared psd)"] = finite & not_psd(clean, psd_tol)
     return masks
 
 
+def psd_tolerance(xp: Any, dtype: Any, n: int, psd_tol: float = PSD_TOL) -> float:
+    """How negative an eigenvalue may be, relative to the matrix's largest entry, and still count
+    as rounding: ``psd_tol``, or the rounding error of forming an ``n``-by-``n`` product such as
+    ``L @ L.T`` in ``dtype`` (``10 n u``) when that is larger."""
+    return max(psd_tol, 10.0 * n * float(xp.finfo(dtype).eps) / 2.0)
+
+
+def matrix_scale(xp: Any, sym: Any) -> Any:
+    """(B, 1, 1): each matrix's largest absolute entry, at least 1."""
+    return xp.clip(xp.max(xp.abs(sym), axis=(-2, -1), keepdims=True), 1.0, None)
+
+
+def not_psd(matrices: Any, psd_tol: float = PSD_TOL) -> Any:
+    """(B,) True where the symmetric part of a (B, n, n) matrix is clearly not positive semidefinite.
+
+    The symmetric part, shifted by :func:`psd_tolerance` times its own scale (:func:`matrix_scale`:
+    one element's large entries never excuse another's), has no Cholesky factor: one
+    factorisation per element instead of an eigendecomposition. Finite input; traceable.
+    """
+    xp = namespace(matrices)
+    n = matrices.shape[-1]
+    if n == 0:
+        return xp.zeros(matrices.shape[0], dtype=xp.bool, device=device(matrices))
+    sym = (matrices + xp.matrix_transpose(matrices)) / 2
+    tol = psd_tolerance(xp, sym.dtype, n, psd_tol) * matrix_scale(xp, sym)
+    _, factored = cholesky_ex(sym + tol * xp.eye(n, dtype=sym.dtype, device=device(sym)))
+    return ~factored
+
+
 def _eigenvalue_check(xp: Any, value: Any, psd_tol: float) -> Any:
-    """(B,) mask of the matrices whose symmetric part has an eigenvalue below ``-psd_tol * scale``."""
+    """(B,) mask of the matrices whose symmetric part has an eigenvalue below the tolerance of
+    :func:`not_psd` (host-side, for messages)."""
     sym = (value + xp.matrix_transpose(value)) / 2
-    tol = psd_tol * max(float(xp.max(xp.abs(sym))), 1.0)
+    tol = psd_tolerance(xp, sym.dtype, sym.shape[-1], psd_tol) * matrix_scale(xp, sym)[:, 0, 0]
     return _smallest_eigenvalues(xp, sym) < -tol
 
 
@@ -86,7 +116,7 @@ def _smallest_eigenvalues(xp: Any, sym: Any) -> Any:
     return xp.min(xp.linalg.eigvalsh(sym), axis=-1)
 
 
-def any_invalid(items: list[tuple[Parameter, Any]], psd_tol: float = 1e-8) -> bool:
+def any_invalid(items: list[tuple[Parameter, Any]], psd_tol: float = PSD_TOL) -> bool:
     """Whether some value in ``items`` (pairs of a parameter and a (B, *shape) batch of values, one
     framework) fails a check of :func:`invalid_parameter_elements`, in one host read for all."""
     flags = []
@@ -140,7 +170,7 @@ def checked_value(p: Parameter, value: Any) -> np.ndarray:
     return array
 
 
-def check_parameter_values(p: Parameter, value: Any, psd_tol: float = 1e-8, batched: bool = True) -> None:
+def check_parameter_values(p: Parameter, value: Any, psd_tol: float = PSD_TOL, batched: bool = True) -> None:
     """Raise :class:`ParameterError` if a batch of values (B, *p.shape) is invalid for ``p``.
 
     Checks: finite entries; for ``nonneg`` parameters, no negative entry; for ``psd``
@@ -172,5 +202,7 @@ def parameter_message(p: Parameter, invalid: dict[str, list[int]], batched: bool
         )
     return (
         f"parameter {p.name} (psd=True) has a negative eigenvalue in {_where(bad)}: "
-        "its symmetric part (M + M.T) / 2 must be positive semidefinite for the problem to stay convex"
+        "its symmetric part (M + M.T) / 2 must be positive semidefinite for the problem to stay convex "
+        f"(eigenvalues down to -{PSD_TOL:g} times the largest entry count as rounding); a learned matrix "
+        "can be made so by construction, e.g. L @ L.T + eps * I"
     )

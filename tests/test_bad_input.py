@@ -28,8 +28,8 @@ from qpdsl.qp import WarmStart
 torch = pytest.importorskip("torch")
 
 AVAILABLE = set(qd.available_backends())
-TORCH_BACKENDS = [b for b in ("proxsuite", "torch", "qpsolvers:clarabel") if b in AVAILABLE]
-ALL_BACKENDS = [b for b in ("proxsuite", "torch", "jax", "qpsolvers:clarabel") if b in AVAILABLE]
+TORCH_BACKENDS = [b for b in ("cpu", "proxsuite", "torch", "qpsolvers:clarabel") if b in AVAILABLE]
+ALL_BACKENDS = [b for b in ("cpu", "proxsuite", "torch", "jax", "qpsolvers:clarabel") if b in AVAILABLE]
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

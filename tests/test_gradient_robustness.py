@@ -38,7 +38,7 @@ torch = pytest.importorskip("torch")
 from qpdsl.torch import solve_qp  # noqa: E402
 
 AVAILABLE = set(qd.available_backends())
-TORCH_BACKENDS = [b for b in ("proxsuite", "torch") if b in AVAILABLE]
+TORCH_BACKENDS = [b for b in ("cpu", "proxsuite", "torch") if b in AVAILABLE]
 JAX_BACKENDS = [b for b in ("jax", "proxsuite") if b in AVAILABLE]
 SETTINGS = Settings(eps_abs=1e-10)
 NAMES = ("P", "q", "A", "b", "C", "l", "u")

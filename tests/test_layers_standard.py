@@ -30,7 +30,7 @@ _ACCURATE_QPSOLVERS = ("piqp", "clarabel")
 
 def _backends(*frameworks: str) -> list[str]:
     avail = available_backends()
-    names = [n for n in ("proxsuite", "torch", "jax") if n in avail]
+    names = [n for n in ("cpu", "proxsuite", "torch", "jax") if n in avail]
     names += [f"qpsolvers:{s}" for s in _ACCURATE_QPSOLVERS if f"qpsolvers:{s}" in avail]
     return [n for n in names if avail[n].framework in frameworks]
 

@@ -8,7 +8,7 @@ import torch
 
 import qpdsl as qd
 
-BACKENDS = [b for b in ("proxsuite", "torch", "qpsolvers:piqp") if b in qd.available_backends()]
+BACKENDS = [b for b in ("cpu", "proxsuite", "torch", "qpsolvers:piqp") if b in qd.available_backends()]
 
 
 def worked_problem() -> tuple[qd.Problem, dict[str, object]]:

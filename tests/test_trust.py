@@ -583,3 +583,92 @@ def test_a_far_point_whose_huge_terms_cancel_is_not_verified() -> None:
     big = np.array([1e12, 1e12 + 1e-4])  # terms of 2e12 and a value of 2e12: rounding allowed
     assert claim(np.ones((1, 2)), np.array([2e12]), big)
     assert claim(np.array([[1.0, -1.0]]), np.array([0.0]), np.array([1e18, 1e18]))  # exact
+
+
+def _saddle_batch() -> dict[str, np.ndarray]:
+    """Two QPs over the box [-1, 1]^2 with q = (0.3, 0.2): element 0 convex, element 1 with
+    P = diag(1, -1), whose stationary point x = (-0.3, 0.2) is a saddle, not the minimum."""
+    P = np.stack([np.diag([1.0, 2.0]), np.diag([1.0, -1.0])])
+    q = np.array([[0.3, 0.2], [0.3, 0.2]])
+    C = np.broadcast_to(np.eye(2), (2, 2, 2)).copy()
+    return {"P": P, "q": q, "C": C, "l": -np.ones((2, 2)), "u": np.ones((2, 2))}
+
+
+def _clarabel_box_solution(P: np.ndarray, q: np.ndarray) -> np.ndarray:
+    cp = pytest.importorskip("cvxpy")
+    x = cp.Variable(len(q))
+    objective = 0.5 * cp.quad_form(x, cp.psd_wrap(P)) + q @ x  # P may be psd to rounding only
+    cp.Problem(cp.Minimize(objective), [x >= -1, x <= 1]).solve(solver=cp.CLARABEL)
+    return x.value
+
+
+STANDARD_FORM_TORCH = [b for b in NUMPY_BACKENDS if b != "jax"]
+
+
+@pytest.mark.parametrize("backend", STANDARD_FORM_TORCH)
+def test_a_nonconvex_P_is_refused_not_solved_at_a_saddle_point(backend: str) -> None:
+    """At a saddle point of a nonconvex QP the optimality conditions hold, so every solver and
+    verification accepted it: solve_qp returned x = (-0.3, 0.2) as ``solved`` for P = diag(1, -1).
+    The element is invalid data; the convex element beside it is solved (checked by Clarabel)."""
+    torch = pytest.importorskip("torch")
+    from qpdsl.torch import solve_qp
+
+    d = {k: torch.tensor(v) for k, v in _saddle_batch().items()}
+    args = (d["P"], d["q"], None, None, d["C"], d["l"], d["u"])
+    with pytest.raises(ParameterError, match=r"P is not positive semidefinite .* in batch elements \[1\]"):
+        solve_qp(*args, backend=backend)
+    x, *_, status = solve_qp(*args, backend=backend, on_failure="nan")
+    assert status.tolist() == [int(Status.SOLVED), int(Status.NUMERICAL_ERROR)]
+    assert torch.isnan(x[1]).all()
+    expected = _clarabel_box_solution(np.diag([1.0, 2.0]), np.array([0.3, 0.2]))
+    np.testing.assert_allclose(x[0].numpy(), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", [b for b in ("jax", "cpu") if b in available_backends()])
+@pytest.mark.parametrize("jit", [False, True])
+def test_a_nonconvex_P_is_refused_in_jax_eager_and_under_jit(backend: str, jit: bool) -> None:
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    from qpdsl.jax import solve_qp
+
+    d = {k: jax.numpy.asarray(v) for k, v in _saddle_batch().items()}
+
+    def run(P, q, C, l, u):
+        return solve_qp(P, q, None, None, C, l, u, backend=backend, on_failure="nan")
+
+    x, *_, status = (jax.jit(run) if jit else run)(d["P"], d["q"], d["C"], d["l"], d["u"])
+    assert np.asarray(status).tolist() == [int(Status.SOLVED), int(Status.NUMERICAL_ERROR)]
+    assert np.isnan(np.asarray(x[1])).all()
+    expected = _clarabel_box_solution(np.diag([1.0, 2.0]), np.array([0.3, 0.2]))
+    np.testing.assert_allclose(np.asarray(x[0]), expected, atol=1e-6)
+    if not jit:
+        with pytest.raises(ParameterError, match="P is not positive semidefinite"):
+            solve_qp(d["P"], d["q"], None, None, d["C"], d["l"], d["u"], backend=backend)
+
+
+@pytest.mark.parametrize("rank", [1, 5])
+def test_a_rank_deficient_float32_product_L_LT_is_positive_semidefinite(rank: int) -> None:
+    """``L @ L.T`` in float32 has eigenvalues near -1e-6 times its scale when L has fewer columns
+    than rows: a psd parameter given it, and a standard-form P, were refused as not psd. The
+    solution is compared with Clarabel's on the same (float64) data."""
+    torch = pytest.importorskip("torch")
+    from qpdsl.torch import solve_qp
+
+    n = 30
+    gen = torch.Generator().manual_seed(rank)
+    L = torch.randn(n, rank, generator=gen)
+    Q = L @ L.T  # float32
+    c = torch.randn(n, generator=gen)
+    x = qd.Variable(n, name="x")
+    Qp = qd.Parameter((n, n), psd=True, name="Q")
+    cp_ = qd.Parameter(n, name="c")
+    prob = qd.Problem(qd.Minimize(0.5 * qd.quad_form(x, Qp) + cp_ @ x), [x >= -1, x <= 1])
+    (x_layer,) = prob.to_torch([Qp, cp_], [x])(Q, c)
+    eye = torch.eye(n)
+    x_std, *_ = solve_qp(Q, c, None, None, eye, -torch.ones(n), torch.ones(n))
+    expected = _clarabel_box_solution(Q.double().numpy(), c.double().numpy())
+    np.testing.assert_allclose(x_layer.numpy(), expected, atol=2e-3)
+    np.testing.assert_allclose(x_std.numpy(), expected, atol=2e-3)
+    # a clearly indefinite float32 matrix is still refused
+    with pytest.raises(ParameterError, match="negative eigenvalue"):
+        prob.to_torch([Qp, cp_], [x])(Q - 1e-3 * Q.abs().max() * eye, c)

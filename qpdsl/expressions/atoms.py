@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ModelError
+from ..validation import psd_tolerance
 from .expression import (
     Add,
     Concatenate,
@@ -168,7 +169,8 @@ class QuadForm(_Scalar):
                     "pass (Q + Q.T) / 2, which gives the same quadratic form"
                 )
             lam_min = np.linalg.eigvalsh(dense).min() if n <= 4000 else 0.0
-            if lam_min < -1e-8 * builtins.max(1.0, np.abs(dense).max()):
+            tol = psd_tolerance(np, dense.dtype, n) * builtins.max(1.0, np.abs(dense).max())
+            if lam_min < -tol:
                 raise ModelError(
                     f"quad_form({x.describe()}, {Q.describe()}): Q is not positive semidefinite "
                     f"(smallest eigenvalue {lam_min:.3g}); the objective would not be convex. Pass a PSD "

@@ -17,6 +17,7 @@ import numpy as np
 from .._array import device, framework, host_values, int_dtype, is_traced, namespace, to_numpy
 from ..errors import ParameterError, SolverError
 from ..qp import QPData, QPResult, Settings, SparseBatch, Status, WarmStart
+from ..validation import not_psd
 from .closest import Shiftable
 
 ON_FAILURE = ("raise", "nan", "ignore")
@@ -65,9 +66,10 @@ def resolve_backend(name: str | None, array: Any = None, sparse_hint: tuple[int,
 # --------------------------------------------------------------------------- invalid elements
 
 
-def valid_elements(data: QPData) -> Any:
+def valid_elements(data: QPData, check_convexity: bool = False) -> Any:
     """(B,) True where an element's data are valid: P, q, A, b, C finite; l, u not NaN;
-    no ``l = +inf`` or ``u = -inf``; ``l <= u``. Traceable."""
+    no ``l = +inf`` or ``u = -inf``; ``l <= u``; with ``check_convexity`` (dense data), the
+    symmetric part of P positive semidefinite (:func:`~qpdsl.validation.not_psd`). Traceable."""
     xp = namespace(data.q)
 
     def every(a: Any) -> Any:
@@ -80,10 +82,20 @@ def valid_elements(data: QPData) -> Any:
         ok = ok & every(xp.isfinite(xp.asarray(values)))
     l, u = data.l, data.u
     bounds = ~xp.isnan(l) & ~xp.isnan(u) & (l != float("inf")) & (u != float("-inf")) & (l <= u)
-    return ok & every(bounds)
+    ok = ok & every(bounds)
+    if check_convexity and not data.is_sparse:
+        ok = ok & ~_not_convex(data.P, ok)
+    return ok
 
 
-def invalid_reasons(data: QPData) -> dict[str, list[int]]:
+def _not_convex(P: Any, finite: Any) -> Any:
+    """(B,) True where P is clearly not positive semidefinite (elements not ``finite`` read as identity)."""
+    xp = namespace(P)
+    eye = xp.eye(P.shape[-1], dtype=P.dtype, device=device(P))
+    return not_psd(xp.where(xp.reshape(finite, (-1, 1, 1)), P, eye))
+
+
+def invalid_reasons(data: QPData, check_convexity: bool = False) -> dict[str, list[int]]:
     """Batch indices of invalid elements by reason (host-side, for messages)."""
 
     def rows(mask: Any) -> list[int]:
@@ -100,6 +112,11 @@ def invalid_reasons(data: QPData) -> dict[str, list[int]]:
     reasons["l has +inf or u has -inf entries"] = rows((l == np.inf) | (u == -np.inf))
     with np.errstate(invalid="ignore"):
         reasons["l > u somewhere"] = rows(l > u)
+    if check_convexity and not data.is_sparse:
+        finite = valid_elements(data)
+        reasons["P is not positive semidefinite (a QP with it is not convex)"] = rows(
+            _not_convex(data.P, finite)
+        )
     return {reason: idx for reason, idx in reasons.items() if idx}
 
 
@@ -107,9 +124,9 @@ def invalid_message(invalid: dict[str, list[int]]) -> str:
     bad = sorted({i for idx in invalid.values() for i in idx})
     details = "; ".join(f"{reason} in batch elements {idx}" for reason, idx in invalid.items())
     return (
-        f"invalid QP data in batch elements {bad}: {details}. P, q, A, b, C must be finite, l and u "
-        f"may hold -inf / +inf but never NaN, and l <= u; fix those elements, or pass on_failure='nan' "
-        f"to get NaN rows for them and solve the others"
+        f"invalid QP data in batch elements {bad}: {details}. P, q, A, b, C must be finite, the "
+        f"symmetric part of P positive semidefinite, l and u may hold -inf / +inf but never NaN, and "
+        f"l <= u; fix those elements, or pass on_failure='nan' to get NaN rows for them and solve the others"
     )
 
 
@@ -171,23 +188,28 @@ def solve_batch(
     warm_start: WarmStart | None = None,
     on_failure: str = "raise",
     shiftable: Shiftable | None = None,
+    check_convexity: bool = False,
 ) -> Outcome:
     """Solve a batch with ``solver`` in the framework of ``data`` (concrete or traced).
 
     Invalid elements (see :func:`valid_elements`) are never solved: they get status
-    ``numerical_error`` and NaN rows. ``on_failure="raise"`` raises :class:`ParameterError`
-    for invalid data before solving and :class:`SolverError` for elements whose status is not
-    ok (on traced arrays the caller raises, see :func:`failure_error`); ``"nan"`` gives NaN rows
-    for them; ``"ignore"`` returns the backend's point with its status.
+    ``numerical_error`` and NaN rows. ``check_convexity`` tests P for positive semidefiniteness,
+    for data that are not convex by construction: at a saddle point of a nonconvex QP the
+    optimality conditions hold, so neither the solvers nor verification would notice.
+
+    ``on_failure="raise"`` raises :class:`ParameterError` for invalid data before solving and
+    :class:`SolverError` for elements whose status is not ok (on traced arrays the caller
+    raises, see :func:`failure_error`); ``"nan"`` gives NaN rows for them; ``"ignore"`` returns
+    the backend's point with its status.
     """
     check_on_failure(on_failure)
     xp = namespace(data.q)
     traced = is_traced(data.q)
     dense = data if data.is_sparse else data.dense()
-    valid = valid_elements(dense)
+    valid = valid_elements(dense, check_convexity)
     all_valid = not traced and bool(xp.all(valid))
     if not traced and on_failure == "raise" and not all_valid:
-        raise ParameterError(invalid_message(invalid_reasons(dense)))
+        raise ParameterError(invalid_message(invalid_reasons(dense, check_convexity)))
     # sanitising copies every array: only when some element is invalid (or may be, traced)
     clean = dense if dense.is_sparse or all_valid else sanitise(dense, valid)
     warm = _clean_warm(warm_start, valid) if solver.capabilities.warm_start else None
@@ -225,7 +247,8 @@ def failure_error(status: np.ndarray, valid: np.ndarray) -> Exception | None:
     valid = np.asarray(valid).reshape(-1)
     invalid = np.flatnonzero(~valid).tolist()
     if invalid:
-        return ParameterError(invalid_message({"non-finite data, NaN bounds or l > u": invalid}))
+        reason = "non-finite data, NaN bounds, l > u or a P that is not positive semidefinite"
+        return ParameterError(invalid_message({reason: invalid}))
     flat = np.asarray(status).reshape(-1)
     failed = [(i, Status(int(s))) for i, s in enumerate(flat) if not Status(int(s)).ok]
     if not failed:

@@ -36,6 +36,8 @@ DUAL_INFEASIBLE = int(Status.DUAL_INFEASIBLE)
 MAX_ITER = int(Status.MAX_ITER)
 NUMERICAL_ERROR = int(Status.NUMERICAL_ERROR)
 PRIMAL_INFEASIBLE = int(Status.PRIMAL_INFEASIBLE)
+# The largest proximal weight (scaled problem) tried when P + rho I has no Cholesky factor.
+RHO_MAX = 1e-3
 INFINITE_BOUND = 1e20  # bounds of at least this magnitude are infinite
 GAP_ROUNDING = 10.0  # the duality gap counts as zero below this many ulps of its terms
 REFRESH_EVERY = 8  # Newton steps between exact recomputations of the products K x
@@ -466,6 +468,13 @@ def solve_one(P, q, A, b, C, l, u, x0, y0, z0, fp, ip, x_out, y_out, z_out, info
                     if mu_in < 0.5 * mu_in0:
                         mu_eq, mu_in = min(mu_eq / mu_factor, mu_eq0), min(mu_in / mu_factor, mu_in0)
                         floor_eq, floor_in = mu_eq, mu_in
+                        continue
+                    # P is only positive semidefinite to rounding (e.g. a rank-deficient L L' formed
+                    # in float32): a larger proximal weight makes the subproblems strongly convex
+                    # again. The limit of the proximal point iteration does not depend on it.
+                    if rho < RHO_MAX:
+                        rho *= 10.0
+                        H_eq_mu = np.nan
                         continue
                     status = NUMERICAL_ERROR
                     break
