@@ -83,11 +83,11 @@ def broadcast_arguments(
 ) -> tuple[Any, int, bool, list[int]]:
     """Stack layer arguments (and fixed parameter values) into theta (B, n_theta).
 
-    Each argument may carry a leading batch dimension; unbatched ones broadcast. Invalid values
-    (NaN/Inf, a negative ``nonneg`` or a non-PSD ``psd`` parameter) raise :class:`ParameterError`
-    with ``on_failure="raise"``; otherwise the indices of the invalid batch elements are returned
-    (last item) for the caller to mark as failed. An invalid value shared by the whole batch
-    (no batch dimension) always raises.
+    Each argument may carry a leading batch dimension; unbatched ones, and those of batch size 1,
+    broadcast. Invalid values (NaN/Inf, a negative ``nonneg`` or a non-PSD ``psd`` parameter)
+    raise :class:`ParameterError` with ``on_failure="raise"``; otherwise the indices of the
+    invalid batch elements are returned (last item) for the caller to mark as failed. An invalid
+    value shared by the whole batch (no batch dimension) always raises.
     """
     if len(args) != len(parameters):
         raise ParameterError(
@@ -95,21 +95,25 @@ def broadcast_arguments(
             f"({', '.join(p.name for p in parameters)}), got {len(args)}"
         )
     given = {p.id: a for p, a in zip(parameters, args, strict=False)}
-    values: dict[Parameter, Any] = {}
+    values: dict[Parameter, Any] = {}  # each (1 or B, *shape)
     batch, batched, batch_from = 1, False, ""
     shared: set[int] = set()
     for p in qp.parameters:
         v = given[p.id] if p.id in given else convert(p.value)
         if tuple(v.shape) == p.shape:
             shared.add(p.id)
+            v = v.reshape(1, *p.shape)
         elif v.ndim == len(p.shape) + 1 and tuple(v.shape[1:]) == p.shape:
-            if batched and v.shape[0] != batch:
+            batched = True
+            size = int(v.shape[0])
+            if size != 1 and batch_from and size != batch:
                 raise ParameterError(
-                    f"parameter {p.name}: batch size {v.shape[0]} differs from the batch size {batch} of "
+                    f"parameter {p.name}: batch size {size} differs from the batch size {batch} of "
                     f"parameter {batch_from}; give every batched argument the same leading dimension "
-                    "(or none, to share one value across the batch)"
+                    "(or 1, or none, to share one value across the batch)"
                 )
-            batch, batched, batch_from = int(v.shape[0]), True, p.name
+            if size != 1:
+                batch, batch_from = size, p.name
         else:
             raise ParameterError(
                 f"parameter {p.name}: expected shape {p.shape} (or (batch, *{p.shape})), got {tuple(v.shape)}"
@@ -117,10 +121,8 @@ def broadcast_arguments(
         values[p] = v
     if batch == 0:
         raise ParameterError(f"parameter {batch_from} has batch size 0; pass at least one batch element")
+    # Checked before broadcasting: a value shared by the batch is checked once.
     invalid: set[int] = set()
-    for p, v in values.items():
-        if tuple(v.shape) == p.shape:
-            values[p] = _expand(v.reshape(1, *p.shape), batch)
     checked = [(p, v) for p, v in values.items() if validate and not _is_tracer(v)]
     if checked and any_invalid(checked):  # one host read for every parameter; details only then
         for p, v in checked:
@@ -128,7 +130,10 @@ def broadcast_arguments(
                 check_parameter_values(p, v, batched=p.id not in shared)
             else:
                 for idx in invalid_parameter_elements(p, v).values():
-                    invalid.update(idx)
+                    invalid.update(range(batch) if v.shape[0] == 1 else idx)
+    for p, v in values.items():
+        if v.shape[0] == 1 and batch != 1:
+            values[p] = _expand(v, batch)
     theta = qp.stack_theta(values, batch)
     if framework(theta) == "numpy":  # a problem without parameters: theta is a column of ones
         theta = convert(theta)
@@ -300,6 +305,13 @@ def _check_finite_traced(parameters: Sequence[Parameter], arrays: Sequence[Any])
     jax.debug.callback(check, finite)
 
 
+def _complex_error(label: str, dtype: Any) -> ParameterError:
+    return ParameterError(
+        f"{label} is complex ({dtype}); pass real values (split real and imaginary parts into two "
+        "inputs if the model needs both)"
+    )
+
+
 def _argument_error(p: Parameter, value: Any, exc: Exception | None = None) -> ParameterError:
     why = f" ({exc})" if exc is not None else ""
     return ParameterError(
@@ -322,16 +334,39 @@ def _jax_dtype(given: Sequence[Any], arrays: Sequence[Any]) -> Any:
     return jnp.result_type(*floats) if floats else jnp.zeros(()).dtype
 
 
-def torch_dtype(given: Sequence[Any]) -> Any:
-    """The dtype a torch layer computes in: the widest floating dtype of the tensor arguments (as
-    torch promotes; numbers, lists and arrays adapt), else float64."""
+def torch_dtype(tensors: Sequence[Any]) -> Any:
+    """The dtype a torch layer or ``solve_qp`` computes in, as torch promotes its operands: the
+    widest floating dtype of the tensors with dimensions, else of the 0-dim ones, else float64
+    (integer tensors, numbers, lists and arrays adapt)."""
     import torch
 
-    floats = [a.dtype for a in given if isinstance(a, torch.Tensor) and a.is_floating_point()]
-    dtype = floats[0] if floats else torch.float64
-    for other in floats[1:]:
+    floats = [a for a in tensors if isinstance(a, torch.Tensor) and a.is_floating_point()]
+    ranked = [a.dtype for a in floats if a.ndim > 0] or [a.dtype for a in floats]
+    dtype = ranked[0] if ranked else torch.float64
+    for other in ranked[1:]:
         dtype = torch.promote_types(dtype, other)
     return dtype
+
+
+def check_torch_tensor(label: str, t: Any) -> None:
+    """Raise :class:`ParameterError` for a tensor qpdsl cannot compute with (``label`` names it):
+    sparse or otherwise non-strided, on the ``meta`` device, complex, or a floating dtype other
+    than float32 and float64. Integer and boolean tensors are accepted (they are converted)."""
+    import torch
+
+    if t.layout != torch.strided:
+        raise ParameterError(f"{label} is a {t.layout} tensor; pass a dense one (.to_dense())")
+    if t.device.type == "meta":
+        raise ParameterError(
+            f"{label} is on the meta device, which holds no values; create it on 'cpu' or 'cuda'"
+        )
+    if t.is_complex():
+        raise _complex_error(label, t.dtype)
+    if t.is_floating_point() and t.dtype not in (torch.float32, torch.float64):
+        raise ParameterError(
+            f"{label} is {t.dtype}; qpdsl computes in float32 or float64: convert it with .float() "
+            "or .double()"
+        )
 
 
 def torch_arguments(parameters: Sequence[Parameter], args: Sequence[Any]) -> list[Any]:
@@ -351,6 +386,9 @@ def torch_arguments(parameters: Sequence[Parameter], args: Sequence[Any]) -> lis
             f"the layer's arguments are on different devices ({where}); move them to one "
             "device with .to(device)"
         )
+    for p, a in zip(parameters, args, strict=False):
+        if isinstance(a, torch.Tensor):
+            check_torch_tensor(f"argument for parameter {p.name}", a)
     device = given[0].device if given else None
     out = []
     for p, a in zip(parameters, args, strict=False):
@@ -359,13 +397,6 @@ def torch_arguments(parameters: Sequence[Parameter], args: Sequence[Any]) -> lis
                 a = torch.as_tensor(np.asarray(a, dtype=float), device=device)
             except (TypeError, ValueError) as exc:
                 raise _argument_error(p, a, exc) from exc
-        if a.is_complex():
-            raise _argument_error(p, a)
-        if a.is_floating_point() and a.dtype not in (torch.float32, torch.float64):
-            raise ParameterError(
-                f"argument for parameter {p.name} is {a.dtype}; the layer computes in "
-                "float32 or float64: convert it with .float() or .double()"
-            )
         out.append(a)
     return out + list(args[len(out) :])
 
@@ -381,7 +412,7 @@ def _jax_arguments(parameters: Sequence[Parameter], args: Sequence[Any]) -> list
         except TypeError as exc:
             raise _argument_error(p, a, exc) from exc
         if jnp.iscomplexobj(arr):
-            raise _argument_error(p, a)
+            raise _complex_error(f"argument for parameter {p.name}", arr.dtype)
         if jnp.issubdtype(arr.dtype, jnp.floating) and arr.dtype not in (jnp.float32, jnp.float64):
             raise ParameterError(
                 f"argument for parameter {p.name} is {arr.dtype}; the layer computes in float32 or "

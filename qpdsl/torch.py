@@ -22,7 +22,6 @@ from .solve.core import Outcome, WarmMemory, check_on_failure, resolve_backend, 
 __all__ = ["ProblemLayer", "QPLayer", "solve_qp"]
 
 _NAMES = sf.NAMES
-_FLOATS = (torch.float32, torch.float64)
 
 Outputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -54,9 +53,10 @@ def solve_qp(
         Dense tensors of shapes ``(B, n, n)``, ``(B, n)``, ``(B, m, n)``, ``(B, m)``,
         ``(B, p, n)``, ``(B, p)``, ``(B, p)``. Each may omit the batch dimension or have
         batch size 1 (it is then shared by the whole batch). ``A, b`` may both be None
-        (no equalities), ``C, l, u`` may all be None (no inequalities). float32 or float64,
-        one device for all; mixed float32 and float64 inputs are computed in float64 (as torch
-        promotes them). ``l`` and ``u`` may hold ``-inf`` / ``+inf``.
+        (no equalities), ``C, l, u`` may all be None (no inequalities). Dense, one device
+        for all, float32 or float64; mixed inputs are computed in the dtype torch promotes them
+        to (the widest floating dtype of the inputs with dimensions, else of the 0-dim ones;
+        integer inputs adapt, float64 when all are integer). ``l`` and ``u`` may hold ``-inf`` / ``+inf``.
         Only the symmetric part of ``P`` matters (it is symmetrised); it must be positive
         semidefinite (checked per element with one Cholesky factorisation; an element that is
         not is invalid data, see ``on_failure``).
@@ -493,6 +493,8 @@ def _broadcast(args: dict[str, torch.Tensor | None]) -> tuple[tuple[torch.Tensor
 
     Returns the seven ``(B, ...)`` tensors and whether any input had a batch dimension.
     """
+    from ._layers import check_torch_tensor, torch_dtype
+
     for name, value in args.items():
         if value is not None and not isinstance(value, torch.Tensor):
             raise ParameterError(
@@ -505,16 +507,11 @@ def _broadcast(args: dict[str, torch.Tensor | None]) -> tuple[tuple[torch.Tensor
             f"all inputs must be on one device, got {sorted(map(str, devices))}; move them with .to(device)"
         )
     for name, value in args.items():
-        if value is not None and value.dtype not in _FLOATS:
-            raise ParameterError(
-                f"inputs must be float32 or float64, got {value.dtype} for {name}; convert them with "
-                ".to(torch.float64)"
-            )
-    dtype = torch.float32
-    for value in args.values():
         if value is not None:
-            dtype = torch.promote_types(dtype, value.dtype)
-    args = {k: None if v is None else v.to(dtype) for k, v in args.items()}  # mixed: the widest, as torch
+            check_torch_tensor(name, value)
+    # mixed dtypes: as torch promotes them (integer inputs adapt)
+    dtype = torch_dtype([v for v in args.values() if v is not None])
+    args = {k: None if v is None else v.to(dtype) for k, v in args.items()}
     q = args["q"]
     assert q is not None
     n = q.shape[-1] if q.ndim else -1

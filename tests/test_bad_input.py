@@ -178,7 +178,9 @@ def test_layer_non_numeric_and_complex_arguments(model: Model, fw: str) -> None:
         import jax.numpy as jnp
 
         cplx = jnp.ones((4, 3), dtype=jnp.complex128)
-    expect(qd.ParameterError, lambda: layer(S, cplx, lam), "argument for parameter q", "real numeric")
+    expect(
+        qd.ParameterError, lambda: layer(S, cplx, lam), "argument for parameter q is complex", "real values"
+    )
 
 
 def test_torch_layer_dtypes_and_devices(model: Model) -> None:
@@ -192,6 +194,13 @@ def test_torch_layer_dtypes_and_devices(model: Model) -> None:
         "q on meta",
         ".to(device)",
     )
+    expect(
+        qd.ParameterError,
+        lambda: layer(S.to("meta"), q.to("meta"), lam.to("meta")),
+        "parameter S",
+        "meta device",
+    )
+    expect(qd.ParameterError, lambda: layer(S.to_sparse(), q, lam), "parameter S", "sparse", ".to_dense()")
     # mixed float32 / float64 arguments: computed in the widest, as torch promotes them
     (x,) = layer(S.float(), q, lam)
     assert x.dtype == torch.float64

@@ -333,14 +333,13 @@ def test_adjoint_on_meta_tensors_needs_the_flags() -> None:
 
 
 def test_layer_arguments_and_affine_maps_run_on_meta_tensors() -> None:
-    from qpdsl._layers import broadcast_arguments, layer_arguments, torch_arguments, torch_dtype
+    from qpdsl._layers import broadcast_arguments, layer_arguments, torch_dtype
 
     layer, (S, q) = _psd_problem()
     qp = layer.problem.compile()
     args = [torch.empty_like(S, device="meta"), torch.empty_like(q, device="meta")]
-    given = layer_arguments(layer.parameters_in, args, {})
-    tensors = torch_arguments(layer.parameters_in, given)
-    assert torch_dtype(given) == torch.float64 and all(t.device.type == "meta" for t in tensors)
+    tensors = layer_arguments(layer.parameters_in, args, {})  # a user's meta tensors are refused earlier
+    assert torch_dtype(tensors) == torch.float64
     theta, batch, batched, invalid = broadcast_arguments(
         qp, layer.parameters_in, tensors, lambda v: torch.as_tensor(v, device="meta"), validate=False
     )

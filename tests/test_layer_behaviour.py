@@ -237,6 +237,73 @@ def test_torch_problem_layer_promotes_mixed_floats() -> None:
         torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
 
 
+def _clarabel_least_squares(A: np.ndarray, b: np.ndarray) -> np.ndarray:
+    cp = pytest.importorskip("cvxpy")
+    x = cp.Variable(3)
+    objective = cp.sum_squares(A @ x - b) + 0.1 * cp.sum_squares(x)
+    cp.Problem(cp.Minimize(objective), [x >= -1, x <= 1]).solve(solver=cp.CLARABEL)
+    return x.value
+
+
+def test_torch_layer_and_solve_qp_take_the_same_inputs() -> None:
+    """Integer tensors, a 0-dim float64 beside float32 tensors, and a batch of size 1 shared by
+    a larger batch: the problem layer and solve_qp accept the same inputs and compute in the
+    dtype torch promotes them to (solve_qp refused integers; the layer refused batch size 1
+    and computed the 0-dim case in float64)."""
+    from qpdsl.torch import solve_qp
+
+    prob, A, b, x = least_squares()
+    layer = prob.to_torch([A, b], [x])
+    A_int, b_int = np.round(3 * A0), np.round(3 * B0)
+    (x_int,) = layer(torch.tensor(A_int, dtype=torch.int64), torch.tensor(b_int, dtype=torch.int32))
+    assert x_int.dtype == torch.float64
+    np.testing.assert_allclose(x_int.numpy(), _clarabel_least_squares(A_int, b_int), atol=1e-6)
+    P, q = 2 * A_int.T @ A_int + 0.2 * np.eye(3), -2 * A_int.T @ b_int
+    box = (
+        torch.eye(3, dtype=torch.int64),
+        -torch.ones(3, dtype=torch.int64),
+        torch.ones(3, dtype=torch.int64),
+    )
+    P_int, q_int = np.round(P * 10), np.round(q * 10)
+    x_std = solve_qp(torch.tensor(P_int).long(), torch.tensor(q_int).long(), None, None, *box)[0]
+    assert x_std.dtype == torch.float64
+    cp = pytest.importorskip("cvxpy")
+    xc = cp.Variable(3)
+    objective = 0.5 * cp.quad_form(xc, P_int) + q_int @ xc
+    cp.Problem(cp.Minimize(objective), [xc >= -1, xc <= 1]).solve(solver=cp.CLARABEL)
+    np.testing.assert_allclose(x_std.numpy(), xc.value, atol=1e-6)
+
+    # a 0-dim float64 does not widen float32 tensors, as in torch (ones(3) + tensor(1.0, float64))
+    assert (torch.ones(3) + torch.tensor(1.0, dtype=torch.float64)).dtype == torch.float32
+    lam = qd.Parameter(name="lam", nonneg=True)
+    xs = qd.Variable(3, name="x")
+    ridge = qd.Problem(
+        qd.Minimize(qd.sum_squares(A @ xs - b) + lam * qd.sum_squares(xs)), [xs >= -1, xs <= 1]
+    )
+    out = ridge.to_torch([A, b, lam], [xs])(
+        torch.tensor(A0, dtype=torch.float32),
+        torch.tensor(B0, dtype=torch.float32),
+        torch.tensor(0.1, dtype=torch.float64),
+    )[0]
+    assert out.dtype == torch.float32
+    np.testing.assert_allclose(out.numpy(), _clarabel_least_squares(A0, B0), atol=1e-4)
+    Pt, qt = torch.tensor(2 * A0.T @ A0 + 0.2 * np.eye(3)).float(), torch.tensor(-2 * A0.T @ B0).float()
+    C, lo, up = torch.eye(3), -torch.ones(3), torch.ones(3)
+    x32 = solve_qp(Pt, qt, None, None, C, lo, torch.tensor(1.0, dtype=torch.float64) * up)[0]
+    assert x32.dtype == torch.float32
+
+    # a batch of size 1 is shared by a larger batch, as in solve_qp and numpy broadcasting
+    bs = B0 + np.arange(5)[:, None] * 0.3
+    (xb,) = layer(torch.tensor(A0)[None], torch.tensor(bs))
+    assert xb.shape == (5, 3)
+    for k in (0, 4):
+        np.testing.assert_allclose(xb[k].numpy(), _clarabel_least_squares(A0, bs[k]), atol=1e-6)
+    (x1,) = layer(torch.tensor(A0)[None], torch.tensor(B0))
+    assert x1.shape == (1, 3)
+    with pytest.raises(qd.ParameterError, match="batch size 5 differs from the batch size 2 of parameter A"):
+        layer(torch.tensor(A0).expand(2, 4, 3), torch.tensor(bs))
+
+
 @pytest.fixture
 def x64() -> object:
     jax = pytest.importorskip("jax")

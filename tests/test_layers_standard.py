@@ -237,21 +237,13 @@ def test_torch_on_failure_modes(backend: str, corrupt: object) -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda d: d.update(P=d["P"].half()), "float32 or float64, got torch.float16 for P"),
+        (lambda d: d.update(P=d["P"].half()), "P is torch.float16; qpdsl computes in float32 or float64"),
         (lambda d: d.update(q=d["q"][:, :3]), "P has shape"),
         (lambda d: d.update(b=d["b"].repeat(2, 1)), "different batch sizes"),
-        (
-            lambda d: d.update(
-                l=d["l"].long(),
-                u=d["u"].long(),
-                P=d["P"].long(),
-                q=d["q"].long(),
-                A=d["A"].long(),
-                b=d["b"].long(),
-                C=d["C"].long(),
-            ),
-            "float32 or float64",
-        ),
+        (lambda d: d.update(C=d["C"].to_sparse()), "C is a torch.sparse_coo tensor"),
+        (lambda d: d.update({k: v.to("meta") for k, v in d.items()}), "P is on the meta device"),
+        (lambda d: d.update(q=d["q"].to("meta")), "one device"),
+        (lambda d: d.update(b=d["b"].to(torch.complex128)), "b is complex"),
         (lambda d: d.update(A=None), "A is None but b is not"),
         (
             lambda d: d["P"].__setitem__((1, 0, 0), float("inf")),
