@@ -126,6 +126,48 @@ def _box_qp() -> QPData:
     )
 
 
+class _StopsShort(Backend):
+    """Claims ``solved`` at x0 = 0.8 - 3 * eps below its active bound 0.8 (its multiplier exact for
+    that point), as a solver whose stopping test is looser than the row-by-row check may; from a
+    warm start at a tighter eps it returns the exact point."""
+
+    def __init__(self, polish: bool) -> None:
+        self.name = "stops-short"
+        self.capabilities = Capabilities(framework="numpy", polish=polish)
+        self.calls: list[tuple[float, bool]] = []
+
+    def solve_raw(self, data: QPData, settings: Settings, warm_start: WarmStart | None = None) -> QPResult:
+        eps = settings.tolerance(np.float64)
+        self.calls.append((eps, warm_start is not None))
+        x0 = 0.8 - (3 * eps if eps >= 1e-9 else 0.0)
+        batch = data.batch_size
+        x = np.tile([x0, 0.5], (batch, 1))
+        z = np.tile([2.0 - x0, 0.0], (batch, 1))  # P x + q + C'z = 0 exactly
+        zeros = np.zeros((batch, 0))
+        counts, residuals = np.ones(batch, dtype=np.int64), np.zeros(batch)
+        return QPResult(x, zeros, z, zeros, np.zeros((batch, 2)), counts * 0, counts, residuals, residuals)
+
+
+@pytest.mark.parametrize("polish", [False, True])
+def test_a_claim_that_stops_short_of_the_row_test_is_solved_again_tighter(polish: bool) -> None:
+    """min 1/2 |x|² - (2, 0.5)'x  s.t.  -1 <= x <= 0.8 has x = (0.8, 0.5), z = (1.2, 0). ProxQP
+    stopped 1.5e-9 off an active bound at eps 1e-9 in the Sudoku example (its test: residual norms
+    and the element's gap), which the row-by-row check reported ``inaccurate``."""
+    eye = np.eye(2)[None]
+    data = QPData(eye, np.array([[-2.0, -0.5]]), np.zeros((1, 0, 2)), np.zeros((1, 0)), eye,
+                  np.full((1, 2), -1.0), np.full((1, 2), 0.8))  # fmt: skip
+    backend = _StopsShort(polish)
+    res = backend.solve(data, Settings(eps_abs=1e-9))
+    if not polish:
+        assert res.statuses() == [Status.INACCURATE]
+        return
+    assert res.statuses() == [Status.SOLVED]
+    np.testing.assert_allclose(res.x, [[0.8, 0.5]], atol=1e-15)
+    np.testing.assert_allclose(res.z, [[1.2, 0.0]], atol=1e-15)
+    assert [warm for _, warm in backend.calls] == [False, True]
+    np.testing.assert_allclose([eps for eps, _ in backend.calls], [1e-9, 1e-11])
+
+
 @pytest.mark.parametrize("perturb", [{"x": 1e-6}, {"y": 1e-6}, {"z": 1e-6}, {"z": -1e-6}])
 def test_a_claim_off_by_more_than_the_tolerance_is_inaccurate(perturb: dict[str, float]) -> None:
     res = _Liar(perturb).solve(_box_qp(), Settings(eps_abs=1e-9))

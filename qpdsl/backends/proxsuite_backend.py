@@ -242,6 +242,7 @@ CAPABILITIES = Capabilities(
     dtypes=("float64",),
     extra="proxsuite",
     installed=_proxqp is not None,
+    polish=True,
     description="ProxQP (proxsuite), dense and sparse, batches in parallel threads",
 )
 

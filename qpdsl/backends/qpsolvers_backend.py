@@ -276,6 +276,7 @@ CAPABILITIES = Capabilities(
     dtypes=("float64",),
     extra="solvers",
     installed=_qpsolvers is not None,
+    polish=True,
     description="any solver installed through qpsolvers (forward pass one element at a time)",
 )
 
