@@ -351,8 +351,8 @@ def test_failed_factorisation_backs_off_the_penalties(monkeypatch: pytest.Monkey
     calls = {"n": 0}
 
     def failing_once(data, st, ev, cfg, factorize=core.factorize_all, solve=None):  # noqa: ANN001, ANN202
-        def factorize_and_fail(data, st, active, need, rho):  # noqa: ANN001, ANN202
-            L, ok = factorize(data, st, active, need, rho)
+        def factorize_and_fail(data, st, active, need):  # noqa: ANN001, ANN202
+            L, ok = factorize(data, st, active, need)
             # Fail element 1 once, after its penalties went below their initial values.
             if not calls["n"] and ok.shape[0] == 3 and bool(need[1]) and float(st.mu_in[1]) < 0.5 * cfg.mu_in:
                 calls["n"] += 1

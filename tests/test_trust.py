@@ -714,3 +714,34 @@ def test_a_rank_deficient_float32_product_L_LT_is_positive_semidefinite(rank: in
     # a clearly indefinite float32 matrix is still refused
     with pytest.raises(ParameterError, match="negative eigenvalue"):
         prob.to_torch([Qp, cp_], [x])(Q - 1e-3 * Q.abs().max() * eye, c)
+
+
+@pytest.mark.parametrize("backend", [b for b in ("cpu", "torch", "jax") if b in available_backends()])
+def test_the_alm_backends_solve_a_P_positive_semidefinite_only_to_rounding(backend: str) -> None:
+    """``(L @ L.T).double()`` with L of rank 3 formed in float32 has eigenvalues near -1e-7 times
+    its scale: P + rho I had no Cholesky factor at the starting penalties, and the ALM backends
+    stopped with ``numerical_error`` where proxsuite and Clarabel solve it."""
+    torch = pytest.importorskip("torch")
+    n = 30
+    gen = torch.Generator().manual_seed(3)
+    L = torch.randn(n, 3, generator=gen)
+    P = (L @ L.T).double()
+    c = torch.randn(n, generator=gen).double()
+    assert float(torch.linalg.eigvalsh(P)[0]) < -1e-8 * float(P.abs().max())
+    box = (
+        torch.eye(n, dtype=torch.float64),
+        -torch.ones(n, dtype=torch.float64),
+        torch.ones(n, dtype=torch.float64),
+    )
+    if backend == "jax":
+        jax = pytest.importorskip("jax")
+        jax.config.update("jax_enable_x64", True)
+        from qpdsl.jax import solve_qp as jax_solve_qp
+
+        args = [jax.numpy.asarray(a.numpy()) for a in (P, c, *box)]
+        x = np.asarray(jax_solve_qp(args[0], args[1], None, None, *args[2:], backend="jax")[0])
+    else:
+        from qpdsl.torch import solve_qp
+
+        x = solve_qp(P, c, None, None, *box, backend=backend)[0].numpy()
+    np.testing.assert_allclose(x, _clarabel_box_solution(P.numpy(), c.numpy()), atol=1e-5)

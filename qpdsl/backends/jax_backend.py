@@ -125,11 +125,11 @@ def _iterate(prob: Problem, scaling: Scaling, st: core.State, cfg: core.Config, 
     return st
 
 
-def _factorize(prob: Problem, st: core.State, active: Any, need: Any, rho: float) -> tuple[Any, Any]:
+def _factorize(prob: Problem, st: core.State, active: Any, need: Any) -> tuple[Any, Any]:
     """:func:`core.factorize_all`, skipped (same result) in the iterations where no element needs it."""
     return jax.lax.cond(
         jnp.any(need),
-        lambda: core.factorize_all(prob, st, active, need, rho),
+        lambda: core.factorize_all(prob, st, active, need),
         lambda: (st.L, jnp.ones_like(need)),
     )
 

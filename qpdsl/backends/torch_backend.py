@@ -138,7 +138,7 @@ def _iterate_host(data: core.Data, st: core.State, cfg: core.Config) -> core.Sta
     index = torch.arange(st.x.shape[0], device=st.x.device)
     full, sub = st, data
     st = st._replace(L=st.L.clone())
-    factorize = _Factorizer(data, cfg.rho, max(MIN_RANK, int(LOW_RANK * data.P.shape[1])))
+    factorize = _Factorizer(data, max(MIN_RANK, int(LOW_RANK * data.P.shape[1])))
     iteration = 0
     while True:
         iteration += 1
@@ -217,7 +217,7 @@ def _rows(K: Any, index: Any, rows: Any) -> Any:
 class _Factorizer:
     """``factorize`` and ``solve`` hooks of :func:`core.newton` that avoid most refactorisations.
 
-    Keeps ``P + rho I + A'A / mu_eq`` per element (it changes only with ``mu_eq``) and, per
+    Keeps ``P + rho I + A'A / mu_eq`` per element (it changes only with ``mu_eq`` and ``rho``) and, per
     element, the active set ``J0`` of its factor ``L0``. When the active set moved from ``J0``
     by at most ``max_rank`` rows (and the penalties did not change), the factor stays and
     the solve adds the Woodbury correction for those rows::
@@ -229,20 +229,19 @@ class _Factorizer:
     rows only.
     """
 
-    def __init__(self, data: core.Data, rho: float, max_rank: int) -> None:
-        self.rho = rho
+    def __init__(self, data: core.Data, max_rank: int) -> None:
         self.max_rank = max_rank
         self.H_eq = torch.empty_like(data.P)
         self.mu_eq = torch.full_like(data.q[:, 0], float("nan"))
+        self.rho = torch.full_like(data.q[:, 0], float("nan"))
         self.base = torch.zeros_like(data.lo, dtype=torch.bool)
         self.low_rank: tuple[Any, Any, Any] | None = None  # (elements, V, capacitance)
 
     def take(self, keep: Any) -> None:
         self.H_eq, self.mu_eq, self.base = self.H_eq[keep], self.mu_eq[keep], self.base[keep]
+        self.rho = self.rho[keep]
 
-    def __call__(
-        self, data: core.Data, st: core.State, active: Any, need: Any, rho: float
-    ) -> tuple[Any, Any]:
+    def __call__(self, data: core.Data, st: core.State, active: Any, need: Any) -> tuple[Any, Any]:
         ok = torch.ones_like(need)
         self.low_rank = None
         n, p = data.P.shape[1], data.A.shape[1]
@@ -278,13 +277,14 @@ class _Factorizer:
     def _refactor(self, data: core.Data, st: core.State, active: Any, index: Any, ok: Any) -> Any:
         p = data.A.shape[1]
         mu_eq = st.mu_eq[index]
-        stale = index[self.mu_eq[index] != mu_eq]
+        stale = index[(self.mu_eq[index] != mu_eq) | (self.rho[index] != st.rho[index])]
         if stale.numel():
             A = data.A[stale]
             H = torch.baddbmm(data.P[stale], (A / st.mu_eq[stale, None, None]).mT, A)
-            H.diagonal(dim1=-2, dim2=-1).add_(self.rho)
+            H.diagonal(dim1=-2, dim2=-1).add_(st.rho[stale, None])
             self.H_eq.index_copy_(0, stale, H)
             self.mu_eq.index_copy_(0, stale, st.mu_eq[stale])
+            self.rho.index_copy_(0, stale, st.rho[stale])
         sub_active = active[index, p:]
         rows = int(sub_active.sum(dim=-1).max()) if sub_active.shape[1] else 0
         if rows < sub_active.shape[1]:

@@ -50,6 +50,7 @@ class Config(NamedTuple):
     max_outer: int
     max_iter: int
     rho: float
+    rho_max: float
     mu_eq: float
     mu_in: float
     mu_min_eq: float
@@ -84,6 +85,8 @@ def make_config(settings: Settings, dtype: Any) -> Config:
         # float32: the Hessian must stay positive definite at rounding level 1e-7 |H|, and |H| starts
         # near 1/mu_eq = 1e2 (at rho = 1e-5 an L1 model with auxiliary variables failed at once)
         rho=1e-4 if single else 1e-7,
+        # the largest proximal weight tried when P + rho I has no factor (P psd only to rounding)
+        rho_max=1e-2 if single else 1e-3,
         mu_eq=1e-2 if single else 1e-3,
         mu_in=1e-1,
         mu_min_eq=1e-5 if single else 1e-9,
@@ -188,6 +191,7 @@ class State(NamedTuple):
     mu: Any  # (B, k) per-row penalty: mu_eq on equality rows, mu_in on the others
     mu_floor_eq: Any  # (B,) lowest mu_eq the BCL update may reach (raised after a failed factorisation)
     mu_floor_in: Any  # (B,)
+    rho: Any  # (B,) proximal weight (raised where P + rho I had no Cholesky factor)
     eta: Any  # (B,) BCL primal tolerance for accepting multipliers
     eps_in: Any  # (B,) inner (subproblem gradient) tolerance
     active: Any  # (B, k) bool, the active set J of the current factor (equality rows always)
@@ -336,6 +340,7 @@ def init_state(
         mu=row_penalties(xp, eq, mu_eq, mu_in, soft, soft_mu),
         mu_floor_eq=full(cfg.mu_min_eq),
         mu_floor_in=full(cfg.mu_min_in),
+        rho=full(cfg.rho),
         eta=full(cfg.mu_in**cfg.alpha_bcl),
         eps_in=full(1.0),
         active=xp.zeros((batch, k), dtype=xp.bool, device=dev),
@@ -351,7 +356,7 @@ def init_state(
     )
 
 
-def evaluate(data: Data, st: State, rho: float, at: Eval | None = None) -> Eval:
+def evaluate(data: Data, st: State, at: Eval | None = None) -> Eval:
     """Products with the data and the residuals of the subproblem's optimality equations.
 
     ``v`` is an iterate of its own (primal-dual Newton), not recomputed from ``x``:
@@ -375,7 +380,7 @@ def evaluate(data: Data, st: State, rho: float, at: Eval | None = None) -> Eval:
     else:
         GTv, GTr = at.GTv, rmatvec(data.G, r / st.mu)
     dual = KX[:, :n] + data.q + GTv
-    r_x = dual + rho * (st.x - st.x_prox)
+    r_x = dual + _col(st.rho) * (st.x - st.x_prox)
     return Eval(KX, GTv, w, r, dual, r_x, r_x + GTr, viol)
 
 
@@ -496,7 +501,7 @@ def check(data: Data, st: State, cfg: Config) -> tuple[State, Eval, Any]:
     """
     xp = namespace(st.x)
     running = st.status == RUNNING
-    ev = evaluate(data, st, cfg.rho)
+    ev = evaluate(data, st)
     prim, dual, converged = residuals(data, st, ev, cfg)
     converged = running & converged
     st = st._replace(
@@ -554,22 +559,22 @@ def outer_update(
         outer=outer,
         status=status,
     )
-    return st, evaluate(data, st, cfg.rho, at=ev)
+    return st, evaluate(data, st, at=ev)
 
 
-def hessian(data: Data, mu: Any, active: Any, rho: float) -> Any:
-    """The generalised Hessian ``P + rho I + G_J' diag(1/mu_J) G_J`` (B, n, n)."""
+def hessian(data: Data, mu: Any, active: Any, rho: Any) -> Any:
+    """The generalised Hessian ``P + rho I + G_J' diag(1/mu_J) G_J`` (B, n, n); ``rho`` (B,)."""
     xp = namespace(data.P)
     n = data.P.shape[-1]
     eye = xp.eye(n, dtype=data.P.dtype, device=array_api_compat.device(data.P))
     GJ = data.G * (xp.astype(active, mu.dtype) / mu)[..., None]
-    return data.P + rho * eye + xp.matmul(xp.matrix_transpose(GJ), data.G)
+    return data.P + rho[:, None, None] * eye + xp.matmul(xp.matrix_transpose(GJ), data.G)
 
 
-Factorize = Callable[[Data, State, Any, Any, float], "tuple[Any, Any]"]
+Factorize = Callable[[Data, State, Any, Any], "tuple[Any, Any]"]
 
 
-def factorize_all(data: Data, st: State, active: Any, need: Any, rho: float) -> tuple[Any, Any]:
+def factorize_all(data: Data, st: State, active: Any, need: Any) -> tuple[Any, Any]:
     """Refactorise every element (keeping the old factor where ``need`` is False).
 
     A framework may pass its own ``factorize`` to :func:`step` that computes only the
@@ -581,7 +586,7 @@ def factorize_all(data: Data, st: State, active: Any, need: Any, rho: float) -> 
         The factors and a (B,) mask, False where a needed factorisation failed.
     """
     xp = namespace(st.x)
-    L, ok = cholesky_ex(hessian(data, st.mu, active, rho))
+    L, ok = cholesky_ex(hessian(data, st.mu, active, st.rho))
     keep = need & ok
     return xp.where(keep[:, None, None], L, st.L), ok | ~need
 
@@ -612,22 +617,27 @@ def newton(
     active = active_set(data, ev.w)
     changed = xp.any(active != st.active, axis=-1) if active.shape[1] else xp.zeros_like(running)
     need = running & (~st.fresh | changed)
-    L, ok = factorize(data, st, active, need, cfg.rho)
+    L, ok = factorize(data, st, active, need)
     # The Hessian's condition number grows like 1 / (mu rho): when its Cholesky factorisation
-    # fails, back the penalties off by 1 / mu_factor and keep them at least there from now on;
-    # the element fails only when there is no room left above the initial penalties.
+    # fails, back the penalties off by 1 / mu_factor and keep them at least there from now on.
+    # With no room left above the initial penalties, P is positive semidefinite only to rounding
+    # (e.g. a rank-deficient L L' formed in float32): a tenfold proximal weight makes the
+    # subproblems strongly convex again, and the limit of the proximal iteration does not depend
+    # on it. The element fails only past rho_max.
     failed = running & ~ok
     retry = failed & (st.mu_in < 0.5 * cfg.mu_in)
     mu_eq = xp.where(retry, xp.clip(st.mu_eq / cfg.mu_factor, None, cfg.mu_eq), st.mu_eq)
     mu_in = xp.where(retry, xp.clip(st.mu_in / cfg.mu_factor, None, cfg.mu_in), st.mu_in)
+    stiffen = failed & ~retry & (st.rho < cfg.rho_max)
+    rho = xp.where(stiffen, 10.0 * st.rho, st.rho)
     running = running & ok
-    status = xp.where(failed & ~retry, int(Status.NUMERICAL_ERROR), status)
+    status = xp.where(failed & ~retry & ~stiffen, int(Status.NUMERICAL_ERROR), status)
 
     dx = -solve(L, ev.grad)
     dx = xp.where(_col(running), dx, xp.zeros_like(dx))
     KD = matvec(data.K, dx)
     Gdx = KD[:, n:]
-    quad = _dot(xp, dx, KD[:, :n]) + cfg.rho * _dot(xp, dx, dx)
+    quad = _dot(xp, dx, KD[:, :n]) + st.rho * _dot(xp, dx, dx)
     if p:
         Adx = Gdx[:, :p]
         quad = quad + _dot(xp, Adx, Adx / st.mu[:, :p])
@@ -646,12 +656,13 @@ def newton(
         v=st.v + step_v,
         KX=st.KX + _col(alpha) * KD,
         active=xp.where(_col(need & ok), active, st.active),
-        fresh=(st.fresh | (need & ok)) & ~retry,
+        fresh=(st.fresh | (need & ok)) & ~retry & ~stiffen,
         mu_eq=mu_eq,
         mu_in=mu_in,
         mu=row_penalties(xp, data.eq, mu_eq, mu_in, data.soft, data.soft_mu),
         mu_floor_eq=xp.where(retry, mu_eq, st.mu_floor_eq),
         mu_floor_in=xp.where(retry, mu_in, st.mu_floor_in),
+        rho=rho,
         L=L,
         stalled=running & small,
         status=status,
