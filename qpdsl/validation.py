@@ -77,31 +77,35 @@ def _invalid_masks(xp: Any, p: Parameter, value: Any, psd_tol: float) -> dict[st
 
 def psd_tolerance(xp: Any, dtype: Any, n: int, psd_tol: float = PSD_TOL) -> float:
     """How negative an eigenvalue may be, relative to the matrix's largest entry, and still count
-    as rounding: ``psd_tol``, or the rounding error of forming an ``n``-by-``n`` product such as
-    ``L @ L.T`` in ``dtype`` (``10 n u``) when that is larger."""
-    return max(psd_tol, 10.0 * n * float(xp.finfo(dtype).eps) / 2.0)
+    as rounding: ``psd_tol``, or, when larger, what rounding in ``dtype`` leaves of a product such
+    as ``L @ L.T``: ``10 n u`` for its ``n`` rows, and ``sqrt(u)`` for a long inner dimension (a
+    float32 covariance ``X.T @ X`` of 1e5 samples was off by 1.3e-5)."""
+    u = float(xp.finfo(dtype).eps) / 2.0
+    return max(psd_tol, 10.0 * n * u, math.sqrt(u))
 
 
 def matrix_scale(xp: Any, sym: Any) -> Any:
-    """(B, 1, 1): each matrix's largest absolute entry, at least 1."""
-    return xp.clip(xp.max(xp.abs(sym), axis=(-2, -1), keepdims=True), 1.0, None)
+    """(B, 1, 1): each matrix's largest absolute entry."""
+    return xp.max(xp.abs(sym), axis=(-2, -1), keepdims=True)
 
 
 def not_psd(matrices: Any, psd_tol: float = PSD_TOL) -> Any:
     """(B,) True where the symmetric part of a (B, n, n) matrix is clearly not positive semidefinite.
 
     The symmetric part, shifted by :func:`psd_tolerance` times its own scale (:func:`matrix_scale`:
-    one element's large entries never excuse another's), has no Cholesky factor: one
-    factorisation per element instead of an eigendecomposition. Finite input; traceable.
+    the test is the same at every scale, and one element's large entries never excuse another's),
+    has no Cholesky factor: one factorisation per element instead of an eigendecomposition. A
+    zero matrix is positive semidefinite. Finite input; traceable.
     """
     xp = namespace(matrices)
     n = matrices.shape[-1]
     if n == 0:
         return xp.zeros(matrices.shape[0], dtype=xp.bool, device=device(matrices))
     sym = (matrices + xp.matrix_transpose(matrices)) / 2
-    tol = psd_tolerance(xp, sym.dtype, n, psd_tol) * matrix_scale(xp, sym)
+    scale = matrix_scale(xp, sym)
+    tol = psd_tolerance(xp, sym.dtype, n, psd_tol) * scale
     _, factored = cholesky_ex(sym + tol * xp.eye(n, dtype=sym.dtype, device=device(sym)))
-    return ~factored
+    return ~factored & (scale[:, 0, 0] > 0)
 
 
 def _eigenvalue_check(xp: Any, value: Any, psd_tol: float) -> Any:
@@ -203,6 +207,6 @@ def parameter_message(p: Parameter, invalid: dict[str, list[int]], batched: bool
     return (
         f"parameter {p.name} (psd=True) has a negative eigenvalue in {_where(bad)}: "
         "its symmetric part (M + M.T) / 2 must be positive semidefinite for the problem to stay convex "
-        f"(eigenvalues down to -{PSD_TOL:g} times the largest entry count as rounding); a learned matrix "
-        "can be made so by construction, e.g. L @ L.T + eps * I"
+        f"(eigenvalues down to -{PSD_TOL:g} times its largest entry, or the rounding of its dtype when "
+        "larger, count as zero); a learned matrix can be made so by construction, e.g. L @ L.T + eps * I"
     )

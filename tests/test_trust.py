@@ -745,3 +745,53 @@ def test_the_alm_backends_solve_a_P_positive_semidefinite_only_to_rounding(backe
 
         x = solve_qp(P, c, None, None, *box, backend=backend)[0].numpy()
     np.testing.assert_allclose(x, _clarabel_box_solution(P.numpy(), c.numpy()), atol=1e-5)
+
+
+def test_a_small_indefinite_matrix_is_refused_at_any_scale() -> None:
+    """The psd test's scale was at least 1, so matrices with small entries were judged at an
+    absolute -1e-6: a covariance of scale 1e-4 with an eigenvalue of -1% of it passed, and the
+    portfolio below was reported ``solved`` at w = (0.249, 0.249, 0.502), objective 7.511e-5,
+    where its minimum over the simplex is 7.500e-5 at (0, 0.5, 0.5)."""
+    torch = pytest.importorskip("torch")
+    from qpdsl.torch import solve_qp
+
+    sigma = 1e-4 * np.array([[1.0, 1.009, 0.5], [1.009, 1.0, 0.5], [0.5, 0.5, 1.0]])
+    assert np.linalg.eigvalsh(sigma)[0] < -1e-3 * 1e-4
+    w = qd.Variable(3, name="w")
+    S = qd.Parameter((3, 3), psd=True, name="Sigma")
+    prob = qd.Problem(qd.Minimize(qd.quad_form(w, S)), [qd.sum(w) == 1, w >= 0])
+    with pytest.raises(ParameterError, match="Sigma"):
+        prob.to_torch([S], [w])(torch.tensor(sigma))
+    with pytest.raises(ParameterError, match="Sigma"):
+        prob.solve({S: sigma})
+    with pytest.raises(ParameterError, match="P is not positive semidefinite"):
+        box = (
+            torch.eye(2, dtype=torch.float64),
+            -torch.ones(2, dtype=torch.float64),
+            torch.ones(2, dtype=torch.float64),
+        )
+        solve_qp(torch.diag(torch.tensor([1e-7, -1e-7])), torch.tensor([1e-9, 0.0]), None, None, *box)
+    # the zero matrix (an LP) is positive semidefinite at any scale
+    x = solve_qp(torch.zeros(2, 2, dtype=torch.float64), torch.tensor([1.0, -1.0]), None, None, *box)[0]
+    np.testing.assert_allclose(x.numpy(), [-1.0, 1.0], atol=1e-9)
+
+
+def test_a_float32_covariance_of_many_samples_is_positive_semidefinite() -> None:
+    """``X.T @ X / N`` in float32 with N = 1e5 and a column that is the sum of two others has an
+    eigenvalue near -1e-5 times its largest entry: a psd parameter refused it."""
+    torch = pytest.importorskip("torch")
+    gen = torch.Generator().manual_seed(0)
+    X = torch.randn(100_000, 5, generator=gen)
+    X[:, -1] = X[:, 0] + X[:, 1]
+    cov = X.T @ X / X.shape[0]
+    w = qd.Variable(5, name="w")
+    S = qd.Parameter((5, 5), psd=True, name="Sigma")
+    prob = qd.Problem(qd.Minimize(qd.quad_form(w, S)), [qd.sum(w) == 1, w >= -1, w <= 1])
+    (w_star,) = prob.to_torch([S], [w])(cov)
+    cp = pytest.importorskip("cvxpy")
+    wc = cp.Variable(5)
+    cp.Problem(
+        cp.Minimize(cp.quad_form(wc, cp.psd_wrap(cov.double().numpy()))), [cp.sum(wc) == 1, wc >= -1, wc <= 1]
+    ).solve(solver=cp.CLARABEL)
+    objective = float(w_star.double() @ cov.double() @ w_star.double())
+    assert objective <= wc.value @ cov.double().numpy() @ wc.value + 1e-5

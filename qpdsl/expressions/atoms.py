@@ -169,7 +169,7 @@ class QuadForm(_Scalar):
                     "pass (Q + Q.T) / 2, which gives the same quadratic form"
                 )
             lam_min = np.linalg.eigvalsh(dense).min() if n <= 4000 else 0.0
-            tol = psd_tolerance(np, dense.dtype, n) * builtins.max(1.0, np.abs(dense).max())
+            tol = psd_tolerance(np, dense.dtype, n) * np.abs(dense).max()
             if lam_min < -tol:
                 raise ModelError(
                     f"quad_form({x.describe()}, {Q.describe()}): Q is not positive semidefinite "
