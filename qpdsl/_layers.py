@@ -14,13 +14,19 @@ from typing import Any
 
 import numpy as np
 
-from ._array import framework
+from ._array import framework, to_numpy
 from .compiler import ParametricQP
 from .errors import ModelError, ParameterError
 from .expressions.constraints import Constraint
 from .expressions.expression import Parameter, Variable
 from .qp import QPData, Settings
-from .validation import any_invalid, check_parameter_values, invalid_parameter_elements
+from .validation import (
+    PSD_TOL,
+    any_invalid,
+    check_parameter_values,
+    invalid_masks,
+    invalid_parameter_elements,
+)
 
 
 class Shift:
@@ -121,9 +127,14 @@ def broadcast_arguments(
         values[p] = v
     if batch == 0:
         raise ParameterError(f"parameter {batch_from} has batch size 0; pass at least one batch element")
-    # Checked before broadcasting: a value shared by the batch is checked once.
+    # Checked before broadcasting: a value shared by the batch is checked once. Inside a JAX trace
+    # even concrete values become tracers when operated on: those are checked on host copies
+    # (traced ones by the caller, see traced_invalid).
     invalid: set[int] = set()
-    checked = [(p, v) for p, v in values.items() if validate and not _is_tracer(v)]
+    tracing = any(_is_tracer(v) for v in values.values())
+    checked = [
+        (p, to_numpy(v) if tracing else v) for p, v in values.items() if validate and not _is_tracer(v)
+    ]
     if checked and any_invalid(checked):  # one host read for every parameter; details only then
         for p, v in checked:
             if on_failure == "raise" or p.id in shared:
@@ -269,12 +280,12 @@ def make_jax_function(
         def convert(value: Any) -> Any:
             return jnp.asarray(value, dtype=dtype)
 
-        theta, _, batched, invalid = broadcast_arguments(
+        theta, batch, batched, invalid = broadcast_arguments(
             qp, parameters, arrays, convert, on_failure=on_failure
         )
-        if on_failure == "raise" and any(_is_tracer(a) for a in arrays):
-            _check_finite_traced(parameters, arrays)
         data = mark_invalid(dense_data(qp, theta), invalid)
+        if any(_is_tracer(a) for a in arrays):
+            data = _check_traced(parameters, arrays, batch, data, on_failure)
         # P is convex by construction: the psd parameters are checked where they enter.
         results = qjax.solve_standard_form(
             data.arrays(), backend_name, settings, on_failure, None, qp.shiftable, check_convexity=False
@@ -285,24 +296,45 @@ def make_jax_function(
     return solve
 
 
-def _check_finite_traced(parameters: Sequence[Parameter], arrays: Sequence[Any]) -> None:
-    """Under ``jit``: raise, when the computation runs, a ParameterError naming each parameter
-    whose value holds NaN or Inf (JAX re-raises it as a JaxRuntimeError with this text)."""
+def _check_traced(
+    parameters: Sequence[Parameter], arrays: Sequence[Any], batch: int, data: QPData, on_failure: str
+) -> QPData:
+    """Under ``jit`` / ``vmap``: the checks of :func:`broadcast_arguments` on the traced arguments.
+
+    The elements with an invalid value get NaN in ``q`` (the solve then treats them as invalid,
+    as :func:`mark_invalid` does eagerly). When the computation runs, a host callback raises a
+    ParameterError naming each parameter with an invalid value, for ``on_failure="raise"``, and
+    for a value shared by the whole batch whatever ``on_failure`` says, as eagerly (JAX re-raises
+    it as a JaxRuntimeError with this text).
+    """
     import jax
     import jax.numpy as jnp
 
-    finite = jnp.stack([jnp.all(jnp.isfinite(a)) for a in arrays])
-    names = [p.name for p in parameters]
+    bad_elements = jnp.zeros((batch,), dtype=bool)
+    flags, labels = [], []
+    for p, a in zip(parameters, arrays, strict=True):
+        if not _is_tracer(a):
+            continue  # checked on the host by broadcast_arguments
+        shared = tuple(a.shape) == p.shape
+        values = a[None] if shared else a
+        for reason, mask in invalid_masks(jnp, p, values, PSD_TOL).items():
+            bad_elements = bad_elements | jnp.broadcast_to(mask, (batch,))
+            if on_failure == "raise" or shared:
+                flags.append(jnp.any(mask))
+                labels.append(f"{p.name} ({reason}{', shared by the batch' if shared else ''})")
+    if flags:
 
-    def check(flags: Any) -> None:
-        bad = [name for name, ok in zip(names, np.asarray(flags).reshape(-1), strict=True) if not ok]
-        if bad:
-            raise ParameterError(
-                f"NaN or Inf in the value of parameter(s) {', '.join(bad)}; pass finite values, or "
-                "on_failure='nan' to get NaN outputs for the elements concerned"
-            )
+        def check(found: Any) -> None:
+            bad = [label for label, hit in zip(labels, np.asarray(found).reshape(-1), strict=True) if hit]
+            if bad:
+                raise ParameterError(
+                    f"invalid value of parameter(s) {'; '.join(bad)}: pass finite values, nonneg "
+                    "parameters >= 0 and psd parameters whose symmetric part is positive "
+                    "semidefinite, or on_failure='nan' to get NaN outputs for the batch elements concerned"
+                )
 
-    jax.debug.callback(check, finite)
+        jax.debug.callback(check, jnp.stack(flags))
+    return replace(data, q=jnp.where(bad_elements[:, None], jnp.nan, data.q))
 
 
 def _complex_error(label: str, dtype: Any) -> ParameterError:

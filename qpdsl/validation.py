@@ -39,7 +39,7 @@ def invalid_parameter_elements(p: Parameter, value: Any, psd_tol: float = PSD_TO
     if hasattr(value, "detach"):
         value = value.detach()  # checks need no gradient
     xp = namespace(value)
-    masks = _invalid_masks(xp, p, value, psd_tol)
+    masks = invalid_masks(xp, p, value, psd_tol)
     if not masks or not bool(xp.any(xp.stack(list(masks.values())))):
         return {}
     nonfinite = masks.pop("NaN or Inf")
@@ -55,7 +55,7 @@ def invalid_parameter_elements(p: Parameter, value: Any, psd_tol: float = PSD_TO
     return out
 
 
-def _invalid_masks(xp: Any, p: Parameter, value: Any, psd_tol: float) -> dict[str, Any]:
+def invalid_masks(xp: Any, p: Parameter, value: Any, psd_tol: float) -> dict[str, Any]:
     """(B,) boolean masks by reason, computed without reading any value on the host.
 
     The psd mask is :func:`not_psd`: a superset of the elements with an eigenvalue below the
@@ -128,7 +128,7 @@ def any_invalid(items: list[tuple[Parameter, Any]], psd_tol: float = PSD_TOL) ->
         if hasattr(value, "detach"):
             value = value.detach()
         xp = namespace(value)
-        flags += [xp.any(mask) for mask in _invalid_masks(xp, p, value, psd_tol).values()]
+        flags += [xp.any(mask) for mask in invalid_masks(xp, p, value, psd_tol).values()]
     return bool(flags) and bool(xp.any(xp.stack(flags)))
 
 

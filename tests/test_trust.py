@@ -551,6 +551,61 @@ def test_nan_under_jit_names_the_parameter() -> None:
         jax.block_until_ready(jax.jit(f)(jax.numpy.array([1.0, float("nan")])))
 
 
+def _psd_nonneg_model():  # noqa: ANN202
+    n = 3
+    Q = qd.Parameter((n, n), psd=True, name="Q")
+    q = qd.Parameter(n, name="q")
+    lam = qd.Parameter(name="lam", nonneg=True)
+    x = qd.Variable(n, name="x")
+    objective = 0.5 * qd.quad_form(x, Q) + q @ x + lam * qd.norm1(x)
+    return qd.Problem(qd.Minimize(objective), [x >= -1, x <= 1]), (Q, q, lam), x
+
+
+@pytest.mark.parametrize("on_failure", ["raise", "nan"])
+def test_psd_and_nonneg_values_are_checked_alike_eagerly_and_under_jit(on_failure: str) -> None:
+    """Under jit only NaN and Inf were checked: a psd parameter with a negative eigenvalue reached
+    the solver (which may stop at a saddle point), a negative nonneg value made the problem
+    unbounded, and a shared invalid value gave NaN rows where the eager call raised."""
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    jnp = jax.numpy
+    prob, params, x = _psd_nonneg_model()
+    f = prob.to_jax(list(params), [x], on_failure=on_failure)
+    good, bad = jnp.eye(3), jnp.diag(jnp.array([1.0, 1.0, -0.01]))
+    q = jnp.ones((2, 3))
+    batched = (jnp.stack([good, bad]), q, 0.1)
+    for fn in (f, jax.jit(f)):
+        if on_failure == "raise":
+            with pytest.raises(Exception, match=r"parameter(\(s\))? Q"):
+                jax.block_until_ready(fn(*batched))
+        else:
+            out = np.asarray(fn(*batched)[0])
+            assert np.isnan(out[1]).all() and np.isfinite(out[0]).all()
+            np.testing.assert_allclose(out[0], [-0.9, -0.9, -0.9], atol=1e-7)  # x = lam - q
+        for shared in ((bad, q, 0.1), (good, q, -0.1)):  # a shared invalid value always raises
+            with pytest.raises(Exception, match=r"parameter(\(s\))? (Q|lam)"):
+                jax.block_until_ready(fn(*shared))
+
+
+def test_a_batched_array_captured_by_a_jitted_function_is_checked_on_the_host() -> None:
+    """A concrete batched argument beside a traced one: its checks ran on tracers and raised
+    TracerBoolConversionError under jit and vmap."""
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    jnp = jax.numpy
+    prob, params, x = _psd_nonneg_model()
+    f = prob.to_jax(list(params), [x])
+    Q2 = jnp.stack([jnp.eye(3), 2 * jnp.eye(3)])
+    q = jnp.ones(3)
+    eager = np.asarray(f(Q2, q, 0.1)[0])
+    np.testing.assert_allclose(eager, [[-0.9] * 3, [-0.45] * 3], atol=1e-7)  # x = (lam - q) / Q_ii
+    np.testing.assert_allclose(np.asarray(jax.jit(lambda v: f(Q2, v, 0.1)[0])(q)), eager, atol=1e-9)
+    vmapped = jax.vmap(lambda v: f(Q2, v, 0.1)[0])(jnp.stack([q, q]))
+    np.testing.assert_allclose(np.asarray(vmapped[1]), eager, atol=1e-9)
+    with pytest.raises(Exception, match=r"parameter(\(s\))? Q"):
+        jax.jit(lambda v: f(-Q2, v, 0.1)[0])(q)
+
+
 class _Unbounded(_Liar):
     """Claims every QP is unbounded."""
 
