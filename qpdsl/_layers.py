@@ -122,7 +122,8 @@ def broadcast_arguments(
                 batch, batch_from = size, p.name
         else:
             raise ParameterError(
-                f"parameter {p.name}: expected shape {p.shape} (or (batch, *{p.shape})), got {tuple(v.shape)}"
+                f"parameter {p.name}: expected shape {p.shape} (or {_batched_shape(p.shape)}), "
+                f"got {tuple(v.shape)}"
             )
         values[p] = v
     if batch == 0:
@@ -149,6 +150,11 @@ def broadcast_arguments(
     if framework(theta) == "numpy":  # a problem without parameters: theta is a column of ones
         theta = convert(theta)
     return theta, batch, batched, sorted(invalid)
+
+
+def _batched_shape(shape: tuple[int, ...]) -> str:
+    """``(batch, 4, 3)`` for ``(4, 3)``: how a shape reads with a leading batch dimension."""
+    return "(" + ", ".join(["batch", *map(str, shape)]) + ("," if not shape else "") + ")"
 
 
 def mark_invalid(data: QPData, invalid: list[int]) -> QPData:
@@ -288,7 +294,14 @@ def make_jax_function(
             data = _check_traced(parameters, arrays, batch, data, on_failure)
         # P is convex by construction: the psd parameters are checked where they enter.
         results = qjax.solve_standard_form(
-            data.arrays(), backend_name, settings, on_failure, None, qp.shiftable, check_convexity=False
+            data.arrays(),
+            backend_name,
+            settings,
+            on_failure,
+            None,
+            qp.shiftable,
+            check_convexity=False,
+            batched=batched,
         )
         return read_outputs(specs, results[:5], batched)
 

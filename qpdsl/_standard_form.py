@@ -39,8 +39,14 @@ def core_shapes(shapes: dict[str, tuple[int, ...]]) -> tuple[dict[str, tuple[int
     whether any input had a batch dimension (a batch of 1 broadcasts like no batch).
     """
 
+    for name in ("q", "b", "l", "u"):  # they set the sizes the other shapes are checked against
+        if len(shapes[name]) not in (1, 2):
+            raise ParameterError(
+                f"{name} has shape {tuple(shapes[name])}; expected a vector (k,) or a batch of vectors (B, k)"
+            )
+
     def last(name: str) -> int:
-        return shapes[name][-1] if shapes[name] else -1
+        return shapes[name][-1]
 
     n, m, p = last("q"), last("b"), last("l")
     core = {"P": (n, n), "q": (n,), "A": (m, n), "b": (m,), "C": (p, n), "l": (p,), "u": (p,)}

@@ -20,7 +20,12 @@ class ProblemKeyError(ModelError, KeyError):
 
 
 class ParameterError(QPDSLError, ValueError):
-    """A parameter value (or a layer argument) is missing, mis-shaped, non-finite or invalid."""
+    """A parameter value (or a layer argument) is missing, mis-shaped, non-finite or invalid;
+    ``indices`` lists the invalid batch elements where the error is about some of them."""
+
+    def __init__(self, message: str, indices: list[int] | None = None):
+        super().__init__(message)
+        self.indices = list(indices or [])
 
 
 class BackendNotFound(QPDSLError):

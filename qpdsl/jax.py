@@ -11,6 +11,7 @@ user enabled it.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import jax
@@ -106,11 +107,17 @@ def solve_standard_form(
     warm_start: WarmStart | None,
     shiftable: Shiftable | None,
     check_convexity: bool,
+    batched: bool | None = None,
 ) -> Outputs:
-    """:func:`solve_qp`; ``check_convexity=False`` for data convex by construction (compiled problems)."""
+    """:func:`solve_qp`; ``check_convexity=False`` for data convex by construction (compiled problems).
+
+    ``batched``: whether the caller's own input had a batch dimension, for error messages, when
+    it differs from that of ``args`` (a problem layer's unbatched call gives batched data).
+    """
     check_on_failure(on_failure)
     settings = Settings() if settings is None else settings
-    arrays, batched = _broadcast(dict(zip(_NAMES, args, strict=True)))
+    arrays, args_batched = _broadcast(dict(zip(_NAMES, args, strict=True)))
+    batched = args_batched if batched is None else batched
     solver = resolve_backend(backend, arrays[1])
     if solver.capabilities.framework == "torch":
         raise BackendNotFound(
@@ -119,19 +126,24 @@ def solve_standard_form(
         )
     P_, *rest = arrays
     warm = _broadcast_warm_start(warm_start, arrays) if solver.capabilities.warm_start else ()
-    outputs = _differentiable_solve(solver, settings, on_failure, shiftable, check_convexity)(
+    outputs = _differentiable_solve(solver, settings, on_failure, shiftable, check_convexity, batched)(
         0.5 * (P_ + jnp.swapaxes(P_, -1, -2)), *rest, *warm
     )
-    if not batched:
+    if not args_batched:
         outputs = tuple(o[0] for o in outputs)
     return outputs
 
 
 def _differentiable_solve(
-    solver: Any, settings: Settings, on_failure: str, shiftable: Shiftable | None, check_convexity: bool
+    solver: Any,
+    settings: Settings,
+    on_failure: str,
+    shiftable: Shiftable | None,
+    check_convexity: bool,
+    batched: bool,
 ) -> Callable[..., Outputs]:
-    """The custom-JVP solve for one backend and one set of options."""
-    options = (solver, settings, on_failure, shiftable, check_convexity)
+    """The custom-JVP solve for one backend and one set of options (``batched``: for messages)."""
+    options = (solver, settings, on_failure, shiftable, check_convexity, batched)
 
     def primal(*arrays: jax.Array) -> Outputs:
         # arrays: the seven data arrays, then optionally the warm start's x, y, z.
@@ -188,7 +200,8 @@ def _tangent_map(
 def _solve(options: tuple[Any, ...], arrays: tuple[jax.Array, ...], traced: bool) -> Outputs:
     """The shared solve on JAX arrays (concrete, or traced with a JAX backend).
 
-    ``options``: the solver, settings, on_failure, shiftable rows and check_convexity of :func:`solve_batch`.
+    ``options``: the solver, settings, on_failure, shiftable rows, check_convexity and batched of
+    :func:`solve_batch`.
     """
     on_failure = options[2]
     data, warm = QPData(*arrays[:7]), arrays[7:]
@@ -197,14 +210,14 @@ def _solve(options: tuple[Any, ...], arrays: tuple[jax.Array, ...], traced: bool
     res = outcome.result
     status = res.status.astype(jnp.int32)
     if traced and on_failure == "raise":
-        jax.debug.callback(_raise_if_failed, status, outcome.valid)
+        jax.debug.callback(partial(_raise_if_failed, batched=options[5]), status, outcome.valid)
     dtype = data.q.dtype
     return (*(a.astype(dtype) for a in (res.x, res.y, res.z, res.shift_eq, res.shift_in)), status)
 
 
 def _solve_batch(options: tuple[Any, ...], data: QPData, start: WarmStart | None) -> Any:
-    solver, settings, on_failure, shiftable, check_convexity = options
-    return solve_batch(solver, data, settings, start, on_failure, shiftable, check_convexity)
+    solver, settings, *rest = options
+    return solve_batch(solver, data, settings, start, *rest)
 
 
 def _solve_by_callback(options: tuple[Any, ...], arrays: tuple[jax.Array, ...]) -> Outputs:
@@ -221,7 +234,9 @@ def _solve_by_callback(options: tuple[Any, ...], arrays: tuple[jax.Array, ...]) 
         flat = [np.asarray(a).reshape(count, *core) for a, core in zip(host_arrays, cores, strict=True)]
         data, warm = QPData(*flat[:7]), flat[7:]
         start = WarmStart(*warm) if warm else None
-        res = _solve_batch(options, data, start).result
+        # under vmap the host sees the whole mapped batch: its indices are worth naming
+        named = (*options[:5], options[5] or count > 1)
+        res = _solve_batch(named, data, start).result
         outs = [np.asarray(a, dtype=dtype) for a in (res.x, res.y, res.z, res.shift_eq, res.shift_in)]
         return (
             *(o.reshape(*lead, o.shape[-1]) for o in outs),
@@ -234,8 +249,8 @@ def _solve_by_callback(options: tuple[Any, ...], arrays: tuple[jax.Array, ...]) 
     return jax.pure_callback(host, shapes, *arrays, vmap_method="broadcast_all")
 
 
-def _raise_if_failed(status: np.ndarray, valid: np.ndarray) -> None:
-    error = failure_error(np.asarray(status), np.asarray(valid))
+def _raise_if_failed(status: np.ndarray, valid: np.ndarray, batched: bool) -> None:
+    error = failure_error(np.asarray(status), np.asarray(valid), batched)
     if error is not None:
         raise error
 
@@ -252,13 +267,21 @@ def _broadcast(args: dict[str, Any]) -> tuple[tuple[jax.Array, ...], bool]:
     """
     fill = sf.missing_groups({k: v is not None for k, v in args.items()})
     arrays = {k: None if v is None else jnp.asarray(v) for k, v in args.items()}
+    floats = []
     for name, a in arrays.items():
-        if a is not None and a.dtype not in (jnp.float32, jnp.float64):
+        if a is None:
+            continue
+        if jnp.iscomplexobj(a) or (
+            jnp.issubdtype(a.dtype, jnp.floating) and a.dtype not in (jnp.float32, jnp.float64)
+        ):
             raise ParameterError(
-                "inputs must be float32 or float64 (float64 needs jax.config.update('jax_enable_x64', "
-                f"True)), got {a.dtype} for {name}"
+                "inputs must be real, and floating ones float32 or float64 (float64 needs "
+                f"jax.config.update('jax_enable_x64', True)), got {a.dtype} for {name}"
             )
-    dtype = jnp.result_type(*(a for a in arrays.values() if a is not None))  # mixed: the widest
+        if jnp.issubdtype(a.dtype, jnp.floating):
+            floats.append(a)
+    # mixed: as JAX promotes them; integer inputs adapt (the default float when all are integer)
+    dtype = jnp.result_type(*floats) if floats else jnp.zeros(()).dtype
     arrays = {k: None if a is None else a.astype(dtype) for k, a in arrays.items()}
     q = arrays["q"]
     n = q.shape[-1] if q.ndim else -1

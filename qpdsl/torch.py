@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
 import torch
 
 from . import _standard_form as sf
@@ -120,11 +121,17 @@ def _solve_qp(
     shiftable: Shiftable | None,
     info: dict[str, Any] | None,
     check_convexity: bool,
+    batched_input: bool | None = None,
 ) -> Outputs:
-    """:func:`solve_qp`; ``check_convexity=False`` for data convex by construction (compiled problems)."""
+    """:func:`solve_qp`; ``check_convexity=False`` for data convex by construction (compiled problems).
+
+    ``batched_input``: whether the caller's own input had a batch dimension, for error messages,
+    when it differs from that of ``args`` (a problem layer's unbatched call gives batched data).
+    """
     check_on_failure(on_failure)
     settings = Settings() if settings is None else settings
     tensors, batched = _broadcast(dict(zip(_NAMES, args, strict=True)))
+    named = batched if batched_input is None else batched_input
     solver = resolve_backend(backend, tensors[1])
     if solver.capabilities.framework == "jax":
         from .errors import BackendNotFound
@@ -134,7 +141,7 @@ def _solve_qp(
             "('auto', 'cpu', 'torch', 'proxsuite', 'qpsolvers:<name>'), or use qpdsl.jax / Problem.to_jax"
         )
     warm = _broadcast_warm_start(warm_start, tensors)
-    options = _Options(solver, settings, warm, on_failure, shiftable, info, check_convexity)
+    options = _Options(solver, settings, warm, on_failure, shiftable, info, check_convexity, named)
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         outputs = _QPFunction.apply(options, *tensors)
     else:
@@ -207,6 +214,7 @@ class QPLayer(_SolvingModule):
         l: torch.Tensor | None,
         u: torch.Tensor | None,
     ) -> Outputs:
+        self.last_status = None  # not the status of an earlier call when this one raises
         args = (P, q, A, b, C, l, u)
         key = tuple(None if a is None else (tuple(a.shape), a.dtype, a.device) for a in args)
         return solve_layer(self, args, key, self._memory)
@@ -262,6 +270,7 @@ class ProblemLayer(_SolvingModule):
             torch_dtype,
         )
 
+        self.last_status = None  # not the status of an earlier call when this one raises
         qp = self.problem.compile()
         given = layer_arguments(self.parameters_in, args, kwargs)
         tensors = torch_arguments(self.parameters_in, given)
@@ -279,7 +288,7 @@ class ProblemLayer(_SolvingModule):
         key = (batch, dtype, device)
         # P is convex by construction: the psd parameters are checked where they enter.
         x, y, z, s_eq, s_in, _ = solve_layer(
-            self, data.arrays(), key, self._memory, qp.shiftable, convex=True
+            self, data.arrays(), key, self._memory, qp.shiftable, convex=True, batched_input=batched
         )
         return read_outputs(self._specs, (x, y, z, s_eq, s_in), batched)
 
@@ -291,10 +300,12 @@ def solve_layer(
     memory: WarmMemory,
     shiftable: Shiftable | None = None,
     convex: bool = False,
+    batched_input: bool | None = None,
 ) -> Outputs:
     """The solve of a torch layer: :func:`solve_qp` with the layer's options, warm-start memory
     (``layer.warm_start``) and status records (``layer.last_status``, ``layer.last_backward_status``).
-    ``convex``: P is known to be positive semidefinite (not checked again)."""
+    ``convex``: P is known to be positive semidefinite (not checked again); ``batched_input`` as
+    in :func:`_solve_qp`."""
     info: dict[str, Any] = {"layer": layer}
     warm = memory.get(key) if layer.warm_start else None
     out = _solve_qp(
@@ -306,6 +317,7 @@ def solve_layer(
         shiftable,
         info,
         check_convexity=not convex,
+        batched_input=batched_input,
     )
     layer.last_status = out[-1]
     outcome: Outcome = info["outcome"]
@@ -326,6 +338,7 @@ class _Options:
         shiftable: Shiftable | None,
         info: dict[str, Any] | None,
         check_convexity: bool,
+        batched: bool = True,
     ) -> None:
         self.solver = solver
         self.settings = settings
@@ -334,6 +347,7 @@ class _Options:
         self.shiftable = shiftable
         self.info = {} if info is None else info
         self.check_convexity = check_convexity
+        self.batched = batched  # for messages only: an unbatched input is solved as a batch of one
 
 
 class _QPFunction(torch.autograd.Function):
@@ -463,6 +477,7 @@ def _forward(options: _Options, tensors: tuple[torch.Tensor, ...]) -> tuple[Outp
         options.on_failure,
         options.shiftable,
         options.check_convexity,
+        options.batched,
     )
     options.info["outcome"] = outcome
     res = outcome.result
@@ -495,13 +510,19 @@ def _broadcast(args: dict[str, torch.Tensor | None]) -> tuple[tuple[torch.Tensor
     """
     from ._layers import check_torch_tensor, torch_dtype
 
-    for name, value in args.items():
-        if value is not None and not isinstance(value, torch.Tensor):
-            raise ParameterError(
-                f"{name} must be a torch.Tensor, got {type(value).__name__}; wrap it with torch.as_tensor"
-            )
     fill = sf.missing_groups({k: v is not None for k, v in args.items()})
-    devices = {v.device for v in args.values() if v is not None}
+    given = [v for v in args.values() if isinstance(v, torch.Tensor)]
+    place = given[0].device if given else None
+    for name, value in args.items():  # numbers, lists and numpy arrays adapt, as in the layers
+        if value is not None and not isinstance(value, torch.Tensor):
+            try:
+                args[name] = torch.as_tensor(np.asarray(value, dtype=float), device=place)
+            except (TypeError, ValueError) as exc:
+                raise ParameterError(
+                    f"{name} is a {type(value).__name__} that is not a real numeric array ({exc}); "
+                    "pass a float tensor"
+                ) from exc
+    devices = {v.device for v in given}
     if len(devices) > 1:
         raise ParameterError(
             f"all inputs must be on one device, got {sorted(map(str, devices))}; move them with .to(device)"
@@ -510,7 +531,7 @@ def _broadcast(args: dict[str, torch.Tensor | None]) -> tuple[tuple[torch.Tensor
         if value is not None:
             check_torch_tensor(name, value)
     # mixed dtypes: as torch promotes them (integer inputs adapt)
-    dtype = torch_dtype([v for v in args.values() if v is not None])
+    dtype = torch_dtype(given)
     args = {k: None if v is None else v.to(dtype) for k, v in args.items()}
     q = args["q"]
     assert q is not None

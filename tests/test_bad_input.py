@@ -404,7 +404,59 @@ def test_iteration_limit(model: Model, backend: str) -> None:
     fw = "jax" if backend == "jax" else "torch"
     layer = model.layer(fw, backend, **kw)
     args = model.args(fw, S=model.Sv[0], q=model.qv[0], lam=0.1)
-    expect(qd.SolverError, lambda: layer(*args), "batch elements 0 (max_iter)", "raise settings.max_iter")
+    # an unbatched call: the message names no batch element (the user passed none)
+    msg = expect(
+        qd.SolverError, lambda: layer(*args), "the QP solve failed (max_iter)", "raise settings.max_iter"
+    )
+    assert "batch element" not in msg
+    batched = model.args(fw, S=model.Sv[:2], q=model.qv[:2], lam=0.1)
+    expect(qd.SolverError, lambda: layer(*batched), "batch elements 0 (max_iter), 1 (max_iter)")
+
+
+def test_messages_name_batch_elements_only_for_batched_input() -> None:
+    """Invalid data: unbatched input gets a message without indices, batched input names each
+    invalid element once, and the error carries ``indices``; a mis-shaped argument is described
+    as the shape to pass, a 0-dim bound is blamed itself, and a failed call leaves no status of
+    an earlier call on the layer."""
+    from qpdsl.torch import QPLayer, solve_qp
+
+    P_bad = torch.tensor([[1.0, 0.0], [0.0, -1.0]], dtype=torch.float64)
+    q, C, lo, up = (
+        torch.zeros(2, dtype=torch.float64),
+        torch.eye(2, dtype=torch.float64),
+        -torch.ones(2),
+        torch.ones(2),
+    )
+    with pytest.raises(qd.ParameterError) as info:
+        solve_qp(P_bad, q, None, None, C, lo, up)
+    msg = str(info.value)
+    assert "P is not positive semidefinite" in msg and "batch element" not in msg, msg
+    assert info.value.indices == [0]
+    P_two = torch.stack([torch.eye(2, dtype=torch.float64), P_bad])
+    with pytest.raises(qd.ParameterError) as info:
+        solve_qp(P_two, q, None, None, C, lo, up)
+    msg = str(info.value)
+    assert msg.count("batch element") == 1 and "in batch elements [1]" in msg, msg
+    assert info.value.indices == [1]
+    expect(
+        qd.ParameterError, lambda: solve_qp(P_two, q, None, None, C, torch.tensor(-1.0), up), "l has shape ()"
+    )
+
+    layer = QPLayer()
+    layer(torch.eye(2, dtype=torch.float64), q, None, None, C, lo, up)
+    assert layer.last_status is not None
+    with pytest.raises(qd.ParameterError):
+        layer(P_bad, q, None, None, C, lo, up)
+    assert layer.last_status is None
+
+    A = qd.Parameter((4, 3), name="A")
+    x = qd.Variable(3, name="x")
+    prob = qd.Problem(qd.Minimize(qd.sum_squares(A @ x)), [x >= -1, qd.sum(x) == 1])
+    expect(
+        qd.ParameterError,
+        lambda: prob.to_torch([A], [x])(torch.ones(4, 4, dtype=torch.float64)),
+        "expected shape (4, 3) (or (batch, 4, 3)), got (4, 4)",
+    )
 
 
 def test_constant_constraints() -> None:

@@ -283,8 +283,11 @@ def test_torch_bad_option_values() -> None:
     args = torch_args(make_qp(6)[0])
     with pytest.raises(ParameterError, match="on_failure"):
         solve_qp(*args, on_failure="skip")
-    with pytest.raises(ParameterError, match="must be a torch.Tensor"):
-        solve_qp(args[0].numpy(), *args[1:])
+    with pytest.raises(ParameterError, match="P is a str that is not a real numeric array"):
+        solve_qp("P", *args[1:])
+    # numpy arrays and lists adapt to the tensors beside them, as in the problem layers
+    x_np = solve_qp(args[0].numpy(), args[1].tolist(), *args[2:])[0]
+    np.testing.assert_allclose(x_np.numpy(), solve_qp(*args)[0].numpy(), atol=1e-12)
     if "jax" in available_backends():
         with pytest.raises(BackendNotFound, match="qpdsl.jax"):
             solve_qp(*args, backend="jax")
@@ -473,7 +476,7 @@ def test_jax_on_failure(backend: str) -> None:
 
     with pytest.raises(ParameterError, match=r"batch elements \[1\]"):
         jax_solve_qp(*jax_args(bad), backend=backend, settings=SETTINGS)
-    with pytest.raises(Exception, match=r"invalid QP data in batch elements \[1\]"):
+    with pytest.raises(Exception, match=r"invalid QP data: .* in batch elements \[1\]"):
         jax.block_until_ready(
             jax.jit(lambda *a: jax_solve_qp(*a, backend=backend, settings=SETTINGS))(*jax_args(bad))
         )
@@ -489,8 +492,17 @@ def test_jax_parameter_errors() -> None:
         jax_solve_qp(args[0][:, :3], *args[1:], backend="proxsuite")
     with pytest.raises(ParameterError, match="float32 or float64.*got float16 for P"):
         jax_solve_qp(args[0].astype(jnp.float16), *args[1:], backend="proxsuite")
-    with pytest.raises(ParameterError, match="float32 or float64"):
-        jax_solve_qp(*(a.astype(jnp.int32) for a in args), backend="proxsuite")
+    with pytest.raises(ParameterError, match="must be real"):
+        jax_solve_qp(args[0].astype(jnp.complex64), *args[1:], backend="proxsuite")
+    # integer arrays adapt to the floating inputs beside them, as in the torch functions
+    rounded = list(args)
+    for k in (2, 3, 4):  # A, b, C
+        rounded[k] = jnp.round(4 * args[k])
+    as_int = [a.astype(jnp.int32) if k in (2, 3, 4) else a for k, a in enumerate(rounded)]
+    x_int = jax_solve_qp(*as_int, backend="proxsuite", settings=SETTINGS)[0]
+    assert x_int.dtype == rounded[1].dtype
+    x_float = jax_solve_qp(*rounded, backend="proxsuite", settings=SETTINGS)[0]
+    np.testing.assert_allclose(np.asarray(x_int), np.asarray(x_float), atol=1e-12)
     if "torch" in available_backends():
         with pytest.raises(BackendNotFound, match="qpdsl.torch"):
             jax_solve_qp(*args, backend="torch")

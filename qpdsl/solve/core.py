@@ -120,13 +120,18 @@ def invalid_reasons(data: QPData, check_convexity: bool = False) -> dict[str, li
     return {reason: idx for reason, idx in reasons.items() if idx}
 
 
-def invalid_message(invalid: dict[str, list[int]]) -> str:
-    bad = sorted({i for idx in invalid.values() for i in idx})
-    details = "; ".join(f"{reason} in batch elements {idx}" for reason, idx in invalid.items())
+def invalid_message(invalid: dict[str, list[int]], batched: bool = True) -> str:
+    """The message for invalid data, ``invalid`` mapping each reason to its batch indices;
+    without ``batched`` (an unbatched input) the indices are left out."""
+    if batched:
+        details = "; ".join(f"{reason} in batch elements {idx}" for reason, idx in invalid.items())
+        remedy = "fix those elements, or pass on_failure='nan' to get NaN rows for them and solve the others"
+    else:
+        details = "; ".join(invalid)
+        remedy = "fix the data, or pass on_failure='nan' to get NaN outputs instead of this error"
     return (
-        f"invalid QP data in batch elements {bad}: {details}. P, q, A, b, C must be finite, the "
-        f"symmetric part of P positive semidefinite, l and u may hold -inf / +inf but never NaN, and "
-        f"l <= u; fix those elements, or pass on_failure='nan' to get NaN rows for them and solve the others"
+        f"invalid QP data: {details}. P, q, A, b, C must be finite, the symmetric part of P positive "
+        f"semidefinite, l and u may hold -inf / +inf but never NaN, and l <= u; {remedy}"
     )
 
 
@@ -189,6 +194,7 @@ def solve_batch(
     on_failure: str = "raise",
     shiftable: Shiftable | None = None,
     check_convexity: bool = False,
+    batched: bool = True,
 ) -> Outcome:
     """Solve a batch with ``solver`` in the framework of ``data`` (concrete or traced).
 
@@ -200,7 +206,8 @@ def solve_batch(
     ``on_failure="raise"`` raises :class:`ParameterError` for invalid data before solving and
     :class:`SolverError` for elements whose status is not ok (on traced arrays the caller
     raises, see :func:`failure_error`); ``"nan"`` gives NaN rows for them; ``"ignore"`` returns
-    the backend's point with its status.
+    the backend's point with its status. ``batched=False``: the caller's input had no batch
+    dimension (a batch of one), and error messages name no batch index.
     """
     check_on_failure(on_failure)
     xp = namespace(data.q)
@@ -209,7 +216,9 @@ def solve_batch(
     valid = valid_elements(dense, check_convexity)
     all_valid = not traced and bool(xp.all(valid))
     if not traced and on_failure == "raise" and not all_valid:
-        raise ParameterError(invalid_message(invalid_reasons(dense, check_convexity)))
+        reasons = invalid_reasons(dense, check_convexity)
+        indices = sorted({i for idx in reasons.values() for i in idx})
+        raise ParameterError(invalid_message(reasons, batched), indices=indices)
     # sanitising copies every array: only when some element is invalid (or may be, traced)
     clean = dense if dense.is_sparse or all_valid else sanitise(dense, valid)
     warm = _clean_warm(warm_start, valid) if solver.capabilities.warm_start else None
@@ -236,28 +245,36 @@ def solve_batch(
     flags = None
     if not traced and on_failure == "raise":
         flags = batch_flags(status)
-        error = None if flags.all_ok else failure_error(to_numpy(status), to_numpy(valid))
+        error = None if flags.all_ok else failure_error(to_numpy(status), to_numpy(valid), batched)
         if error is not None:
             raise error
     return Outcome(result, clean, valid, ok, flags)
 
 
-def failure_error(status: np.ndarray, valid: np.ndarray) -> Exception | None:
-    """The error ``on_failure="raise"`` raises for host arrays of statuses, or None when all are ok."""
+def failure_error(status: np.ndarray, valid: np.ndarray, batched: bool = True) -> Exception | None:
+    """The error ``on_failure="raise"`` raises for host arrays of statuses, or None when all are ok.
+
+    Without ``batched`` (the caller's input had no batch dimension) the message names no index.
+    """
     valid = np.asarray(valid).reshape(-1)
     invalid = np.flatnonzero(~valid).tolist()
     if invalid:
         reason = "non-finite data, NaN bounds, l > u or a P that is not positive semidefinite"
-        return ParameterError(invalid_message({reason: invalid}))
+        return ParameterError(invalid_message({reason: invalid}, batched), indices=invalid)
     flat = np.asarray(status).reshape(-1)
     failed = [(i, Status(int(s))) for i, s in enumerate(flat) if not Status(int(s)).ok]
     if not failed:
         return None
+    if batched:
+        what = "the QP solve failed for batch elements " + ", ".join(f"{i} ({s.label})" for i, s in failed)
+        advice = "check those elements' data"
+        others = "; or pass on_failure='nan' / 'ignore' to get the other elements anyway"
+    else:
+        what = f"the QP solve failed ({failed[0][1].label})"
+        advice = "check the data"
+        others = "; or pass on_failure='nan' / 'ignore' to get the outputs with their status instead"
     return SolverError(
-        "the QP solve failed for batch elements "
-        + ", ".join(f"{i} ({s.label})" for i, s in failed)
-        + "; check those elements' data (bounded below? well scaled?), raise settings.max_iter, "
-        "or pass on_failure='nan' / 'ignore' to get the other elements anyway",
+        f"{what}; {advice} (bounded below? well scaled?), raise settings.max_iter{others}",
         indices=[i for i, _ in failed],
         statuses=[s.label for _, s in failed],
     )
