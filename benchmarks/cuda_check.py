@@ -8,13 +8,20 @@ Checks, each printed as one line and written to ``--json``:
 - the gradients of ``sum(x * v)`` on the device against the host's (ok elements);
 - a layer with a ``psd=True`` parameter and ``warm_start=True``: forward and backward twice;
 - host synchronisations per forward and per backward, counted with
-  ``torch.cuda.set_sync_debug_mode("warn")`` (one warning per synchronising call).
+  ``torch.cuda.set_sync_debug_mode("warn")`` (one warning per synchronising call);
+- inputs a user mixes: a problem layer on the default backend given a device tensor beside a
+  Python number and a numpy array, and integer device tensors given to ``solve_qp``: the result
+  stays on the device, equal to the host's;
+- with ``--jax``, a ``to_jax`` function under ``jit(vmap(grad))`` on JAX's default device against
+  the reference backend on the host, and its compile time.
+
+The host reference is the ``cpu`` backend (``--reference`` picks another).
 
 Without CUDA it runs on the CPU (``--device cpu``), which checks the script, not the GPU path.
 
 Usage::
 
-    python benchmarks/cuda_check.py [--device cuda] [--json PATH]
+    python benchmarks/cuda_check.py [--device cuda] [--reference cpu] [--jax] [--json PATH]
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -70,7 +78,7 @@ def count_syncs(fn: Callable[[], Any], device: str) -> tuple[int, Any]:
     return sum("synchroniz" in str(w.message) for w in caught), out
 
 
-def check_mixed(device: str, dtype: str) -> dict[str, Any]:
+def check_mixed(device: str, dtype: str, reference: str = "cpu") -> dict[str, Any]:
     import torch
 
     import qpdsl.torch as qt
@@ -89,7 +97,7 @@ def check_mixed(device: str, dtype: str) -> dict[str, Any]:
     dev = [a.to(device) for a in host]
     fwd_syncs, out = count_syncs(lambda: step(dev, "torch", v.to(device)), device)
     x_d, se_d, si_d, st_d, g_d, bwd_syncs = out
-    x_h, se_h, si_h, st_h, g_h, _ = step(host, "cpu", v)
+    x_h, se_h, si_h, st_h, g_h, _ = step(host, reference, v)
     ok = torch.isin(st_h, torch.tensor([0, 1])).numpy()
     tol = TOL[dtype]
     dx = float((x_d.cpu() - x_h).abs()[ok].max())
@@ -113,7 +121,7 @@ def check_mixed(device: str, dtype: str) -> dict[str, Any]:
     return row
 
 
-def check_layer(device: str) -> dict[str, Any]:
+def check_layer(device: str, reference: str = "cpu") -> dict[str, Any]:
     import torch
 
     import qpdsl as qd
@@ -132,7 +140,7 @@ def check_layer(device: str) -> dict[str, Any]:
         n_sync, (sol,) = count_syncs(lambda: layer(Q_t, c_t), device)
         syncs.append(n_sync)
         grads.append(torch.autograd.grad(sol.sum(), [Q_t, c_t]))
-    host = prob.to_torch(parameters=[Q, c], variables=[x], backend="cpu")
+    host = prob.to_torch(parameters=[Q, c], variables=[x], backend=reference)
     (sol_h,) = host(Q_t.detach().cpu(), c_t.detach().cpu())
     dx = float((sol.detach().cpu() - sol_h).abs().max())
     finite = all(bool(torch.isfinite(g).all()) for pair in grads for g in pair)
@@ -144,20 +152,102 @@ def check_layer(device: str) -> dict[str, Any]:
     }
 
 
+def check_inputs(device: str, reference: str = "cpu") -> dict[str, Any]:
+    import torch
+
+    import qpdsl as qd
+    import qpdsl.torch as qt
+
+    x = qd.Variable(N, name="x")
+    c = qd.Parameter(N, name="c")
+    r = qd.Parameter(name="r", nonneg=True)
+    w = qd.Parameter(N, name="w")
+    prob = qd.Problem(qd.Minimize(qd.sum_squares(x - c) + w @ x), [qd.norm1(x) <= 1 + r, x >= -r])
+    rng = np.random.default_rng(7)
+    c_t = torch.as_tensor(rng.standard_normal((BATCH, N)), device=device)
+    w_np = rng.standard_normal(N)
+    layer = prob.to_torch(parameters=[c, r, w], variables=[x])
+    (sol,) = layer(c_t, 0.5, w_np)
+    (sol_h,) = prob.to_torch(parameters=[c, r, w], variables=[x], backend=reference)(c_t.cpu(), 0.5, w_np)
+    P, q, A, b, C, l, u = (torch.as_tensor(a) for a in random_feasible_qps(2, 4, 1, 3, seed=2))
+    ints = [torch.round(10 * t).to(torch.int64) for t in (P @ P.mT / 4 + torch.eye(4), q, A, b, C)]
+    ints += [torch.full_like(l, -100, dtype=torch.int64), torch.full_like(u, 100, dtype=torch.int64)]
+    x_int = qt.solve_qp(*(t.to(device) for t in ints))[0]
+    x_int_h = qt.solve_qp(*ints, backend=reference)[0]
+    dx = max(float((sol.detach().cpu() - sol_h).abs().max()), float((x_int.cpu() - x_int_h).abs().max()))
+    on_device = sol.device.type == torch.device(device).type == x_int.device.type
+    return {
+        "check": "mixed inputs (number, numpy, integer tensors)",
+        "result_devices": [str(sol.device), str(x_int.device)],
+        "max_abs_dx": dx,
+        "passed": on_device and dx < 1e-6,
+    }
+
+
+def check_jax(reference: str = "cpu") -> dict[str, Any]:
+    import time
+
+    import jax
+    import jax.numpy as jnp
+
+    import qpdsl as qd
+
+    jax.config.update("jax_enable_x64", True)
+    x = qd.Variable(N, name="x")
+    c = qd.Parameter(N, name="c")
+    prob = qd.Problem(qd.Minimize(qd.sum_squares(x - c)), [qd.sum(x) == 1, x >= 0, x <= 0.5])
+    rng = np.random.default_rng(9)
+    c_np = rng.standard_normal((BATCH, N))
+    v = jnp.asarray(rng.standard_normal(N))
+    f = prob.to_jax(parameters=[c], variables=[x])
+    g = jax.jit(jax.vmap(jax.grad(lambda ci: jnp.dot(f(ci)[0], v))))
+    t0 = time.perf_counter()
+    grads = np.asarray(jax.block_until_ready(g(jnp.asarray(c_np))))
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    jax.block_until_ready(g(jnp.asarray(c_np)))
+    second = time.perf_counter() - t0
+    f_h = prob.to_jax(parameters=[c], variables=[x], backend=reference)
+    g_h = jax.vmap(jax.grad(lambda ci: jnp.dot(f_h(ci)[0], v)))
+    with jax.default_device(jax.devices("cpu")[0]):
+        grads_h = np.asarray(g_h(jnp.asarray(c_np)))
+    dg = float(np.abs(grads - grads_h).max())
+    return {
+        "check": "jax jit(vmap(grad))",
+        "jax_device": str(jax.devices()[0]),
+        "compile_and_first_call_s": first,
+        "second_call_s": second,
+        "max_abs_dgrad": dg,
+        "passed": dg < 1e-6,
+    }
+
+
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     import torch
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--reference", default="cpu", help="the backend the device is compared with")
+    parser.add_argument("--jax", action="store_true", help="also check a JAX function on JAX's device")
     parser.add_argument("--json", default="", help="write the results here")
     args = parser.parse_args(argv)
-    rows = [
-        check_mixed(args.device, "float64"),
-        check_mixed(args.device, "float32"),
-        check_layer(args.device),
+    checks: list[tuple[str, Callable[[], dict[str, Any]]]] = [
+        ("mixed batch float64", lambda: check_mixed(args.device, "float64", args.reference)),
+        ("mixed batch float32", lambda: check_mixed(args.device, "float32", args.reference)),
+        ("psd warm-started layer", lambda: check_layer(args.device, args.reference)),
+        ("mixed inputs", lambda: check_inputs(args.device, args.reference)),
     ]
-    for row in rows:
-        print(json.dumps(row))
+    if args.jax:
+        checks.append(("jax", lambda: check_jax(args.reference)))
+    rows = []
+    for name, check in checks:
+        try:
+            row = check()
+        except Exception as exc:  # one broken check must not hide the others' results
+            row = {"check": name, "error": repr(exc), "passed": False}
+            traceback.print_exc()
+        print(json.dumps(row), flush=True)
+        rows.append(row)
     if args.json:
         Path(args.json).write_text(json.dumps({"device": args.device, "rows": rows}, indent=2))
     if not all(r["passed"] for r in rows):

@@ -277,6 +277,7 @@ def make_jax_function(
     specs = output_specs(qp, outputs)
     backend_name = backend or "auto"
 
+    @qjax.full_precision
     def solve(*args: Any, **kwargs: Any) -> tuple[Any, ...]:
         given = layer_arguments(parameters, args, kwargs)
         arrays = _jax_arguments(parameters, given)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class QPDSLError(Exception):
     """Base class of every error that qpdsl raises on purpose."""
@@ -43,3 +45,10 @@ class SolverError(QPDSLError):
 
 class NotSupportedError(QPDSLError, NotImplementedError):
     """An operation qpdsl does not support, such as second derivatives through a layer."""
+
+
+def listing(items: Sequence[object], limit: int = 10) -> str:
+    """``items`` joined by commas for a message: the first ``limit``, then how many more there are
+    (a failed batch of thousands would otherwise fill the screen)."""
+    shown = ", ".join(map(str, items[:limit]))
+    return shown if len(items) <= limit else f"{shown} and {len(items) - limit} more"

@@ -10,6 +10,7 @@ user enabled it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -34,6 +35,23 @@ _NAMES = sf.NAMES
 _OK = (int(Status.SOLVED), int(Status.SOLVED_CLOSEST_FEASIBLE))
 
 Outputs = tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]
+
+
+def full_precision(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` traced with matrix products in full float32 precision.
+
+    JAX's default on GPUs and TPUs computes float32 products in TF32 or bfloat16 passes
+    (relative error about 1e-3), which no solver reaches a 1e-5 tolerance through: every
+    float32 solve on a GPU ended at the iteration limit. The setting is read when a product is
+    traced, so it covers the solve, its derivative rule and the parameter maps.
+    """
+
+    @functools.wraps(fn)
+    def traced_exactly(*args: Any, **kwargs: Any) -> Any:
+        with jax.default_matmul_precision("highest"):
+            return fn(*args, **kwargs)
+
+    return traced_exactly
 
 
 def solve_qp(
@@ -99,6 +117,7 @@ def solve_qp(
     )
 
 
+@full_precision
 def solve_standard_form(
     args: tuple[Any, ...],
     backend: str,
@@ -145,6 +164,7 @@ def _differentiable_solve(
     """The custom-JVP solve for one backend and one set of options (``batched``: for messages)."""
     options = (solver, settings, on_failure, shiftable, check_convexity, batched)
 
+    @full_precision
     def primal(*arrays: jax.Array) -> Outputs:
         # arrays: the seven data arrays, then optionally the warm start's x, y, z.
         traced = any(isinstance(a, jax.core.Tracer) for a in arrays)
@@ -155,6 +175,7 @@ def _differentiable_solve(
     solve = jax.custom_jvp(primal)
 
     @solve.defjvp
+    @full_precision
     def _jvp(
         primals: tuple[jax.Array, ...], tangents: tuple[jax.Array, ...]
     ) -> tuple[Outputs, tuple[Any, ...]]:

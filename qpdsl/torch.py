@@ -8,6 +8,8 @@ This module imports torch and never jax.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -15,7 +17,7 @@ import numpy as np
 import torch
 
 from . import _standard_form as sf
-from .errors import NotSupportedError, ParameterError, SolverError
+from .errors import NotSupportedError, ParameterError, SolverError, listing
 from .qp import QPData, QPResult, Settings, WarmStart
 from .solve.closest import Shiftable
 from .solve.core import Outcome, WarmMemory, check_on_failure, resolve_backend, solve_batch, zero_rows
@@ -260,6 +262,11 @@ class ProblemLayer(_SolvingModule):
         self.last_backward_status: torch.Tensor | None = None
 
     def forward(self, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, ...]:
+        self.last_status = None  # not the status of an earlier call when this one raises
+        with full_float32_products():
+            return self._solve(args, kwargs)
+
+    def _solve(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[torch.Tensor, ...]:
         from ._layers import (
             broadcast_arguments,
             dense_data,
@@ -270,7 +277,6 @@ class ProblemLayer(_SolvingModule):
             torch_dtype,
         )
 
-        self.last_status = None  # not the status of an earlier call when this one raises
         qp = self.problem.compile()
         given = layer_arguments(self.parameters_in, args, kwargs)
         tensors = torch_arguments(self.parameters_in, given)
@@ -350,10 +356,32 @@ class _Options:
         self.batched = batched  # for messages only: an unbatched input is solved as a batch of one
 
 
+@contextlib.contextmanager
+def full_float32_products() -> Iterator[None]:
+    """Float32 matrix products in full precision while qpdsl computes.
+
+    Training code often allows TF32 products (``torch.set_float32_matmul_precision("high")``,
+    ``torch.backends.cuda.matmul.allow_tf32 = True``), whose relative error of about 1e-3 no
+    solver reaches a 1e-5 tolerance through, and which would perturb the QP data computed from
+    the parameters. The setting is global: other threads' products run in full precision too
+    while qpdsl computes.
+    """
+    previous = torch.get_float32_matmul_precision()
+    if previous == "highest":
+        yield
+        return
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
 class _QPFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, options: _Options, *tensors: torch.Tensor) -> Outputs:
-        outputs, outcome = _forward(options, tensors)
+        with full_float32_products():
+            outputs, outcome = _forward(options, tensors)
         ctx.outcome = outcome
         ctx.options = options
         ctx.dtypes = tuple(t.dtype for t in tensors)
@@ -365,7 +393,7 @@ class _QPFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, *grad_outputs: Any) -> tuple[Any, ...]:
         second_order = torch.is_grad_enabled()  # create_graph=True
-        with torch.no_grad():
+        with torch.no_grad(), full_float32_products():
             grads = _backward(ctx, *grad_outputs)
         if not second_order:
             return grads
@@ -429,7 +457,7 @@ def _backward(
     failed = (ok & ~grads.ok).nonzero()[:, 0].tolist() if check else []
     if failed:
         raise SolverError(
-            f"the backward pass could not solve the adjoint system of batch elements {failed} "
+            f"the backward pass could not solve the adjoint system of batch elements [{listing(failed)}] "
             "(singular or ill-conditioned KKT matrix); their gradients would be wrong. Pass "
             "on_failure='nan' or 'ignore' to get zero gradients for them instead",
             indices=failed,

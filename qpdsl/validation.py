@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._array import cholesky_ex, device, framework, namespace, to_numpy
-from .errors import ParameterError
+from .errors import ParameterError, listing
 
 if TYPE_CHECKING:
     from .expressions.expression import Parameter
@@ -193,8 +193,7 @@ def parameter_message(p: Parameter, invalid: dict[str, list[int]], batched: bool
     def _where(bad: list[int]) -> str:
         if not batched:
             return "its value"
-        shown = ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else "")
-        return f"batch element(s) {shown}"
+        return f"batch element(s) {listing(bad)}"
 
     reason, bad = next(iter(invalid.items()))
     if reason == "NaN or Inf":

@@ -438,6 +438,11 @@ def test_messages_name_batch_elements_only_for_batched_input() -> None:
     msg = str(info.value)
     assert msg.count("batch element") == 1 and "in batch elements [1]" in msg, msg
     assert info.value.indices == [1]
+    P_many = torch.stack([P_bad] * 30)  # a long list is cut short; err.indices holds all of it
+    with pytest.raises(qd.ParameterError) as info:
+        solve_qp(P_many, q, None, None, C, lo, up)
+    assert "in batch elements [0, 1, 2, 3, 4, 5, 6, 7, 8, 9 and 20 more]" in str(info.value)
+    assert info.value.indices == list(range(30))
     expect(
         qd.ParameterError, lambda: solve_qp(P_two, q, None, None, C, torch.tensor(-1.0), up), "l has shape ()"
     )

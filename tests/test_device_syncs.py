@@ -355,7 +355,8 @@ def test_layer_arguments_and_affine_maps_run_on_meta_tensors() -> None:
 def test_the_prepared_gpu_check_runs_on_the_cpu(tmp_path: Any) -> None:
     """``benchmarks/cuda_check.py`` (the GPU path's correctness check) runs end to end without a
     GPU and its checks pass there: statuses, x, shifts and gradients of the ``torch`` backend
-    against the ``cpu`` backend on a mixed-status batch, and a warm-started psd layer."""
+    against the ``cpu`` backend on a mixed-status batch, a warm-started psd layer, and numbers,
+    numpy arrays and integer tensors beside the device's tensors."""
     import importlib.util
     import json
     from pathlib import Path
@@ -367,7 +368,7 @@ def test_the_prepared_gpu_check_runs_on_the_cpu(tmp_path: Any) -> None:
     spec.loader.exec_module(module)
     out = tmp_path / "check.json"
     rows = module.main(["--device", "cpu", "--json", str(out)])
-    assert [r["passed"] for r in rows] == [True, True, True]
+    assert [r["passed"] for r in rows] == [True, True, True, True]
     mixed = rows[0]
     assert mixed["statuses_host"][:4] == [0, 1, 4, 2]  # solved, closest feasible, invalid, unbounded
     assert json.loads(out.read_text())["device"] == "cpu"

@@ -522,3 +522,36 @@ def test_float32_solutions_get_float64_accurate_gradients():
         assert dx.dtype == np.float32
         jvp = np.sum(dx.astype(np.float64) * g, axis=1)
         np.testing.assert_allclose(jvp, fd, rtol=1e-4, atol=1e-4 * np.abs(fd).max())
+
+
+def test_float32_activity_tolerance_does_not_grow_with_the_row_value():
+    """min 1/2 |x - c|^2 s.t. x_0 <= 20, x_1 >= 1 with c = (19.998, 0.5): row 0 is inactive by
+    2e-3 (ten times a float32 solve's accuracy away, but only 1e-4 of its value), row 1 active.
+    Exactly, dx/dc = diag(1, 0) and dL/du = 0, dL/dl_1 = g_1. A float32 solution differentiated
+    with a tolerance scaled by |C x| counted row 0 as active and returned dx_0/dc_0 = 0."""
+    f32 = np.float32
+    data = QPData(
+        P=np.eye(2, dtype=f32)[None],
+        q=-np.array([[19.998, 0.5]], f32),
+        A=np.zeros((1, 0, 2), f32),
+        b=np.zeros((1, 0), f32),
+        C=np.eye(2, dtype=f32)[None],
+        l=np.array([[-np.inf, 1.0]], f32),
+        u=np.array([[20.0, np.inf]], f32),
+    )
+    res = QPResult(
+        x=np.array([[19.998, 1.0]], f32),
+        y=np.zeros((1, 0), f32),
+        z=np.array([[0.0, -0.5]], f32),
+        shift_eq=np.zeros((1, 0), f32),
+        shift_in=np.zeros((1, 2), f32),
+        status=np.array([Status.SOLVED]),
+        iterations=np.array([10]),
+        prim_res=np.zeros(1, f32),
+        dual_res=np.zeros(1, f32),
+    )
+    g = np.array([[1.0, 1.0]], f32)
+    grads = qp_vjp(data, res, g)
+    np.testing.assert_allclose(grads.q, [[-1.0, 0.0]], atol=1e-5)
+    np.testing.assert_allclose(grads.u, [[0.0, 0.0]], atol=1e-5)
+    np.testing.assert_allclose(grads.l, [[0.0, 1.0]], atol=1e-5)

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -361,3 +362,49 @@ def test_sharded_batch_over_two_cpu_devices() -> None:
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "SHARDED-OK" in out.stdout
+
+
+def _dot_precisions(jaxpr: Any) -> list[Any]:
+    """The precision of every matrix product in a jaxpr and its sub-jaxprs."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            found.append(eqn.params["precision"])
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (list, tuple)) else [value]:
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    found.extend(_dot_precisions(inner))
+    return found
+
+
+def test_float32_products_are_traced_in_full_precision() -> None:
+    """On GPUs and TPUs JAX's default float32 product runs in TF32 or bfloat16 passes: every
+    float32 solve of random n = 100 QPs on an H200 ended at max_iter. Every product of the solve,
+    its derivative (grad of jit and jit of grad) and a problem's parameter map asks for HIGHEST."""
+    import qpdsl as qd
+    import qpdsl.jax as qj
+
+    arrays = [jnp.asarray(a, jnp.float32) for a in random_feasible_qps(2, 6, 2, 6, seed=1)]
+    v = jnp.ones(6, jnp.float32)
+
+    def loss(*a: Any) -> Any:
+        return jnp.sum(qj.solve_qp(*a, backend="jax")[0] * v)
+
+    x = qd.Variable(3)
+    c = qd.Parameter(3)
+    M = qd.Parameter((2, 3))
+    f = qd.Problem(qd.Minimize(qd.sum_squares(x - c)), [M @ x <= 1]).to_jax(backend="jax")
+    layer_loss = lambda c_, M_: jnp.sum(f(c_, M_)[0])  # noqa: E731
+    c_v, M_v = jnp.ones(3, jnp.float32), jnp.ones((2, 3), jnp.float32)
+    traces = [
+        jax.make_jaxpr(jax.jit(jax.grad(loss, argnums=(0, 1, 2))))(*arrays),
+        jax.make_jaxpr(jax.grad(jax.jit(loss), argnums=(0, 1, 2)))(*arrays),
+        jax.make_jaxpr(jax.grad(layer_loss, argnums=(0, 1)))(c_v, M_v),
+    ]
+    for trace in traces:
+        precisions = _dot_precisions(trace.jaxpr)
+        assert precisions, "no matrix product traced"
+        assert all(p == (jax.lax.Precision.HIGHEST, jax.lax.Precision.HIGHEST) for p in precisions), {
+            str(p) for p in precisions
+        }

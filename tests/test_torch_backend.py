@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -414,3 +416,41 @@ def test_gpu_loop_in_float32(monkeypatch: pytest.MonkeyPatch) -> None:
     # measured in float32 on the user's data: within 1e-5 plus ten roundoffs of the terms (verified)
     assert res.prim_res.max() <= 2e-5 and res.dual_res.max() <= 2e-5
     np.testing.assert_allclose(res.x.double().numpy(), proxsuite_solve(arrays)[0], atol=1e-3)
+
+
+def test_float32_products_in_full_precision_while_qpdsl_computes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training code often allows TF32 products (``set_float32_matmul_precision("high")``); on
+    a GPU their 1e-3 relative error stops every float32 solve at max_iter (JAX's default did
+    exactly that on an H200) and perturbs the QP data computed from the parameters. The solve,
+    the parameter maps and the backward run with full-precision products; the user's setting is
+    restored afterwards."""
+    import qpdsl as qd
+    import qpdsl._layers as layers
+    import qpdsl.torch as qt
+    from qpdsl.backends.alm import core
+
+    seen: dict[str, set[str]] = {"solve": set(), "maps": set(), "backward": set()}
+
+    def spy(name: str, fn: Any) -> Any:
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            seen[name].add(torch.get_float32_matmul_precision())
+            return fn(*args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(core, "newton", spy("solve", core.newton))
+    monkeypatch.setattr(layers, "dense_data", spy("maps", layers.dense_data))
+    monkeypatch.setattr(qt, "_backward", spy("backward", qt._backward))
+    x = qd.Variable(3)
+    c = qd.Parameter(3)
+    layer = qd.Problem(qd.Minimize(qd.sum_squares(x - c)), [qd.sum(x) == 1, x >= 0]).to_torch(backend="torch")
+    c_t = torch.tensor([0.3, -0.2, 0.9], dtype=torch.float32, requires_grad=True)
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        (sol,) = layer(c_t)
+        sol.sum().backward()
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    assert seen == {"solve": {"highest"}, "maps": {"highest"}, "backward": {"highest"}}

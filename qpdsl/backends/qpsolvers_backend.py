@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BackendNotFound, ParameterError
+from ..errors import BackendNotFound, ParameterError, listing
 from ..qp import QPData, QPResult, Settings, Status, WarmStart
 from . import Backend, Capabilities, register
 
@@ -229,10 +229,10 @@ def _check_definite(solver: str, data: QPData) -> None:
             singular.append(i)
     if singular:
         raise BackendNotFound(
-            f"qpsolvers:{solver} needs a positive definite P, and P of batch elements {singular[:10]} is "
-            "only positive semidefinite (variables without a quadratic term: those of an LP, or the "
-            "ones sum_squares, norm1, abs or huber introduce); use a solver that accepts a "
-            f"semidefinite P: {_SEMIDEFINITE_SOLVERS}"
+            f"qpsolvers:{solver} needs a positive definite P, and P of batch elements "
+            f"[{listing(singular)}] is only positive semidefinite (variables without a quadratic term: "
+            "those of an LP, or the ones sum_squares, norm1, abs or huber introduce); use a solver "
+            f"that accepts a semidefinite P: {_SEMIDEFINITE_SOLVERS}"
         )
 
 

@@ -69,9 +69,9 @@ def qp_vjp(
         Gradients of a scalar loss with respect to x (B, n), y (B, p), z (B, m) and the
         shift (B, p), (B, m); ``None`` means zero.
     active_tol
-        Relative tolerance that decides activity: row i is upper-active when
-        ``C_i x + z_i >= u_i - active_tol (1 + |C_i x|)`` (and likewise lower). Defaults to
-        1e-6 for a float64 solution, 1e-4 for a float32 one.
+        Tolerance that decides activity: row i is upper-active when
+        ``C_i x + z_i >= u_i - (active_tol + 1e-6 |C_i x|)`` (and likewise lower). Defaults to
+        1e-6 for a float64 solution, 1e-4 for a float32 one (about ten times its accuracy).
     shiftable
         The rows the closest feasible QP may shift (:class:`~qpdsl.solve.closest.Shiftable`).
     flags

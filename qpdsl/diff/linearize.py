@@ -15,7 +15,17 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .._array import cholesky_ex, device, host_values, matvec, namespace, put_rows, values_known
+from .._array import (
+    branch,
+    cholesky_ex,
+    device,
+    host_values,
+    is_traced,
+    matvec,
+    namespace,
+    put_rows,
+    values_known,
+)
 from ..qp import QPData, QPResult, Status
 from .kkt import KKTSolver, kkt_solver
 
@@ -76,6 +86,12 @@ class Linearization:
         return v - on + self.rows_f * matvec(self.Pi, on)
 
 
+# The relative part of the activity tolerance, in both dtypes: about 16 rounding units of a float32
+# row value. Scaling the float32 tolerance (1e-4) itself by |C_i x| let rows 2e-3 away from their
+# bound into the active set of rows of size 20, and gave wrong gradients for 4% of random QPs.
+ACTIVE_TOL_REL = 1e-6
+
+
 def linearize(
     data: QPData,
     result: QPResult,
@@ -95,7 +111,7 @@ def linearize(
     dtype, dev = data.q.dtype, device(data.q)
     n, p = data.n, data.n_eq
     eps = float(xp.finfo(dtype).eps)
-    tol_rel = active_tol if active_tol is not None else (1e-6 if eps < 1e-10 else 1e-4)
+    tol_abs = active_tol if active_tol is not None else (1e-6 if eps < 1e-10 else 1e-4)
 
     status = xp.asarray(result.status, device=dev)
     ok = (status == int(Status.SOLVED)) | (status == int(Status.SOLVED_CLOSEST_FEASIBLE))
@@ -121,7 +137,7 @@ def linearize(
     s_eq, s_in = shift(result.shift_eq), shift(result.shift_in)
 
     cx = matvec(C, x)
-    tol = tol_rel * (1.0 + xp.abs(cx))
+    tol = tol_abs + ACTIVE_TOL_REL * xp.abs(cx)
     v_up = closest[:, None] & (s_in > tol)
     v_lo = closest[:, None] & (s_in < -tol)
     viol = v_up | v_lo
@@ -145,7 +161,18 @@ def linearize(
     rows_f = xp.concat([ones_p, viol_f], axis=1)
     # Eagerly, only the closest-feasible elements pay for the pseudo-inverses of the shifted rows.
     index = xp.nonzero(closest)[0] if shifted and values_known(closest) else None
-    Pi = _range_projector(xp, A, C, viol_f, shifted, index)
+    # Traced (jit), whether an element is closest-feasible is known only when the program runs: the
+    # pseudo-inverses (batched SVDs, which GPUs run one matrix at a time) run only when one is.
+    some_closest = xp.any(closest) if shifted and index is None and is_traced(closest) else None
+    if some_closest is not None:
+        Pi = branch(
+            some_closest,
+            lambda ops: _range_projector(xp, *ops, True),
+            lambda ops: _unshifted_projector(xp, *ops),
+            (A, C, viol_f),
+        )
+    else:
+        Pi = _range_projector(xp, A, C, viol_f, shifted, index)
     if Pi is not None:
         # Multipliers of dependent rows are determined only up to null(M'); backends return any
         # representative. Taking the one in range(M) makes the gradients independent of that choice.
@@ -166,7 +193,17 @@ def linearize(
         H = (1.0 - user) * xp.maximum(eq_rows, xp.concat([xp.zeros_like(ones_p), act_f], axis=1))
         G = xp.concat([A, C], axis=1)
         s_all = xp.concat([s_eq, s_in * viol_f], axis=1) * S
-        if index is None:
+        if some_closest is not None:
+            k_rows = G.shape[1]
+
+            def no_shift(ops: tuple[Any, ...]) -> tuple[Any, Any]:
+                K = xp.zeros((batch, n + 2 * k_rows, k_rows + n), dtype=dtype, device=dev)
+                return K, xp.zeros_like(ops[2])
+
+            K_pinv, weights = branch(
+                some_closest, lambda ops: shift_system(xp, *ops), no_shift, (G, x, s_all, S, H)
+            )
+        elif index is None:
             K_pinv, weights = shift_system(xp, G, x, s_all, S, H)
         else:
 
@@ -225,17 +262,21 @@ def _range_projector(xp: Any, A: Any, C: Any, viol_f: Any, shifted: bool, index:
     batch, p, m = A.shape[0], A.shape[1], C.shape[1]
     if shifted and index is None:
         return _projector(xp, xp.concat([A, C * viol_f[:, :, None]], axis=1))
+
+    def of_A(a: Any) -> Any:
+        top = xp.concat([_projector(xp, a), _zeros(xp, a, batch, p, m)], axis=2)
+        return xp.concat([top, _zeros(xp, a, batch, m, p + m)], axis=1)
+
     base = None
-    if p and not _clearly_full_row_rank(xp, A):
-        top = xp.concat([_projector(xp, A), _zeros(xp, A, batch, p, m)], axis=2)
-        base = xp.concat([top, _zeros(xp, A, batch, m, p + m)], axis=1)
+    if p and is_traced(A):
+        # Traced: A's pseudo-inverse (a batched SVD) runs only when some A is not clearly of full rank.
+        base = branch(_full_row_rank(xp, A), lambda a: _eq_identity(xp, a, m), of_A, A)
+    elif p and not _clearly_full_row_rank(xp, A):
+        base = of_A(A)
     if not shifted:
         return base
     if base is None:
-        ones = xp.concat(
-            [xp.ones((batch, p), dtype=A.dtype, device=device(A)), _zeros(xp, A, batch, m)], axis=1
-        )
-        base = xp.eye(p + m, dtype=A.dtype, device=device(A))[None] * ones[:, None, :]
+        base = _eq_identity(xp, A, m)
 
     def take(a: Any) -> Any:
         return xp.take(a, index, axis=0)
@@ -250,20 +291,39 @@ def _projector(xp: Any, M: Any) -> Any:
     return 0.5 * (Pi + xp.matrix_transpose(Pi))
 
 
+def _unshifted_projector(xp: Any, A: Any, C: Any, viol_f: Any) -> Any:
+    """:func:`_range_projector` without violated rows, always as an array: the identity on the
+    equality rows where A needs no projector."""
+    base = _range_projector(xp, A, C, viol_f, False)
+    return _eq_identity(xp, A, C.shape[1]) if base is None else base
+
+
+def _eq_identity(xp: Any, A: Any, m: int) -> Any:
+    """(B, p + m, p + m): the identity on the equality rows, zero on the others."""
+    batch, p = A.shape[0], A.shape[1]
+    ones = xp.concat([xp.ones((batch, p), dtype=A.dtype, device=device(A)), _zeros(xp, A, batch, m)], axis=1)
+    return xp.eye(p + m, dtype=A.dtype, device=device(A))[None] * ones[:, None, :]
+
+
 def _zeros(xp: Any, like: Any, *shape: int) -> Any:
     return xp.zeros(shape, dtype=like.dtype, device=device(like))
 
 
 def _clearly_full_row_rank(xp: Any, A: Any) -> bool:
-    """Whether every element's A clearly has full row rank (eager arrays only; False under ``jit``).
+    """Whether every element's A clearly has full row rank (eager arrays only; False under ``jit``)."""
+    if not values_known(A):
+        return False
+    return bool(_full_row_rank(xp, A))
+
+
+def _full_row_rank(xp: Any, A: Any) -> Any:
+    """Whether every element's A clearly has full row rank, as a 0-d boolean array.
 
     Decided from the Cholesky factor of ``AA'``: its diagonal must span less than
     ``1 / RANK_TOL``; otherwise the caller takes the SVD-based pseudo-inverse.
     """
-    if not values_known(A):
-        return False
     gram = A @ xp.matrix_transpose(A)
     L, ok = cholesky_ex(gram)
     diag = xp.abs(xp.linalg.diagonal(L))
     full = ok & (xp.min(diag, axis=1) > RANK_TOL * xp.max(diag, axis=1))
-    return bool(xp.all(full))
+    return xp.all(full)

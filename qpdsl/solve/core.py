@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .._array import device, framework, host_values, int_dtype, is_traced, namespace, to_numpy
-from ..errors import ParameterError, SolverError
+from ..errors import ParameterError, SolverError, listing
 from ..qp import QPData, QPResult, Settings, SparseBatch, Status, WarmStart
 from ..validation import not_psd
 from .closest import Shiftable
@@ -124,7 +124,7 @@ def invalid_message(invalid: dict[str, list[int]], batched: bool = True) -> str:
     """The message for invalid data, ``invalid`` mapping each reason to its batch indices;
     without ``batched`` (an unbatched input) the indices are left out."""
     if batched:
-        details = "; ".join(f"{reason} in batch elements {idx}" for reason, idx in invalid.items())
+        details = "; ".join(f"{reason} in batch elements [{listing(idx)}]" for reason, idx in invalid.items())
         remedy = "fix those elements, or pass on_failure='nan' to get NaN rows for them and solve the others"
     else:
         details = "; ".join(invalid)
@@ -266,7 +266,7 @@ def failure_error(status: np.ndarray, valid: np.ndarray, batched: bool = True) -
     if not failed:
         return None
     if batched:
-        what = "the QP solve failed for batch elements " + ", ".join(f"{i} ({s.label})" for i, s in failed)
+        what = "the QP solve failed for batch elements " + listing([f"{i} ({s.label})" for i, s in failed])
         advice = "check those elements' data"
         others = "; or pass on_failure='nan' / 'ignore' to get the other elements anyway"
     else:
