@@ -23,7 +23,7 @@ from .qp import QPData, Settings
 from .validation import (
     PSD_TOL,
     any_invalid,
-    check_parameter_values,
+    check_all_parameter_values,
     invalid_masks,
     invalid_parameter_elements,
 )
@@ -137,12 +137,11 @@ def broadcast_arguments(
         (p, to_numpy(v) if tracing else v) for p, v in values.items() if validate and not _is_tracer(v)
     ]
     if checked and any_invalid(checked):  # one host read for every parameter; details only then
+        strict = [(p, v, p.id not in shared) for p, v in checked if on_failure == "raise" or p.id in shared]
+        check_all_parameter_values(strict)
         for p, v in checked:
-            if on_failure == "raise" or p.id in shared:
-                check_parameter_values(p, v, batched=p.id not in shared)
-            else:
-                for idx in invalid_parameter_elements(p, v).values():
-                    invalid.update(range(batch) if v.shape[0] == 1 else idx)
+            for idx in invalid_parameter_elements(p, v).values():
+                invalid.update(range(batch) if v.shape[0] == 1 else idx)
     for p, v in values.items():
         if v.shape[0] == 1 and batch != 1:
             values[p] = _expand(v, batch)
@@ -194,6 +193,16 @@ def _is_tracer(v: Any) -> bool:
     import jax
 
     return isinstance(v, jax.core.Tracer)
+
+
+def _vmapped(v: Any) -> bool:
+    """Whether a traced value carries a ``jax.vmap`` axis (the function sees one element of it).
+
+    Such a value without a batch dimension is not shared by a batch: each mapped element is a
+    problem of its own, and ``on_failure`` applies to it as to a batch element. (JAX no longer
+    exports the tracer class; its name has been stable.)
+    """
+    return type(v).__name__ == "BatchTracer"
 
 
 def read_outputs(specs: list[Output], results: Sequence[Any], batched: bool) -> tuple[Any, ...]:
@@ -329,8 +338,9 @@ def _check_traced(
     for p, a in zip(parameters, arrays, strict=True):
         if not _is_tracer(a):
             continue  # checked on the host by broadcast_arguments
-        shared = tuple(a.shape) == p.shape
-        values = a[None] if shared else a
+        unbatched = tuple(a.shape) == p.shape
+        shared = unbatched and not _vmapped(a)
+        values = a[None] if unbatched else a
         for reason, mask in invalid_masks(jnp, p, values, PSD_TOL).items():
             bad_elements = bad_elements | jnp.broadcast_to(mask, (batch,))
             if on_failure == "raise" or shared:

@@ -299,9 +299,10 @@ def _broadcast(args: dict[str, Any]) -> tuple[tuple[jax.Array, ...], bool]:
                 "inputs must be real, and floating ones float32 or float64 (float64 needs "
                 f"jax.config.update('jax_enable_x64', True)), got {a.dtype} for {name}"
             )
-        if jnp.issubdtype(a.dtype, jnp.floating):
+        if jnp.issubdtype(a.dtype, jnp.floating) and hasattr(args[name], "dtype"):
             floats.append(a)
-    # mixed: as JAX promotes them; integer inputs adapt (the default float when all are integer)
+    # mixed arrays: as JAX promotes them; integer arrays, Python numbers and lists adapt (the
+    # default float when nothing else decides), as in a problem's JAX function
     dtype = jnp.result_type(*floats) if floats else jnp.zeros(()).dtype
     arrays = {k: None if a is None else a.astype(dtype) for k, a in arrays.items()}
     q = arrays["q"]

@@ -16,7 +16,7 @@ from .errors import ModelError, ParameterError, ProblemKeyError
 from .expressions.constraints import Constraint
 from .expressions.expression import Expression, Parameter, Variable, as_expr
 from .qp import QPData, QPResult, Settings, Status, WarmStart
-from .validation import as_real_array, check_parameter_values
+from .validation import as_real_array, check_all_parameter_values
 
 
 class Minimize:
@@ -342,8 +342,7 @@ def collect_parameter_values(
     if batched and batch == 0:
         raise ParameterError(f"parameter {batch_from} has batch size 0; pass at least one batch element")
     out = {p: np.broadcast_to(v, (batch, *p.shape)) if v.shape == p.shape else v for p, v in given.items()}
-    for p, v in out.items():
-        check_parameter_values(p, v, batched=given[p].shape != p.shape)
+    check_all_parameter_values([(p, v, given[p].shape != p.shape) for p, v in out.items()])
     return out, batch, batched
 
 

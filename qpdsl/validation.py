@@ -182,9 +182,22 @@ def check_parameter_values(p: Parameter, value: Any, psd_tol: float = PSD_TOL, b
     ``psd_tol``).
     The message names the parameter and, when ``batched``, the failing batch elements.
     """
-    invalid = invalid_parameter_elements(p, value, psd_tol)
-    if invalid:
-        raise ParameterError(parameter_message(p, invalid, batched))
+    check_all_parameter_values([(p, value, batched)], psd_tol)
+
+
+def check_all_parameter_values(values: list[tuple[Parameter, Any, bool]], psd_tol: float = PSD_TOL) -> None:
+    """:func:`check_parameter_values` for several ``(parameter, values, batched)``: one
+    :class:`ParameterError` naming every invalid parameter; its ``indices`` are the union of the
+    invalid batch elements (every element, for an invalid value without a batch dimension)."""
+    messages, indices = [], set()
+    for p, value, batched in values:
+        invalid = invalid_parameter_elements(p, value, psd_tol)
+        if invalid:
+            messages.append(parameter_message(p, invalid, batched))
+            bad = {i for idx in invalid.values() for i in idx}
+            indices.update(bad if batched else range(np.shape(value)[0]))
+    if messages:
+        raise ParameterError("; ".join(messages), indices=sorted(indices))
 
 
 def parameter_message(p: Parameter, invalid: dict[str, list[int]], batched: bool = True) -> str:

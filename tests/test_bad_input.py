@@ -551,3 +551,48 @@ def test_number_divided_by_expression_is_model_error() -> None:
     x = qd.Variable(3, name="x")
     with pytest.raises(qd.ModelError, match="division by x"):
         _ = 1.0 / x
+
+
+def test_layer_parameter_errors_list_every_invalid_parameter_and_element() -> None:
+    """A layer's ParameterError names each invalid parameter (not only the first) and holds the
+    invalid batch elements in ``indices``, as ``solve_qp``'s does."""
+    x = qd.Variable(3, name="x")
+    q = qd.Parameter(3, name="q")
+    lam = qd.Parameter(nonneg=True, name="lam")
+    prob = qd.Problem(qd.Minimize(qd.sum_squares(x) + q @ x + lam * qd.norm1(x)), [x <= 1])
+    layer = prob.to_torch(parameters=[q, lam], variables=[x])
+    q_b = torch.ones(40, 3, dtype=torch.float64)
+    q_b[3:33, 0] = float("nan")
+    lam_b = torch.full((40,), 0.1, dtype=torch.float64)
+    lam_b[35] = -1.0
+    with pytest.raises(qd.ParameterError) as info:
+        layer(q_b, lam_b)
+    msg = str(info.value)
+    assert "parameter q: NaN or Inf in batch element(s) 3, 4, 5, 6, 7, 8, 9, 10, 11, 12 and 20 more" in msg
+    assert "parameter lam is declared nonneg but is negative in batch element(s) 35" in msg
+    assert info.value.indices == [*range(3, 33), 35]
+
+
+def test_vmap_of_a_jax_layer_applies_on_failure_to_each_mapped_element() -> None:
+    """Under ``jax.vmap`` each mapped element is a problem of its own: with ``on_failure="nan"``
+    an element with NaN data gets NaN outputs and the others are solved, as for a batched call;
+    it raised, calling the value "shared by the batch". A value vmap does not map (in_axes None)
+    is shared, and still raises."""
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    x = qd.Variable(3, name="x")
+    q = qd.Parameter(3, name="q")
+    u = qd.Parameter(3, name="u")
+    prob = qd.Problem(qd.Minimize(0.5 * qd.sum_squares(x) + q @ x), [qd.sum(x) == 0.5, x <= u, x >= -1])
+    fn = prob.to_jax(parameters=[q, u], variables=[x], backend="cpu", on_failure="nan")
+    Q = np.random.default_rng(0).standard_normal((5, 3))
+    Q[3, 1] = np.nan
+    U = np.ones((5, 3))
+    batched = np.asarray(fn(Q, U)[0])
+    mapped = np.asarray(jax.vmap(fn)(Q, U)[0])
+    assert np.isnan(mapped).any(axis=1).tolist() == [False, False, False, True, False]
+    np.testing.assert_allclose(mapped, batched, atol=1e-12)
+    U_bad = np.ones(3)
+    U_bad[0] = np.nan
+    with pytest.raises(qd.ParameterError, match="parameter u: NaN or Inf in its value"):
+        jax.vmap(fn, in_axes=(0, None))(np.nan_to_num(Q), U_bad)

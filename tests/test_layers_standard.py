@@ -529,3 +529,14 @@ def test_jax_warm_start_same_solution_and_gradients(backend: str) -> None:
         np.testing.assert_allclose(g_warm, g_cold, atol=1e-7)
     with pytest.raises(ParameterError, match=r"warm_start\.y has shape"):
         jax_solve_qp(*args, backend=backend, warm_start=WarmStart(x, jnp.zeros((3, y.shape[1] + 1)), z))
+
+
+def test_jax_solve_qp_lists_adapt_like_numbers() -> None:
+    """In ``qpdsl.jax.solve_qp`` Python lists adapt to the arrays' dtype, as numbers do and as in a
+    problem's JAX function (float32 here; a list made it float64); numpy arrays promote as JAX does."""
+    P, q = jnp.eye(2, dtype=jnp.float32), jnp.array([1.0, -1.0], dtype=jnp.float32)
+    x = jax_solve_qp(P, q, None, None, [[1.0, 0.0]], [-0.5], [0.5])[0]
+    assert x.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(x), [-0.5, 1.0], atol=1e-5)
+    x = jax_solve_qp(P, q, None, None, np.array([[1.0, 0.0]]), [-0.5], [0.5])[0]
+    assert x.dtype == jnp.float64
