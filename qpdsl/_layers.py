@@ -16,7 +16,7 @@ import numpy as np
 
 from ._array import framework, to_numpy
 from .compiler import ParametricQP
-from .errors import ModelError, ParameterError
+from .errors import ModelError, ParameterError, listing
 from .expressions.constraints import Constraint
 from .expressions.expression import Parameter, Variable
 from .qp import QPData, Settings
@@ -334,7 +334,7 @@ def _check_traced(
     import jax.numpy as jnp
 
     bad_elements = jnp.zeros((batch,), dtype=bool)
-    flags, labels = [], []
+    masks, labels, per_element = [], [], []
     for p, a in zip(parameters, arrays, strict=True):
         if not _is_tracer(a):
             continue  # checked on the host by broadcast_arguments
@@ -342,22 +342,31 @@ def _check_traced(
         shared = unbatched and not _vmapped(a)
         values = a[None] if unbatched else a
         for reason, mask in invalid_masks(jnp, p, values, PSD_TOL).items():
-            bad_elements = bad_elements | jnp.broadcast_to(mask, (batch,))
+            mask = jnp.broadcast_to(mask, (batch,))
+            bad_elements = bad_elements | mask
             if on_failure == "raise" or shared:
-                flags.append(jnp.any(mask))
+                masks.append(mask)
                 labels.append(f"{p.name} ({reason}{', shared by the batch' if shared else ''})")
-    if flags:
+                per_element.append(not unbatched and batch > 1)
+    if masks:
 
         def check(found: Any) -> None:
-            bad = [label for label, hit in zip(labels, np.asarray(found).reshape(-1), strict=True) if hit]
+            found = np.asarray(found).reshape(len(labels), -1)
+            bad, indices = [], set()
+            for label, hits, named in zip(labels, found, per_element, strict=True):
+                idx = np.flatnonzero(hits).tolist()
+                if idx:
+                    bad.append(f"{label} in batch elements [{listing(idx)}]" if named else label)
+                    indices.update(idx)
             if bad:
                 raise ParameterError(
                     f"invalid value of parameter(s) {'; '.join(bad)}: pass finite values, nonneg "
                     "parameters >= 0 and psd parameters whose symmetric part is positive "
-                    "semidefinite, or on_failure='nan' to get NaN outputs for the batch elements concerned"
+                    "semidefinite, or on_failure='nan' to get NaN outputs for the batch elements concerned",
+                    indices=sorted(indices),
                 )
 
-        jax.debug.callback(check, jnp.stack(flags))
+        jax.debug.callback(check, jnp.stack(masks))
     return replace(data, q=jnp.where(bad_elements[:, None], jnp.nan, data.q))
 
 
