@@ -188,7 +188,8 @@ def check_parameter_values(p: Parameter, value: Any, psd_tol: float = PSD_TOL, b
 def check_all_parameter_values(values: list[tuple[Parameter, Any, bool]], psd_tol: float = PSD_TOL) -> None:
     """:func:`check_parameter_values` for several ``(parameter, values, batched)``: one
     :class:`ParameterError` naming every invalid parameter; its ``indices`` are the union of the
-    invalid batch elements (every element, for an invalid value without a batch dimension)."""
+    invalid elements along the values' leading axis (all of them for an unbatched value, which
+    every element shares)."""
     messages, indices = [], set()
     for p, value, batched in values:
         invalid = invalid_parameter_elements(p, value, psd_tol)
