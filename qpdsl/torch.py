@@ -380,8 +380,7 @@ def full_float32_products() -> Iterator[None]:
 class _QPFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, options: _Options, *tensors: torch.Tensor) -> Outputs:
-        with full_float32_products():
-            outputs, outcome = _forward(options, tensors)
+        outputs, outcome = _forward(options, tensors)
         ctx.outcome = outcome
         ctx.options = options
         ctx.dtypes = tuple(t.dtype for t in tensors)
@@ -393,7 +392,7 @@ class _QPFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, *grad_outputs: Any) -> tuple[Any, ...]:
         second_order = torch.is_grad_enabled()  # create_graph=True
-        with torch.no_grad(), full_float32_products():
+        with torch.no_grad():
             grads = _backward(ctx, *grad_outputs)
         if not second_order:
             return grads
@@ -424,6 +423,7 @@ class _NoSecondDerivative(torch.autograd.Function):
         )
 
 
+@full_float32_products()
 def _backward(
     ctx: Any,
     gx: torch.Tensor,
@@ -481,6 +481,7 @@ def _zero_failed(result: QPResult, ok: torch.Tensor) -> QPResult:
     return replace(result, **rows, extras={})
 
 
+@full_float32_products()
 def _forward(options: _Options, tensors: tuple[torch.Tensor, ...]) -> tuple[Outputs, Outcome]:
     """Solve through the shared core; return the outputs and what the backward needs.
 

@@ -423,7 +423,7 @@ def test_float32_products_in_full_precision_while_qpdsl_computes(monkeypatch: py
     a GPU their 1e-3 relative error stops every float32 solve at max_iter (JAX's default did
     exactly that on an H200) and perturbs the QP data computed from the parameters. The solve,
     the parameter maps and the backward run with full-precision products; the user's setting is
-    restored afterwards."""
+    restored afterwards, with or without autograd."""
     import qpdsl as qd
     import qpdsl._layers as layers
     import qpdsl.torch as qt
@@ -440,7 +440,9 @@ def test_float32_products_in_full_precision_while_qpdsl_computes(monkeypatch: py
 
     monkeypatch.setattr(core, "newton", spy("solve", core.newton))
     monkeypatch.setattr(layers, "dense_data", spy("maps", layers.dense_data))
-    monkeypatch.setattr(qt, "_backward", spy("backward", qt._backward))
+    import qpdsl.diff as diff
+
+    monkeypatch.setattr(diff, "qp_vjp", spy("backward", diff.qp_vjp))
     x = qd.Variable(3)
     c = qd.Parameter(3)
     layer = qd.Problem(qd.Minimize(qd.sum_squares(x - c)), [qd.sum(x) == 1, x >= 0]).to_torch(backend="torch")
@@ -450,6 +452,17 @@ def test_float32_products_in_full_precision_while_qpdsl_computes(monkeypatch: py
     try:
         (sol,) = layer(c_t)
         sol.sum().backward()
+        with torch.no_grad():  # the solve without autograd, through solve_qp
+            qt.solve_qp(
+                torch.eye(2),
+                torch.ones(2),
+                None,
+                None,
+                torch.eye(2),
+                -torch.ones(2),
+                torch.ones(2),
+                backend="torch",
+            )
         assert torch.get_float32_matmul_precision() == "high"
     finally:
         torch.set_float32_matmul_precision(previous)
