@@ -23,6 +23,7 @@ from .qp import QPData, Settings
 from .validation import (
     PSD_TOL,
     any_invalid,
+    batched_shape,
     check_all_parameter_values,
     invalid_masks,
     invalid_parameter_elements,
@@ -122,7 +123,7 @@ def broadcast_arguments(
                 batch, batch_from = size, p.name
         else:
             raise ParameterError(
-                f"parameter {p.name}: expected shape {p.shape} (or {_batched_shape(p.shape)}), "
+                f"parameter {p.name}: expected shape {p.shape} (or {batched_shape(p.shape)}), "
                 f"got {tuple(v.shape)}"
             )
         values[p] = v
@@ -149,11 +150,6 @@ def broadcast_arguments(
     if framework(theta) == "numpy":  # a problem without parameters: theta is a column of ones
         theta = convert(theta)
     return theta, batch, batched, sorted(invalid)
-
-
-def _batched_shape(shape: tuple[int, ...]) -> str:
-    """``(batch, 4, 3)`` for ``(4, 3)``: how a shape reads with a leading batch dimension."""
-    return "(" + ", ".join(["batch", *map(str, shape)]) + ("," if not shape else "") + ")"
 
 
 def mark_invalid(data: QPData, invalid: list[int]) -> QPData:
@@ -290,7 +286,7 @@ def make_jax_function(
     def solve(*args: Any, **kwargs: Any) -> tuple[Any, ...]:
         given = layer_arguments(parameters, args, kwargs)
         arrays = _jax_arguments(parameters, given)
-        dtype = _jax_dtype(given, arrays)
+        dtype = qjax.compute_dtype(given, arrays)
         arrays = [a.astype(dtype) for a in arrays]
 
         def convert(value: Any) -> Any:
@@ -382,21 +378,8 @@ def _argument_error(p: Parameter, value: Any, exc: Exception | None = None) -> P
     return ParameterError(
         f"argument for parameter {p.name}: a {type(value).__name__} that is not a real "
         f"numeric array{why}; pass a float tensor or array of shape {p.shape} "
-        f"(or (batch, *{p.shape}))"
+        f"(or {batched_shape(p.shape)})"
     )
-
-
-def _jax_dtype(given: Sequence[Any], arrays: Sequence[Any]) -> Any:
-    """The dtype a JAX layer computes in: the widest floating dtype of the array arguments (as
-    :func:`jax.numpy.result_type` promotes; Python numbers and lists adapt), else the default float."""
-    import jax.numpy as jnp
-
-    floats = [
-        a.dtype
-        for g, a in zip(given, arrays, strict=False)
-        if hasattr(g, "dtype") and jnp.issubdtype(a.dtype, jnp.floating)
-    ]
-    return jnp.result_type(*floats) if floats else jnp.zeros(()).dtype
 
 
 def torch_dtype(tensors: Sequence[Any]) -> Any:

@@ -11,7 +11,7 @@ user enabled it.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -288,22 +288,17 @@ def _broadcast(args: dict[str, Any]) -> tuple[tuple[jax.Array, ...], bool]:
     """
     fill = sf.missing_groups({k: v is not None for k, v in args.items()})
     arrays = {k: None if v is None else jnp.asarray(v) for k, v in args.items()}
-    floats = []
     for name, a in arrays.items():
-        if a is None:
-            continue
-        if jnp.iscomplexobj(a) or (
-            jnp.issubdtype(a.dtype, jnp.floating) and a.dtype not in (jnp.float32, jnp.float64)
+        if a is not None and (
+            jnp.iscomplexobj(a)
+            or (jnp.issubdtype(a.dtype, jnp.floating) and a.dtype not in (jnp.float32, jnp.float64))
         ):
             raise ParameterError(
                 "inputs must be real, and floating ones float32 or float64 (float64 needs "
                 f"jax.config.update('jax_enable_x64', True)), got {a.dtype} for {name}"
             )
-        if jnp.issubdtype(a.dtype, jnp.floating) and hasattr(args[name], "dtype"):
-            floats.append(a)
-    # mixed arrays: as JAX promotes them; integer arrays, Python numbers and lists adapt (the
-    # default float when nothing else decides), as in a problem's JAX function
-    dtype = jnp.result_type(*floats) if floats else jnp.zeros(()).dtype
+    given = [v for v in args.values() if v is not None]
+    dtype = compute_dtype(given, [a for a in arrays.values() if a is not None])
     arrays = {k: None if a is None else a.astype(dtype) for k, a in arrays.items()}
     q = arrays["q"]
     n = q.shape[-1] if q.ndim else -1
@@ -315,6 +310,18 @@ def _broadcast(args: dict[str, Any]) -> tuple[tuple[jax.Array, ...], bool]:
         for k, a in arrays.items()
     )
     return out, batched
+
+
+def compute_dtype(given: Sequence[Any], arrays: Sequence[Any]) -> Any:
+    """The dtype a JAX solve computes in, for the inputs ``given`` and their ``arrays``: the floating
+    arrays (values with a dtype) promoted as JAX promotes them; integer arrays, Python numbers and
+    lists adapt; the default float when nothing decides."""
+    floats = [
+        a.dtype
+        for g, a in zip(given, arrays, strict=True)
+        if hasattr(g, "dtype") and jnp.issubdtype(a.dtype, jnp.floating)
+    ]
+    return jnp.result_type(*floats) if floats else jnp.zeros(()).dtype
 
 
 def _broadcast_warm_start(warm: WarmStart | None, arrays: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:

@@ -16,7 +16,7 @@ from .errors import ModelError, ParameterError, ProblemKeyError
 from .expressions.constraints import Constraint
 from .expressions.expression import Expression, Parameter, Variable, as_expr
 from .qp import QPData, QPResult, Settings, Status, WarmStart
-from .validation import as_real_array, check_all_parameter_values
+from .validation import as_real_array, batched_shape, check_all_parameter_values
 
 
 class Minimize:
@@ -337,7 +337,7 @@ def collect_parameter_values(
             batch, batched, batch_from = v.shape[0], True, p.name
             continue
         raise ParameterError(
-            f"parameter {p.name}: expected shape {p.shape} (or (batch, *{p.shape})), got {v.shape}"
+            f"parameter {p.name}: expected shape {p.shape} (or {batched_shape(p.shape)}), got {v.shape}"
         )
     if batched and batch == 0:
         raise ParameterError(f"parameter {batch_from} has batch size 0; pass at least one batch element")

@@ -165,6 +165,11 @@ def as_real_array(p: Parameter, value: Any) -> np.ndarray:
     return array.astype(float)
 
 
+def batched_shape(shape: tuple[int, ...]) -> str:
+    """``(batch, 4, 3)`` for ``(4, 3)``: how a parameter's shape reads with a batch dimension."""
+    return "(" + ", ".join(["batch", *map(str, shape)]) + ("," if not shape else "") + ")"
+
+
 def checked_value(p: Parameter, value: Any) -> np.ndarray:
     """A value for ``Parameter.value``: a float array of ``p.shape`` that passes every check of ``p``."""
     array = as_real_array(p, value)
