@@ -8,6 +8,9 @@ fresh process (a child per row), so the figure is what a user waits for once per
   persistent compilation cache set to an empty folder; ``cached``: a second process with the
   cache the first one filled (JAX does not cache programs with host callbacks, which
   ``"raise"`` under ``jit`` needs);
+- ``qpdsl[jax]`` with ``compiler_options={"xla_cpu_use_fusion_emitters": False}`` on both
+  ``jax.jit`` calls (XLA:CPU's older loop emitters: one option of the user's own ``jit``, no
+  global setting), cold;
 - ``qpax``: the same QPs (``l <= C x <= u`` as two one-sided blocks), ``vmap``-ed, cold.
 
     python benchmarks/jax_compile.py [--json PATH]
@@ -26,6 +29,9 @@ from pathlib import Path
 from typing import Any
 
 N, BATCH = 10, 8
+
+
+LEGACY_EMITTERS = {"xla_cpu_use_fusion_emitters": False}
 
 
 def _child(kind: str, on_failure: str) -> dict[str, float]:
@@ -63,17 +69,21 @@ def _child(kind: str, on_failure: str) -> dict[str, float]:
         jax.block_until_ready(fn(v))
         return time.perf_counter() - t
 
-    jitted = jax.jit(f)
+    options = json.loads(os.environ.get("QPDSL_BENCH_OPTIONS", "{}"))
+    jitted = jax.jit(f, compiler_options=options)
     first = timed(jitted)
-    again = timed(jitted)
-    grad = timed(jax.jit(jax.grad(lambda v: f(v).sum())))
+    again = min(timed(jitted) for _ in range(5))
+    grad = timed(jax.jit(jax.grad(lambda v: f(v).sum()), compiler_options=options))
     return {"jit_s": first, "jit_again_s": again, "jit_grad_s": grad}
 
 
-def _run(kind: str, on_failure: str, cache: str | None) -> dict[str, float]:
-    env = {k: v for k, v in os.environ.items() if k not in ("JAX_COMPILATION_CACHE_DIR", "QPDSL_BENCH_CACHE")}
+def _run(kind: str, on_failure: str, cache: str | None, options: dict | None = None) -> dict[str, float]:
+    skip = ("JAX_COMPILATION_CACHE_DIR", "QPDSL_BENCH_CACHE", "QPDSL_BENCH_OPTIONS")
+    env = {k: v for k, v in os.environ.items() if k not in skip}
     if cache:
         env["QPDSL_BENCH_CACHE"] = cache
+    if options:
+        env["QPDSL_BENCH_OPTIONS"] = json.dumps(options)
     env.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind, on_failure]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, check=True)
@@ -100,6 +110,15 @@ def run() -> list[dict[str, Any]]:
                     **_run("qpdsl", on_failure, cache),
                 }
             )
+    rows.append(
+        {
+            "method": "qpdsl[jax]",
+            "on_failure": "raise",
+            "cache": "cold",
+            "compiler_options": LEGACY_EMITTERS,
+            **_run("qpdsl", "raise", None, LEGACY_EMITTERS),
+        }
+    )
     try:
         rows.append({"method": "qpax", "on_failure": "-", "cache": "cold", **_run("qpax", "-", None)})
     except subprocess.CalledProcessError as exc:
@@ -116,10 +135,12 @@ def main() -> None:
         print(json.dumps(_child(*args.child)))
         return
     rows = run()
-    print(f"{'method':<12} {'on_failure':<10} {'cache':<7} {'jit s':>7} {'again ms':>9} {'jit(grad) s':>12}")
+    head = f"{'method':<12} {'on_failure':<10} {'cache':<7} {'options':<8}"
+    print(f"{head} {'jit s':>7} {'again ms':>9} {'jit(grad) s':>12}")
     for r in rows:
+        options = "legacy" if r.get("compiler_options") else "-"
         print(
-            f"{r['method']:<12} {r['on_failure']:<10} {r['cache']:<7} {r['jit_s']:7.2f} "
+            f"{r['method']:<12} {r['on_failure']:<10} {r['cache']:<7} {options:<8} {r['jit_s']:7.2f} "
             f"{1e3 * r['jit_again_s']:9.2f} {r['jit_grad_s']:12.2f}"
         )
     if args.json:

@@ -44,10 +44,12 @@ class TorchPeer:
     def forward(self, data: Batch) -> tuple[Any, list[Any], Any]:
         import torch
 
-        inputs = [torch.tensor(data[k], requires_grad=True) for k in DATA_KEYS]
+        # Views of the batch's arrays, not copies: a copy of this size is a parallel torch
+        # operation, whose OpenMP threads then spin on the cores the solvers' threads need.
+        inputs = [torch.from_numpy(data[k]).requires_grad_() for k in DATA_KEYS]
         assert self._layer is not None, "prepare() first"
         x = self._layer(*inputs)
-        return x, inputs, torch.tensor(data["v"])
+        return x, inputs, torch.from_numpy(data["v"])
 
     def forward_backward(self, data: Batch) -> dict[str, np.ndarray]:
         import torch

@@ -237,6 +237,13 @@ def cholesky_ex(matrices: Any) -> tuple[Any, Any]:
         L = jnp.linalg.cholesky(matrices)
         return L, jnp.all(jnp.isfinite(L), axis=(-2, -1))
     mats = np.asarray(matrices)
+    if mats.ndim == 3 and mats.dtype in (np.float32, np.float64):
+        try:
+            from .backends.cpu_alm.linalg import cholesky_batch
+        except ImportError:  # numba missing or broken: LAPACK one matrix at a time
+            pass
+        else:
+            return cholesky_batch(mats)
     out = np.zeros_like(mats)
     ok = np.ones(mats.shape[0], dtype=bool)
     for k, M in enumerate(mats):

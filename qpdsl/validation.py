@@ -70,8 +70,7 @@ def invalid_masks(xp: Any, p: Parameter, value: Any, psd_tol: float) -> dict[str
     if p.nonneg:
         masks["negative (declared nonneg)"] = finite & xp.any(flat < 0, axis=1)
     if p.psd:
-        clean = xp.where(xp.reshape(finite, (batch, 1, 1)), value, xp.zeros_like(value))
-        masks["negative eigenvalue (declared psd)"] = finite & not_psd(clean, psd_tol)
+        masks["negative eigenvalue (declared psd)"] = finite & not_psd(value, psd_tol)
     return masks
 
 
@@ -95,16 +94,27 @@ def not_psd(matrices: Any, psd_tol: float = PSD_TOL) -> Any:
     The symmetric part, shifted by :func:`psd_tolerance` times its own scale (:func:`matrix_scale`:
     the test is the same at every scale, and one element's large entries never excuse another's),
     has no Cholesky factor: one factorisation per element instead of an eigendecomposition. A
-    zero matrix is positive semidefinite. Finite input; traceable.
+    zero matrix is positive semidefinite; a matrix with a NaN or infinite entry is reported
+    False here (its invalidity is the finiteness check's). Traceable. Float numpy arrays take
+    a compiled kernel, parallel over the batch.
     """
     xp = namespace(matrices)
     n = matrices.shape[-1]
-    if n == 0:
+    if n == 0 or matrices.shape[0] == 0:
         return xp.zeros(matrices.shape[0], dtype=xp.bool, device=device(matrices))
+    rel = psd_tolerance(xp, matrices.dtype, n, psd_tol)
+    if framework(matrices) == "numpy" and matrices.dtype in (np.float32, np.float64):
+        try:
+            from .backends.cpu_alm.linalg import not_psd_batch
+        except ImportError:  # numba missing or broken: the array code below
+            pass
+        else:
+            return not_psd_batch(matrices, rel)
+    finite = xp.all(xp.isfinite(xp.reshape(matrices, (matrices.shape[0], -1))), axis=1)
+    matrices = xp.where(xp.reshape(finite, (-1, 1, 1)), matrices, xp.zeros_like(matrices))
     sym = (matrices + xp.matrix_transpose(matrices)) / 2
     scale = matrix_scale(xp, sym)
-    tol = psd_tolerance(xp, sym.dtype, n, psd_tol) * scale
-    _, factored = cholesky_ex(sym + tol * xp.eye(n, dtype=sym.dtype, device=device(sym)))
+    _, factored = cholesky_ex(sym + rel * scale * xp.eye(n, dtype=sym.dtype, device=device(sym)))
     return ~factored & (scale[:, 0, 0] > 0)
 
 

@@ -433,6 +433,53 @@ def test_factor_updates_and_solves_match_numpy(n):
     assert not linalg.cholesky(bad)
 
 
+@pytest.mark.parametrize("count", [1, 3, 4, 7])
+def test_several_factor_updates_at_once_match_numpy(count):
+    """Mixed updates and downdates applied together, four at a time, give the factor of the
+    modified matrix (numpy's Cholesky factor of it, up to rounding)."""
+    from qpdsl.backends.cpu_alm import linalg
+
+    n = 23
+    rng = np.random.default_rng(count)
+    G = rng.standard_normal((2 * n, n))
+    H = G.T @ G + 0.5 * np.eye(n)
+    X = rng.standard_normal((count, n)) * 0.3
+    signs = np.where(np.arange(count) % 2 == 0, 1.0, -1.0)
+    target = H + (X.T * signs) @ X
+    U = np.triu(np.linalg.cholesky(H).T).copy()
+    assert linalg.rank_updates(U, X.copy(), signs, count)
+    np.testing.assert_allclose(np.triu(U), np.linalg.cholesky(target).T, atol=1e-12 * np.abs(U).max())
+    # a downdate past positive definiteness is refused
+    w = np.zeros((1, n))
+    w[0, 0] = np.sqrt(H[0, 0]) * 1.5
+    U = np.triu(np.linalg.cholesky(H).T).copy()
+    assert not linalg.rank_updates(U, w, np.array([-1.0]), 1)
+
+
+@pytest.mark.parametrize("count", [0, 1, 5, 8])
+def test_blocked_outer_products_match_numpy(count):
+    """``add_outers_upper`` adds signed outer products of the chosen rows (upper triangle), and
+    ``gram_upper`` forms the Gram matrix of the chosen rows."""
+    from qpdsl.backends.cpu_alm import linalg
+
+    n = 19
+    rng = np.random.default_rng(count + 10)
+    G = rng.standard_normal((12, n))
+    rows = rng.choice(12, size=count, replace=False).astype(np.int64)
+    signs = rng.choice([-1.0, 1.0], size=count)
+    M0 = rng.standard_normal((n, n))
+    M = M0.copy()
+    linalg.add_outers_upper(M, G, rows, signs, count)
+    expected = M0 + (G[rows].T * signs) @ G[rows]
+    np.testing.assert_allclose(np.triu(M), np.triu(expected), atol=1e-12)
+    np.testing.assert_array_equal(np.tril(M, -1), np.tril(M0, -1))
+    use = np.zeros(12, dtype=bool)
+    use[rows] = True
+    linalg.gram_upper(M, G, 2, 12, use)
+    chosen = G[2:][use[2:]]
+    np.testing.assert_allclose(np.triu(M), np.triu(chosen.T @ chosen), atol=1e-12)
+
+
 def test_gram_matrices_follow_the_active_rows():
     """The Gram matrix of the active inequality rows, built anew or by outer products of the changes."""
     from qpdsl.backends.cpu_alm import solver
@@ -440,11 +487,14 @@ def test_gram_matrices_follow_the_active_rows():
     rng = np.random.default_rng(3)
     n, p, m = 12, 3, 20
     G = rng.standard_normal((p + m, n))
-    GT, W = np.ascontiguousarray(G.T), np.empty((n, p + m))
+    work, signs = np.empty(p + m, dtype=np.int64), np.empty(p + m)
     M, in_gram = np.zeros((n, n)), np.zeros(p + m, dtype=np.bool_)
-    for _ in range(8):
-        active = rng.random(p + m) < 0.5
-        solver._sync_gram(M, G, GT, p, active, in_gram, W)
+    for step in range(12):
+        # small changes (outer products of the changed rows) and large ones (built anew)
+        active = in_gram.copy()
+        flip = rng.choice(m, size=(2 if step % 3 else 15), replace=False) + p
+        active[flip] = ~active[flip]
+        solver._sync_gram(M, G, p, active, in_gram, work, signs)
         rows = G[p:][active[p:]]
         np.testing.assert_allclose(np.triu(M), np.triu(rows.T @ rows), atol=1e-12 * n)
         assert np.array_equal(in_gram, active)

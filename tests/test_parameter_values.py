@@ -154,3 +154,34 @@ def test_torch_layer_accepts_unsymmetric_psd_value():
     layer = prob.to_torch(parameters=[S], variables=[x], backend="proxsuite")
     M = torch.tensor([[2.0, 0.7], [0.1, 3.0]], dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda m: layer(m)[0], (M,), eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_psd_check_matches_eigenvalues_in_every_framework(dtype):
+    """``not_psd`` (a compiled kernel for numpy, batched Cholesky for torch) flags exactly the
+    matrices with an eigenvalue clearly below zero, judged by numpy's eigenvalues; a zero matrix
+    and a matrix with NaN entries are not flagged (the finiteness check reports the latter)."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(7)
+    n = 9
+    F = rng.standard_normal((40, n, n))
+    mats = F @ np.swapaxes(F, 1, 2)
+    # shift some by a multiple of their scale: clearly indefinite or clearly definite
+    shift = rng.choice([-0.05, 0.0, 0.05], size=40)
+    mats = mats + shift[:, None, None] * np.abs(mats).max(axis=(1, 2))[:, None, None] * np.eye(n)
+    mats[3] = np.diag([1.0] * (n - 1) + [0.0])  # semidefinite
+    mats[4] = 0.0
+    mats[5, 1, 2] = np.nan
+    mats[6] += np.triu(rng.standard_normal((n, n)), 1) * 50.0  # unsymmetric: only the symmetric part counts
+    mats = mats.astype(dtype)
+    sym = ((mats + np.swapaxes(mats, 1, 2)) / 2).astype(np.float64)
+    finite = np.isfinite(sym).all(axis=(1, 2))
+    smallest = np.full(40, np.inf)
+    smallest[finite] = np.linalg.eigvalsh(sym[finite])[:, 0]
+    scale = np.abs(np.where(finite[:, None, None], sym, 0.0)).max(axis=(1, 2))
+    expected = smallest < -0.01 * scale
+    clearly_psd = smallest > -1e-8 * scale
+    assert expected.sum() > 5 and clearly_psd.sum() > 5
+    for got in (validation.not_psd(mats), validation.not_psd(torch.from_numpy(mats)).numpy()):
+        assert got[expected].all()
+        assert not got[clearly_psd | ~finite].any()

@@ -89,10 +89,8 @@ def valid_elements(data: QPData, check_convexity: bool = False) -> Any:
 
 
 def _not_convex(P: Any, finite: Any) -> Any:
-    """(B,) True where P is clearly not positive semidefinite (elements not ``finite`` read as identity)."""
-    xp = namespace(P)
-    eye = xp.eye(P.shape[-1], dtype=P.dtype, device=device(P))
-    return not_psd(xp.where(xp.reshape(finite, (-1, 1, 1)), P, eye))
+    """(B,) True where P is clearly not positive semidefinite (False where not ``finite``)."""
+    return finite & not_psd(P)
 
 
 def invalid_reasons(data: QPData, check_convexity: bool = False) -> dict[str, list[int]]:

@@ -22,12 +22,11 @@ EPS = float(np.finfo(np.float64).eps)
 
 
 @njit(**KERNEL)
-def _factor_one(P, G, a, d, U, W) -> bool:
+def _factor_one(P, G, a, d, U) -> bool:
     """``U`` (upper) with ``U'U = P + d I + G_J' G_J / d``; False where H is not positive definite."""
     n = P.shape[0]
-    GT = np.ascontiguousarray(G.T)
     use = a != 0.0
-    gram_upper(U, GT, 0, G.shape[0], use, W)
+    gram_upper(U, G, 0, G.shape[0], use)
     inv_d = 1.0 / d
     for i in range(n):
         for j in range(i, n):
@@ -52,13 +51,12 @@ def _factor_or_retry(P, G, a, rel, retry, scale, d, U, ok, e) -> None:
     """Factor element ``e`` into ``U[e]`` with ``d[e] = rel * scale[e]``, ``scale[e]`` the largest of
     1, |P| and |G|; where that fails, retry with ``retry`` times more regularisation (and update
     ``d[e]``); where that fails too, ``U[e] = I`` and ``ok[e]`` False."""
-    n, k = P.shape[1], G.shape[1]
+    n = P.shape[1]
     scale[e] = max(1.0, _largest(P[e]), _largest(G[e]))
     d[e] = rel * scale[e]
-    W = np.empty((n, max(k, 1)))
-    good = _factor_one(P[e], G[e], a[e], d[e], U[e], W)
+    good = _factor_one(P[e], G[e], a[e], d[e], U[e])
     if not good:
-        good = _factor_one(P[e], G[e], a[e], d[e] * retry, U[e], W)
+        good = _factor_one(P[e], G[e], a[e], d[e] * retry, U[e])
         if good:
             d[e] *= retry
     if not good:

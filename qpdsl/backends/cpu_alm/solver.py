@@ -26,7 +26,7 @@ from numba import cfunc, njit, prange, types
 
 from ...qp import Status
 from . import params as prm
-from .linalg import KERNEL, add_outer_upper, cho_solve, cholesky, gram_upper, matvec, rank_one
+from .linalg import KERNEL, add_outers_upper, cho_solve, cholesky, gram_upper, matvec, rank_updates
 from .linesearch import exact_step
 from .scaling import cost_scale, equilibrate
 
@@ -226,27 +226,29 @@ def _certificates(K, GT, n, p, qs, lo, hi, row_norm, x, xp, v, vp, eps_pinf, eps
 
 
 @njit(**KERNEL)
-def _sync_gram(M, G, GT, p, active, in_gram, W) -> None:
+def _sync_gram(M, G, p, active, in_gram, rows, signs) -> None:
     """Bring ``M = C_J'C_J`` (upper triangle, J = ``in_gram``) to J = the inequality rows of ``active``.
 
-    A few changed rows are added or subtracted as outer products; when more rows changed than
-    stay, the Gram matrix is formed anew.
+    The changed rows are added or subtracted as outer products, unless more rows leave than
+    stay: then the Gram matrix of the new rows is formed anew (fewer products, and no rounding
+    carried over). ``rows`` and ``signs`` (k) are work arrays.
     """
     k = active.shape[0]
-    changed, kept = 0, 0
+    changed, kept, removed = 0, 0, 0
     for i in range(p, k):
         if active[i] != in_gram[i]:
+            rows[changed] = i
+            signs[changed] = 1.0 if active[i] else -1.0
             changed += 1
+            removed += in_gram[i]
         elif active[i]:
             kept += 1
     if changed == 0:
         return
-    if changed > kept:
-        gram_upper(M, GT, p, k, active, W)
+    if kept < removed:
+        gram_upper(M, G, p, k, active)
     else:
-        for i in range(p, k):
-            if active[i] != in_gram[i]:
-                add_outer_upper(M, G[i], 1.0 if active[i] else -1.0)
+        add_outers_upper(M, G, rows, signs, changed)
     in_gram[:] = active
 
 
@@ -333,7 +335,7 @@ def solve_one(P, q, A, b, C, l, u, x0, y0, z0, fp, ip, x_out, y_out, z_out, info
         np.empty(n),
         np.empty(n),
     )
-    row, t, delta = np.empty(n), np.empty(2 * m), np.empty(2 * m)
+    t, delta = np.empty(2 * m), np.empty(2 * m)
     active = np.zeros(k, dtype=np.bool_)
     active[:p] = True
     factored = np.zeros(k, dtype=np.bool_)
@@ -344,8 +346,9 @@ def solve_one(P, q, A, b, C, l, u, x0, y0, z0, fp, ip, x_out, y_out, z_out, info
     H_eq_mu = np.nan
     M_in = np.zeros((n, n))
     in_gram = np.zeros(k, dtype=np.bool_)
-    W = np.empty((n, k))  # work array of the Gram matrices
-    gram_upper(M_eq, GT, 0, p, active, W)
+    rows, signs = np.empty(k, dtype=np.int64), np.empty(k)  # work arrays of the Gram matrices
+    gram_upper(M_eq, G, 0, p, active)
+    X = np.empty((min(max_rank, m) if max_rank > 0 else 0, n))  # the rows of a factor update
     U = np.empty((n, n))  # Cholesky factor U'U of the generalised Hessian for the active set `factored`
     fresh = False  # L matches the current penalties
     updates = 0  # rank-one changes of L since it was factorised
@@ -434,13 +437,17 @@ def solve_one(P, q, A, b, C, l, u, x0, y0, z0, fp, ip, x_out, y_out, z_out, info
         if not fresh or changed:
             updated = False
             if fresh and changed <= max_rank and updates + changed <= n:
-                updated = True
+                # Additions first: the downdates then start from a larger matrix.
                 scale = 1.0 / math.sqrt(mu_in)
-                for adding in (True, False):  # additions first: downdates then start from a larger H
+                count = 0
+                for adding in (True, False):
                     for i in range(p, k):
-                        if updated and active[i] != factored[i] and active[i] == adding:
-                            row[:] = G[i] * scale
-                            updated = rank_one(U, row, 1.0 if adding else -1.0)
+                        if active[i] != factored[i] and active[i] == adding:
+                            for j in range(n):
+                                X[count, j] = G[i, j] * scale
+                            signs[count] = 1.0 if adding else -1.0
+                            count += 1
+                updated = rank_updates(U, X, signs, count)
                 if updated:
                     updates += changed
                     info[6] += changed
@@ -452,7 +459,7 @@ def solve_one(P, q, A, b, C, l, u, x0, y0, z0, fp, ip, x_out, y_out, z_out, info
                             H_eq[a, j] = 0.5 * (K[a, j] + K[j, a]) + inv_mu * M_eq[a, j]
                         H_eq[a, a] += rho
                     H_eq_mu = mu_eq
-                _sync_gram(M_in, G, GT, p, active, in_gram, W)
+                _sync_gram(M_in, G, p, active, in_gram, rows, signs)
                 inv_mu = 1.0 / mu_in
                 for a in range(n):
                     for j in range(a, n):
