@@ -108,9 +108,11 @@ def check_point(
         return xp.max(a, axis=1)
 
     abs_x = xp.abs(x)
-    A_abs, C_abs = magnitude(data.A, xp, dtype), magnitude(data.C, xp, dtype)
-    ax, ax_abs = _matvec(data.A, x), _matvec(A_abs, abs_x)
-    cx, cx_abs = _matvec(data.C, x), _matvec(C_abs, abs_x)
+    # Products with |M|: compiled without forming |M| for host arrays; else through |M|, formed once.
+    host = _host_dense(data, x)
+    P_abs, A_abs, C_abs = (M if host else magnitude(M, xp, dtype) for M in (data.P, data.A, data.C))
+    ax, ax_abs = _matvec(data.A, x), _matvec(A_abs, abs_x, absolute=host)
+    cx, cx_abs = _matvec(data.C, x), _matvec(C_abs, abs_x, absolute=host)
     b = xp.asarray(data.b, dtype=dtype)
     l, up = xp.asarray(data.l, dtype=dtype), xp.asarray(data.u, dtype=dtype)
     zero_in = xp.zeros_like(s_in)
@@ -161,18 +163,18 @@ def check_point(
         xp.where(hi_inf, xp.where(lo_inf, zero_in, above_lo), below_hi),
         xp.where(z < 0, xp.where(lo_inf, xp.where(hi_inf, zero_in, below_hi), above_lo), zero_in),
     )
-    row_abs = _matvec(C_abs, xp.ones_like(x))
+    row_abs = _matvec(C_abs, xp.ones_like(x), absolute=host)
     abs_z = xp.abs(z)
     negligible = (abs_z * row_abs <= eps_abs) & (off_bound * abs_z > eps_abs)
     z = xp.where(negligible, zero_in, z)
     abs_z = xp.abs(z)
 
     # dual residual, variable by variable
-    px, px_abs = _matvec(data.P, x), _matvec(magnitude(data.P, xp, dtype), abs_x)
+    px, px_abs = _matvec(data.P, x), _matvec(P_abs, abs_x, absolute=host)
     q = xp.asarray(data.q, dtype=dtype)
     grad = px + q + _rmatvec(data.A, y) + _rmatvec(data.C, z)
-    grad_scale = px_abs + xp.abs(q) + _rmatvec(A_abs, xp.abs(y))
-    grad_scale = grad_scale + _rmatvec(C_abs, abs_z)
+    grad_scale = px_abs + xp.abs(q) + _rmatvec(A_abs, xp.abs(y), absolute=host)
+    grad_scale = grad_scale + _rmatvec(C_abs, abs_z, absolute=host)
     r_dual = xp.abs(grad)
     ok_dual = row_all(within(r_dual, grad_scale))
 
@@ -289,11 +291,31 @@ def magnitude(M: Any, xp: Any, dtype: Any) -> Any:
     return xp.abs(xp.asarray(M, dtype=dtype))
 
 
+def _host_float(a: Any) -> bool:
+    return isinstance(a, np.ndarray) and a.dtype in (np.float32, np.float64)
+
+
+def _host_dense(data: QPData, x: Any) -> bool:
+    """Whether the products with ``|M|`` can run as compiled kernels: dense float numpy data and point."""
+    return all(_host_float(a) for a in (data.P, data.A, data.C, x))
+
+
+def _abs_kernels() -> Any:
+    """The compiled ``|M| @ x`` products, or None where numba is unavailable."""
+    try:
+        from ..backends.cpu_alm import linalg
+    except ImportError:
+        return None
+    return linalg
+
+
 def _matvec(M: Any, x: Any, absolute: bool = False) -> Any:
     """Batched ``M @ x`` (``|M| @ x`` with ``absolute``) for a dense (B, r, c) array or a SparseBatch."""
     if isinstance(M, SparseBatch):
         return _sparse_sum(M.rows, M.shape[0], _values(M, absolute) * np.asarray(x)[:, M.cols])
     xp = namespace(x)
+    if absolute and _host_float(x) and M.shape[1] and (kernels := _abs_kernels()) is not None:
+        return kernels.abs_matvec(np.asarray(M, dtype=x.dtype), x)
     M = xp.asarray(M, dtype=x.dtype)
     if absolute:
         M = xp.abs(M)
@@ -307,6 +329,8 @@ def _rmatvec(M: Any, v: Any, absolute: bool = False) -> Any:
     if isinstance(M, SparseBatch):
         return _sparse_sum(M.cols, M.shape[1], _values(M, absolute) * np.asarray(v)[:, M.rows])
     xp = namespace(v)
+    if absolute and _host_float(v) and M.shape[1] and (kernels := _abs_kernels()) is not None:
+        return kernels.abs_rmatvec(np.asarray(M, dtype=v.dtype), v)
     M = xp.asarray(M, dtype=v.dtype)
     if absolute:
         M = xp.abs(M)

@@ -311,3 +311,71 @@ def not_psd_batch(M: np.ndarray, rel: float) -> np.ndarray:
     out = np.empty(M.shape[0], dtype=bool)
     run(not_psd_batch_kernel, not_psd_batch_kernel_serial, (M, float(rel), out), thread_count(None))
     return out
+
+
+@njit(parallel=True, **FAST)
+def _abs_matvec_kernel(M: np.ndarray, x: np.ndarray, out: np.ndarray) -> None:
+    for e in prange(M.shape[0]):
+        for i in range(M.shape[1]):
+            row = M[e, i]
+            s = 0.0
+            for j in range(M.shape[2]):
+                s += abs(row[j]) * x[e, j]
+            out[e, i] = s
+
+
+@njit(**FAST)
+def _abs_matvec_serial(M: np.ndarray, x: np.ndarray, out: np.ndarray) -> None:
+    for e in range(M.shape[0]):
+        for i in range(M.shape[1]):
+            row = M[e, i]
+            s = 0.0
+            for j in range(M.shape[2]):
+                s += abs(row[j]) * x[e, j]
+            out[e, i] = s
+
+
+@njit(parallel=True, **FAST)
+def _abs_rmatvec_kernel(M: np.ndarray, v: np.ndarray, out: np.ndarray) -> None:
+    for e in prange(M.shape[0]):
+        acc = out[e]
+        acc[:] = 0.0
+        for i in range(M.shape[1]):
+            vi = v[e, i]
+            row = M[e, i]
+            for j in range(M.shape[2]):
+                acc[j] += abs(row[j]) * vi
+
+
+@njit(**FAST)
+def _abs_rmatvec_serial(M: np.ndarray, v: np.ndarray, out: np.ndarray) -> None:
+    for e in range(M.shape[0]):
+        acc = out[e]
+        acc[:] = 0.0
+        for i in range(M.shape[1]):
+            vi = v[e, i]
+            row = M[e, i]
+            for j in range(M.shape[2]):
+                acc[j] += abs(row[j]) * vi
+
+
+def abs_matvec(M: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``|M| @ x`` for (B, r, c) and (B, c) arrays of one float dtype, without forming ``|M|``;
+    parallel over the batch."""
+    from .runtime import run, thread_count
+
+    M, x = np.ascontiguousarray(M), np.ascontiguousarray(x)
+    out = np.empty(M.shape[:2], dtype=M.dtype)
+    run(_abs_matvec_kernel, _abs_matvec_serial, (M, x, out), thread_count(None))
+    return out
+
+
+def abs_rmatvec(M: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """``|M|' @ v`` for (B, r, c) and (B, r) arrays of one float dtype, without forming ``|M|``;
+    parallel over the batch."""
+    from .runtime import run, thread_count
+
+    M, v = np.ascontiguousarray(M), np.ascontiguousarray(v)
+    out = np.empty((M.shape[0], M.shape[2]), dtype=M.dtype)
+    run(_abs_rmatvec_kernel, _abs_rmatvec_serial, (M, v, out), thread_count(None))
+    return out
