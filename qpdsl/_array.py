@@ -222,8 +222,9 @@ def cholesky_ex(matrices: Any) -> tuple[Any, Any]:
     -------
     L, ok
         Lower-triangular factors and a (B,) boolean array, False where the matrix was not
-        numerically positive definite (that element's factor is then meaningless but finite
-        in torch; NaN in jax). Never raises for a failed element.
+        numerically positive definite or has NaN or Inf entries (that element's factor is then
+        meaningless: finite in torch, NaN in jax, possibly non-finite for numpy). Never raises
+        for a failed element.
     """
     fw = framework(matrices)
     if fw == "torch":

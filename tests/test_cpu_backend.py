@@ -539,8 +539,47 @@ def test_absolute_products_match_numpy(dtype, shape):
     x = rng.standard_normal(shape[::2]).astype(dtype)
     v = rng.standard_normal(shape[:2]).astype(dtype)
     tol = 1e-12 if dtype == np.float64 else 1e-5
-    np.testing.assert_allclose(linalg.abs_matvec(M, x), (np.abs(M) @ x[..., None])[..., 0], rtol=tol, atol=tol)
-    np.testing.assert_allclose(linalg.abs_rmatvec(M, v), (v[:, None, :] @ np.abs(M))[:, 0], rtol=tol, atol=tol)
+    expected_x, expected_v = (np.abs(M) @ x[..., None])[..., 0], (v[:, None, :] @ np.abs(M))[:, 0]
+    np.testing.assert_allclose(linalg.abs_matvec(M, x), expected_x, rtol=tol, atol=tol)
+    np.testing.assert_allclose(linalg.abs_rmatvec(M, v), expected_v, rtol=tol, atol=tol)
+    with pytest.raises(ValueError, match="abs_matvec takes"):
+        linalg.abs_matvec(M, x[:1] if shape[0] > 1 else np.ones((2, shape[2]), dtype=dtype))
     if M.size:
         M[0, 0, 0] = np.nan
         assert np.isnan(linalg.abs_matvec(M, x)[0, 0]) and np.isnan(linalg.abs_rmatvec(M, v)[0, 0])
+
+
+def test_gap_rounding_floor_is_a_lower_limit_not_an_addition():
+    """The rounding floor of the duality gap (10 ulps of its largest term) replaces a tolerance
+    below it; it is not added to ``eps_abs``: a gap of 1.5e-6 with terms of 4.4e8 is above
+    ``eps_abs = 1e-6`` and above the floor (9.8e-7), so the solve goes on."""
+    from qpdsl.backends.cpu_alm import solver
+
+    floor = solver.GAP_ROUNDING * solver.EPS * 4.4e8
+    assert 1e-6 > floor > 5e-7
+    assert not solver._tolerances_met(0.0, 0.0, 1.5e-6, 4.4e8, 1.0, 1.0, 1e-6, 0.0)
+    assert solver._tolerances_met(0.0, 0.0, 0.9e-6, 4.4e8, 1.0, 1.0, 1e-6, 0.0)
+    # terms of 1e10: the floor (2.2e-5) is above eps_abs and is the test
+    assert solver._tolerances_met(0.0, 0.0, 1.5e-5, 1e10, 1.0, 1.0, 1e-6, 0.0)
+    assert not solver._tolerances_met(0.0, 0.0, 3e-5, 1e10, 1.0, 1.0, 1e-6, 0.0)
+
+
+def test_maros_meszaros_qscagr25_meets_the_absolute_gap():
+    """QSCAGR25 (objective terms of 4e8) at eps 1e-6, scored as the public QP benchmark scores
+    it: primal, dual residual and duality gap all at most 1e-6 (with the floor added to eps_abs the
+    solve stopped at a gap of 1.4e-6)."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("maros_meszaros", root / "benchmarks" / "maros_meszaros.py")
+    mm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mm)
+    path = Path(mm.data_folder()) / "QSCAGR25.mat"
+    if not path.exists():
+        pytest.skip(f"the Maros-Meszaros set is not at {path.parent} (set QPDSL_MAROS_MESZAROS)")
+    prob = mm.load(str(path))
+    out = mm.solve("cpu", prob, 1e-6, None)
+    assert out["status"] == "solved"
+    scores = mm.score(prob, out["x"], out["y"], out["z"])
+    assert max(scores.values()) <= 1e-6, scores

@@ -295,6 +295,11 @@ def _host_float(a: Any) -> bool:
     return isinstance(a, np.ndarray) and a.dtype in (np.float32, np.float64)
 
 
+def _same_batch(M: Any, v: Any) -> bool:
+    """Whether (B, r, c) ``M`` and (B, ·) ``v`` have the same batch size (the kernels do not broadcast)."""
+    return M.ndim == 3 and v.ndim == 2 and M.shape[0] == v.shape[0]
+
+
 def _host_dense(data: QPData, x: Any) -> bool:
     """Whether the products with ``|M|`` can run as compiled kernels: dense float numpy data and point."""
     return all(_host_float(a) for a in (data.P, data.A, data.C, x))
@@ -314,7 +319,7 @@ def _matvec(M: Any, x: Any, absolute: bool = False) -> Any:
     if isinstance(M, SparseBatch):
         return _sparse_sum(M.rows, M.shape[0], _values(M, absolute) * np.asarray(x)[:, M.cols])
     xp = namespace(x)
-    if absolute and _host_float(x) and M.shape[1] and (kernels := _abs_kernels()) is not None:
+    if absolute and _host_float(x) and _same_batch(M, x) and M.shape[1] and (kernels := _abs_kernels()):
         return kernels.abs_matvec(np.asarray(M, dtype=x.dtype), x)
     M = xp.asarray(M, dtype=x.dtype)
     if absolute:
@@ -329,7 +334,7 @@ def _rmatvec(M: Any, v: Any, absolute: bool = False) -> Any:
     if isinstance(M, SparseBatch):
         return _sparse_sum(M.cols, M.shape[1], _values(M, absolute) * np.asarray(v)[:, M.rows])
     xp = namespace(v)
-    if absolute and _host_float(v) and M.shape[1] and (kernels := _abs_kernels()) is not None:
+    if absolute and _host_float(v) and _same_batch(M, v) and M.shape[1] and (kernels := _abs_kernels()):
         return kernels.abs_rmatvec(np.asarray(M, dtype=v.dtype), v)
     M = xp.asarray(M, dtype=v.dtype)
     if absolute:

@@ -421,7 +421,7 @@ def residuals(data: Data, st: State, ev: Eval, cfg: Config) -> tuple[Any, Any, A
     ok = (
         (prim_comp <= xp.maximum(cfg.eps_abs + cfg.eps_rel * p_scale, rounding * p_scale))
         & (dual <= xp.maximum(cfg.eps_abs + cfg.eps_rel * d_scale, rounding * d_scale))
-        & (gap <= cfg.eps_abs + max(cfg.eps_rel, rounding) * g_scale)
+        & (gap <= xp.maximum(cfg.eps_abs + cfg.eps_rel * g_scale, rounding * g_scale))
     )
     return prim, dual, ok
 

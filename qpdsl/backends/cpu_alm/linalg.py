@@ -138,8 +138,11 @@ def rank_one(U: np.ndarray, x: np.ndarray, sign: float) -> bool:
     Returns False when a downdate (``sign < 0``) would lose positive definiteness or most of
     a pivot's digits; ``U`` is then unusable and must be refactorised.
     """
-    X = x.reshape((1, x.shape[0]))
-    return rank_updates(U, X, np.array([sign]), 1)
+    X = np.empty((1, x.shape[0]), dtype=x.dtype)
+    X[0] = x
+    ok = rank_updates(U, X, np.array([sign]), 1)
+    x[:] = X[0]
+    return ok
 
 
 @njit(**FAST)
@@ -364,6 +367,8 @@ def abs_matvec(M: np.ndarray, x: np.ndarray) -> np.ndarray:
     parallel over the batch."""
     from .runtime import run, thread_count
 
+    if M.ndim != 3 or x.shape != (M.shape[0], M.shape[2]):
+        raise ValueError(f"abs_matvec takes (B, r, c) and (B, c) arrays, got {M.shape} and {x.shape}")
     M, x = np.ascontiguousarray(M), np.ascontiguousarray(x)
     out = np.empty(M.shape[:2], dtype=M.dtype)
     run(_abs_matvec_kernel, _abs_matvec_serial, (M, x, out), thread_count(None))
@@ -375,6 +380,8 @@ def abs_rmatvec(M: np.ndarray, v: np.ndarray) -> np.ndarray:
     parallel over the batch."""
     from .runtime import run, thread_count
 
+    if M.ndim != 3 or v.shape != M.shape[:2]:
+        raise ValueError(f"abs_rmatvec takes (B, r, c) and (B, r) arrays, got {M.shape} and {v.shape}")
     M, v = np.ascontiguousarray(M), np.ascontiguousarray(v)
     out = np.empty((M.shape[0], M.shape[2]), dtype=M.dtype)
     run(_abs_rmatvec_kernel, _abs_rmatvec_serial, (M, v, out), thread_count(None))

@@ -138,11 +138,12 @@ def _residuals(Gx, Px_dot_x, qx, v, z_scale, inv_row, lo, hi, lo_fin, hi_fin, ep
 @njit(**KERNEL)
 def _tolerances_met(prim_comp, dual, gap, gap_scale, p_scale, d_scale, eps_abs, eps_rel) -> bool:
     # The gap is a sum of terms of size up to gap_scale: below its rounding error it cannot improve.
+    # That floor only replaces a tolerance below it; it is not added to the requested one.
     gap_floor = GAP_ROUNDING * EPS * gap_scale
     return (
         prim_comp <= eps_abs + eps_rel * p_scale
         and dual <= eps_abs + eps_rel * d_scale
-        and gap <= eps_abs + max(eps_rel * gap_scale, gap_floor)
+        and gap <= max(eps_abs + eps_rel * gap_scale, gap_floor)
     )
 
 
