@@ -316,50 +316,50 @@ def not_psd_batch(M: np.ndarray, rel: float) -> np.ndarray:
     return out
 
 
-@njit(parallel=True, **FAST)
+@njit(**FAST)
+def _abs_matvec_one(M: np.ndarray, x: np.ndarray, out: np.ndarray) -> None:
+    """``out = |M| @ x`` for one (r, c) matrix."""
+    for i in range(M.shape[0]):
+        row = M[i]
+        s = 0.0
+        for j in range(M.shape[1]):
+            s += abs(row[j]) * x[j]
+        out[i] = s
+
+
+@njit(**FAST)
+def _abs_rmatvec_one(M: np.ndarray, v: np.ndarray, out: np.ndarray) -> None:
+    """``out = |M|' @ v`` for one (r, c) matrix."""
+    out[:] = 0.0
+    for i in range(M.shape[0]):
+        vi = v[i]
+        row = M[i]
+        for j in range(M.shape[1]):
+            out[j] += abs(row[j]) * vi
+
+
+@njit(parallel=True, **KERNEL)
 def _abs_matvec_kernel(M: np.ndarray, x: np.ndarray, out: np.ndarray) -> None:
     for e in prange(M.shape[0]):
-        for i in range(M.shape[1]):
-            row = M[e, i]
-            s = 0.0
-            for j in range(M.shape[2]):
-                s += abs(row[j]) * x[e, j]
-            out[e, i] = s
+        _abs_matvec_one(M[e], x[e], out[e])
 
 
-@njit(**FAST)
+@njit(**KERNEL)
 def _abs_matvec_serial(M: np.ndarray, x: np.ndarray, out: np.ndarray) -> None:
     for e in range(M.shape[0]):
-        for i in range(M.shape[1]):
-            row = M[e, i]
-            s = 0.0
-            for j in range(M.shape[2]):
-                s += abs(row[j]) * x[e, j]
-            out[e, i] = s
+        _abs_matvec_one(M[e], x[e], out[e])
 
 
-@njit(parallel=True, **FAST)
+@njit(parallel=True, **KERNEL)
 def _abs_rmatvec_kernel(M: np.ndarray, v: np.ndarray, out: np.ndarray) -> None:
     for e in prange(M.shape[0]):
-        acc = out[e]
-        acc[:] = 0.0
-        for i in range(M.shape[1]):
-            vi = v[e, i]
-            row = M[e, i]
-            for j in range(M.shape[2]):
-                acc[j] += abs(row[j]) * vi
+        _abs_rmatvec_one(M[e], v[e], out[e])
 
 
-@njit(**FAST)
+@njit(**KERNEL)
 def _abs_rmatvec_serial(M: np.ndarray, v: np.ndarray, out: np.ndarray) -> None:
     for e in range(M.shape[0]):
-        acc = out[e]
-        acc[:] = 0.0
-        for i in range(M.shape[1]):
-            vi = v[e, i]
-            row = M[e, i]
-            for j in range(M.shape[2]):
-                acc[j] += abs(row[j]) * vi
+        _abs_rmatvec_one(M[e], v[e], out[e])
 
 
 def abs_matvec(M: np.ndarray, x: np.ndarray) -> np.ndarray:
