@@ -215,6 +215,21 @@ def gather_2d(dense: Any, rows: np.ndarray, cols: np.ndarray) -> Any:
     return dense[:, rows, cols]
 
 
+def host_float(array: Any) -> bool:
+    """Whether ``array`` is a float32 or float64 numpy array (what the compiled host kernels take)."""
+    return isinstance(array, np.ndarray) and array.dtype in (np.float32, np.float64)
+
+
+def host_kernels() -> Any:
+    """The compiled host kernels (``qpdsl.backends.cpu_alm.linalg``), or None where numba is
+    unavailable (callers then use their array code)."""
+    try:
+        from .backends.cpu_alm import linalg
+    except ImportError:
+        return None
+    return linalg
+
+
 def cholesky_ex(matrices: Any) -> tuple[Any, Any]:
     """Batched Cholesky factor of symmetric matrices (B, n, n) that reports failure per element.
 
@@ -238,13 +253,8 @@ def cholesky_ex(matrices: Any) -> tuple[Any, Any]:
         L = jnp.linalg.cholesky(matrices)
         return L, jnp.all(jnp.isfinite(L), axis=(-2, -1))
     mats = np.asarray(matrices)
-    if mats.ndim == 3 and mats.dtype in (np.float32, np.float64):
-        try:
-            from .backends.cpu_alm.linalg import cholesky_batch
-        except ImportError:  # numba missing or broken: LAPACK one matrix at a time
-            pass
-        else:
-            return cholesky_batch(mats)
+    if mats.ndim == 3 and host_float(mats) and (kernels := host_kernels()) is not None:
+        return kernels.cholesky_batch(mats)
     out = np.zeros_like(mats)
     ok = np.ones(mats.shape[0], dtype=bool)
     for k, M in enumerate(mats):

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._array import cholesky_ex, device, framework, namespace, to_numpy
+from ._array import cholesky_ex, device, framework, host_float, host_kernels, namespace, to_numpy
 from .errors import ParameterError, listing
 
 if TYPE_CHECKING:
@@ -103,13 +103,8 @@ def not_psd(matrices: Any, psd_tol: float = PSD_TOL) -> Any:
     if n == 0 or matrices.shape[0] == 0:
         return xp.zeros(matrices.shape[0], dtype=xp.bool, device=device(matrices))
     rel = psd_tolerance(xp, matrices.dtype, n, psd_tol)
-    if framework(matrices) == "numpy" and matrices.dtype in (np.float32, np.float64):
-        try:
-            from .backends.cpu_alm.linalg import not_psd_batch
-        except ImportError:  # numba missing or broken: the array code below
-            pass
-        else:
-            return not_psd_batch(matrices, rel)
+    if host_float(matrices) and (kernels := host_kernels()) is not None:
+        return kernels.not_psd_batch(matrices, rel)
     finite = xp.all(xp.isfinite(xp.reshape(matrices, (matrices.shape[0], -1))), axis=1)
     matrices = xp.where(xp.reshape(finite, (-1, 1, 1)), matrices, xp.zeros_like(matrices))
     sym = (matrices + xp.matrix_transpose(matrices)) / 2

@@ -420,14 +420,14 @@ def test_factor_updates_and_solves_match_numpy(n):
     linalg.cho_solve(U, sol)
     np.testing.assert_allclose(H @ sol, g, atol=1e-10 * np.abs(g).max())
     v = rng.standard_normal(n)
-    assert linalg.rank_one(U, v.copy(), 1.0)
+    assert linalg.rank_updates(U, v.copy()[None], np.array([1.0]), 1)
     np.testing.assert_allclose(np.triu(U).T @ np.triu(U), H + np.outer(v, v), atol=1e-11 * np.abs(H).max())
-    assert linalg.rank_one(U, v.copy(), -1.0)
+    assert linalg.rank_updates(U, v.copy()[None], np.array([-1.0]), 1)
     np.testing.assert_allclose(np.triu(U).T @ np.triu(U), H, atol=1e-10 * np.abs(H).max())
     # a downdate that would make H singular is refused
     w = np.zeros(n)
     w[0] = np.sqrt(H[0, 0])  # H - e0 e0' H00 is singular or indefinite at the first pivot
-    assert not linalg.rank_one(np.triu(np.linalg.cholesky(H).T).copy(), w, -1.0)
+    assert not linalg.rank_updates(np.triu(np.linalg.cholesky(H).T).copy(), w[None], np.array([-1.0]), 1)
     # an indefinite matrix is refused
     bad = np.triu(H - 2 * np.abs(H).max() * np.eye(n))
     assert not linalg.cholesky(bad)

@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .._array import device, framework, is_traced, namespace
+from .._array import device, framework, host_float, host_kernels, is_traced, namespace
 from ..qp import QPData, QPResult, Settings, SparseBatch, Status
 
 INFINITE_BOUND = 1e20
@@ -291,10 +291,6 @@ def magnitude(M: Any, xp: Any, dtype: Any) -> Any:
     return xp.abs(xp.asarray(M, dtype=dtype))
 
 
-def _host_float(a: Any) -> bool:
-    return isinstance(a, np.ndarray) and a.dtype in (np.float32, np.float64)
-
-
 def _same_batch(M: Any, v: Any) -> bool:
     """Whether (B, r, c) ``M`` and (B, ·) ``v`` have the same batch size (the kernels do not broadcast)."""
     return M.ndim == 3 and v.ndim == 2 and M.shape[0] == v.shape[0]
@@ -302,16 +298,7 @@ def _same_batch(M: Any, v: Any) -> bool:
 
 def _host_dense(data: QPData, x: Any) -> bool:
     """Whether the products with ``|M|`` can run as compiled kernels: dense float numpy data and point."""
-    return all(_host_float(a) for a in (data.P, data.A, data.C, x))
-
-
-def _abs_kernels() -> Any:
-    """The compiled ``|M| @ x`` products, or None where numba is unavailable."""
-    try:
-        from ..backends.cpu_alm import linalg
-    except ImportError:
-        return None
-    return linalg
+    return all(host_float(a) for a in (data.P, data.A, data.C, x))
 
 
 def _matvec(M: Any, x: Any, absolute: bool = False) -> Any:
@@ -319,7 +306,7 @@ def _matvec(M: Any, x: Any, absolute: bool = False) -> Any:
     if isinstance(M, SparseBatch):
         return _sparse_sum(M.rows, M.shape[0], _values(M, absolute) * np.asarray(x)[:, M.cols])
     xp = namespace(x)
-    if absolute and _host_float(x) and _same_batch(M, x) and M.shape[1] and (kernels := _abs_kernels()):
+    if absolute and host_float(x) and _same_batch(M, x) and M.shape[1] and (kernels := host_kernels()):
         return kernels.abs_matvec(np.asarray(M, dtype=x.dtype), x)
     M = xp.asarray(M, dtype=x.dtype)
     if absolute:
@@ -334,7 +321,7 @@ def _rmatvec(M: Any, v: Any, absolute: bool = False) -> Any:
     if isinstance(M, SparseBatch):
         return _sparse_sum(M.cols, M.shape[1], _values(M, absolute) * np.asarray(v)[:, M.rows])
     xp = namespace(v)
-    if absolute and _host_float(v) and _same_batch(M, v) and M.shape[1] and (kernels := _abs_kernels()):
+    if absolute and host_float(v) and _same_batch(M, v) and M.shape[1] and (kernels := host_kernels()):
         return kernels.abs_rmatvec(np.asarray(M, dtype=v.dtype), v)
     M = xp.asarray(M, dtype=v.dtype)
     if absolute:

@@ -132,20 +132,6 @@ def cholesky(U: np.ndarray) -> bool:
 
 
 @njit(**FAST)
-def rank_one(U: np.ndarray, x: np.ndarray, sign: float) -> bool:
-    """Update ``U'U`` to ``U'U + sign x x'`` in place (``x`` is overwritten).
-
-    Returns False when a downdate (``sign < 0``) would lose positive definiteness or most of
-    a pivot's digits; ``U`` is then unusable and must be refactorised.
-    """
-    X = np.empty((1, x.shape[0]), dtype=x.dtype)
-    X[0] = x
-    ok = rank_updates(U, X, np.array([sign]), 1)
-    x[:] = X[0]
-    return ok
-
-
-@njit(**FAST)
 def rank_updates(U: np.ndarray, X: np.ndarray, signs: np.ndarray, count: int) -> bool:
     """Update ``U'U`` by ``signs[t] x_t x_t'`` for ``x_t = X[t]``, ``t < count``, in that order
     (``X`` is overwritten).
