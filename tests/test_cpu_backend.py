@@ -583,3 +583,27 @@ def test_maros_meszaros_qscagr25_meets_the_absolute_gap():
     assert out["status"] == "solved"
     scores = mm.score(prob, out["x"], out["y"], out["z"])
     assert max(scores.values()) <= 1e-6, scores
+
+
+def test_residuals_at_rounding_level_of_large_terms_count_as_met():
+    """A well-conditioned QP with P scaled by 1e8: the dual residual cannot go below the rounding
+    of P x (about 1e-8), so eps_abs = 1e-9 is met at that floor (it ended at max_iter), and the
+    point equals cvxpy's."""
+    rng = np.random.default_rng(0)
+    n = 3
+    L = rng.standard_normal((n, n))
+    P = 1e8 * (L @ L.T + 0.1 * np.eye(n))
+    q, A, b, C = (
+        rng.standard_normal(n),
+        rng.standard_normal((1, n)),
+        rng.standard_normal(1),
+        rng.standard_normal((2, n)),
+    )
+    l, u = -np.ones(2), np.ones(2)
+    res = backends.get_backend("cpu").solve(QPData(*(a[None] for a in (P, q, A, b, C, l, u))), Settings())
+    assert int(res.status[0]) == int(Status.SOLVED)
+    x = cp.Variable(n)
+    cp.Problem(cp.Minimize(0.5 * cp.quad_form(x, P) + q @ x), [A @ x == b, l <= C @ x, C @ x <= u]).solve(
+        solver=cp.CLARABEL
+    )
+    np.testing.assert_allclose(res.x[0], x.value, atol=1e-7)

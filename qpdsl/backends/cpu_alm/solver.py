@@ -40,6 +40,7 @@ PRIMAL_INFEASIBLE = int(Status.PRIMAL_INFEASIBLE)
 RHO_MAX = 1e-3
 INFINITE_BOUND = 1e20  # bounds of at least this magnitude are infinite
 GAP_ROUNDING = 10.0  # the duality gap counts as zero below this many ulps of its terms
+RESIDUAL_ROUNDING = 5.0  # a residual counts as zero below this many ulps of its terms (10 unit roundoffs)
 REFRESH_EVERY = 8  # Newton steps between exact recomputations of the products K x
 EPS = float(np.finfo(np.float64).eps)
 INFO_FIELDS = (
@@ -139,10 +140,12 @@ def _residuals(Gx, Px_dot_x, qx, v, z_scale, inv_row, lo, hi, lo_fin, hi_fin, ep
 def _tolerances_met(prim_comp, dual, gap, gap_scale, p_scale, d_scale, eps_abs, eps_rel) -> bool:
     # The gap is a sum of terms of size up to gap_scale: below its rounding error it cannot improve.
     # That floor only replaces a tolerance below it; it is not added to the requested one.
+    # The residuals likewise: below RESIDUAL_ROUNDING ulps of their terms (e.g. P x of 1e8) they
+    # cannot improve, which the verification allows for too.
     gap_floor = GAP_ROUNDING * EPS * gap_scale
     return (
-        prim_comp <= eps_abs + eps_rel * p_scale
-        and dual <= eps_abs + eps_rel * d_scale
+        prim_comp <= max(eps_abs + eps_rel * p_scale, RESIDUAL_ROUNDING * EPS * p_scale)
+        and dual <= max(eps_abs + eps_rel * d_scale, RESIDUAL_ROUNDING * EPS * d_scale)
         and gap <= max(eps_abs + eps_rel * gap_scale, gap_floor)
     )
 
@@ -368,10 +371,9 @@ def solve_one(P, q, A, b, C, l, u, x0, y0, z0, fp, ip, x_out, y_out, z_out, info
         for j in range(n):
             dual_res_s = max(dual_res_s, abs(dual[j]) * inv_DC[j])
         prim_res, dual_res = prim, dual_res_s
-        p_scale, d_scale = 0.0, 0.0
-        if eps_rel > 0.0:
-            p_scale = max(_norm(KX[n:] * inv_E), _norm(lo[:p] * inv_E[:p]))
-            d_scale = max(_norm(KX[:n] * inv_DC), _norm(qs * inv_DC), _norm(GTv * inv_DC))
+        # The scales also bound the residuals' rounding floor, so they are needed with eps_rel = 0.
+        p_scale = max(_norm(KX[n:] * inv_E), _norm(lo[:p] * inv_E[:p]))
+        d_scale = max(_norm(KX[:n] * inv_DC), _norm(qs * inv_DC), _norm(GTv * inv_DC))
         if _tolerances_met(prim_comp, dual_res_s, gap / c, g_scale / c, p_scale, d_scale, eps_abs, eps_rel):
             for j in range(n):
                 x_out[j] = D[j] * x[j]
