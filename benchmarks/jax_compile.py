@@ -1,8 +1,9 @@
 """First-call (compile) time of a qpdsl JAX function, cold and from the persistent cache, beside qpax.
 
 A 10-variable problem with one equality and ten inequalities, batch 8, float64: ``jax.jit`` of
-the solve and ``jax.jit(jax.grad(...))`` of a loss through it, each timed at its first call in a
-fresh process (a child per row), so the figure is what a user waits for once per shape.
+the solve, ``jax.jit(jax.grad(...))`` of a loss through it, and both under ``jax.vmap`` over two
+such batches, each timed at its first call in a fresh process (a child per row), so the figure
+is what a user waits for once per shape.
 
 - ``qpdsl[jax]``, ``on_failure="raise"`` (the default) and ``"nan"``; ``cold``: JAX's
   persistent compilation cache set to an empty folder; ``cached``: a second process with the
@@ -74,7 +75,16 @@ def _child(kind: str, on_failure: str) -> dict[str, float]:
     first = timed(jitted)
     again = min(timed(jitted) for _ in range(5))
     grad = timed(jax.jit(jax.grad(lambda v: f(v).sum()), compiler_options=options))
-    return {"jit_s": first, "jit_again_s": again, "jit_grad_s": grad}
+    v = jnp.stack([v, v + 1.0])  # two mapped problems of the batch's shape
+    mapped = timed(jax.jit(jax.vmap(f), compiler_options=options))
+    mapped_grad = timed(jax.jit(jax.vmap(jax.grad(lambda v: f(v).sum())), compiler_options=options))
+    return {
+        "jit_s": first,
+        "jit_again_s": again,
+        "jit_grad_s": grad,
+        "jit_vmap_s": mapped,
+        "jit_vmap_grad_s": mapped_grad,
+    }
 
 
 def _run(kind: str, on_failure: str, cache: str | None, options: dict | None = None) -> dict[str, float]:
@@ -136,12 +146,13 @@ def main() -> None:
         return
     rows = run()
     head = f"{'method':<12} {'on_failure':<10} {'cache':<7} {'options':<8}"
-    print(f"{head} {'jit s':>7} {'again ms':>9} {'jit(grad) s':>12}")
+    print(f"{head} {'jit s':>7} {'again ms':>9} {'jit(grad) s':>12} {'jit(vmap) s':>12} {'vmap(grad) s':>13}")
     for r in rows:
         options = "legacy" if r.get("compiler_options") else "-"
         print(
             f"{r['method']:<12} {r['on_failure']:<10} {r['cache']:<7} {options:<8} {r['jit_s']:7.2f} "
-            f"{1e3 * r['jit_again_s']:9.2f} {r['jit_grad_s']:12.2f}"
+            f"{1e3 * r['jit_again_s']:9.2f} {r['jit_grad_s']:12.2f} {r['jit_vmap_s']:12.2f} "
+            f"{r['jit_vmap_grad_s']:13.2f}"
         )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")

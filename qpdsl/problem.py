@@ -260,6 +260,13 @@ class Problem:
         """
         from .solve.core import resolve_backend, solve_batch
 
+        if "on_failure" in settings:
+            raise ParameterError(
+                "Problem.solve takes no on_failure: it never raises for a failed solve (each batch "
+                "element's outcome is in Solution.status) and always raises "
+                "ParameterError for invalid parameter values; for on_failure='nan' on invalid values, "
+                "use a layer (to_torch / to_jax)"
+            )
         qp = self.compile()
         values, batch, batched = collect_parameter_values(qp.parameters, translate(self, params or {}))
         theta = qp.stack_theta(values, batch)

@@ -230,6 +230,14 @@ def test_invalid_on_failure_and_settings(model: Model) -> None:
     ):
         expect(qd.ParameterError, lambda kw=kw: model.prob.solve(values, **kw), frag, "pass")
         expect(qd.ParameterError, lambda kw=kw: model.layer("torch", **kw), frag)
+    # a layer's option, not a solver option: say so instead of listing solver options
+    expect(
+        qd.ParameterError,
+        lambda: model.prob.solve(values, on_failure="nan"),
+        "takes no on_failure",
+        "Solution.status",
+        "to_torch",
+    )
 
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)

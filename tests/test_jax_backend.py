@@ -209,6 +209,58 @@ def test_vmap_equals_batched_solve() -> None:
     np.testing.assert_allclose(np.asarray(res.z), np.asarray(batched.z), atol=1e-8)
 
 
+def _equations(jaxpr: Any) -> int:
+    """The number of equations of a jaxpr, those of its sub-jaxprs (loop bodies, branches) included."""
+    count = 0
+    for eqn in jaxpr.eqns:
+        count += 1
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (list, tuple)) else [value]:
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    count += _equations(inner)
+    return count
+
+
+def test_vmap_folds_the_mapped_axis_into_the_batch() -> None:
+    """Under vmap the solver's loops and branches are not batched (that would run every loop until
+    all mapped problems finish and trace both sides of every branch): the mapped axis joins the
+    batch, so the program is the jit program on a longer batch. Mixed statuses (an infeasible
+    element's closest feasible QP beside solved ones) and an unmapped argument included."""
+    arrays = random_feasible_qps(*SHAPE, seed=23)
+    # element 1: two rows that cannot both hold (a closest-feasible element)
+    arrays[4][1, 1] = arrays[4][1, 0]
+    arrays[5][1, 1] = arrays[6][1, 0] + 1.0
+    arrays[6][1, 1] = np.inf
+    half = SHAPE[0] // 2
+    stacked = [jnp.asarray(a.reshape(2, half, *a.shape[1:])) for a in arrays]
+
+    def solve(P: Any, *rest: Any) -> tuple:
+        return as_tuple(BACKEND.solve(QPData(P, *rest), Settings()))
+
+    plain = _equations(jax.make_jaxpr(solve)(*(a[0] for a in stacked)).jaxpr)
+    mapped = _equations(jax.make_jaxpr(jax.vmap(solve))(*stacked).jaxpr)
+    assert mapped <= plain + 100, (plain, mapped)  # the fold's reshapes, not a second solver
+
+    batched = BACKEND.solve(to_data(arrays), Settings())
+    res = as_result(tuple(o.reshape(SHAPE[0], *o.shape[2:]) for o in jax.vmap(solve)(*stacked)))
+    assert res.statuses() == batched.statuses()
+    assert res.statuses()[1] == Status.SOLVED_CLOSEST_FEASIBLE
+    for field in ("x", "y", "z", "shift_in"):
+        got, want = np.asarray(getattr(res, field)), np.asarray(getattr(batched, field))
+        np.testing.assert_allclose(got, want, atol=1e-8)
+
+    # P shared by the mapped problems (not mapped), the rest mapped, twice nested
+    shared = [np.broadcast_to(arrays[0][:1], arrays[0].shape).copy(), *arrays[1:]]
+    nested = [jnp.asarray(a.reshape(2, 2, SHAPE[0] // 4, *a.shape[1:])) for a in shared[1:]]
+    P = jnp.asarray(shared[0][: SHAPE[0] // 4])
+    out = jax.vmap(jax.vmap(solve, in_axes=(None,) + (0,) * 6), in_axes=(None,) + (0,) * 6)(P, *nested)
+    res = as_result(tuple(o.reshape(SHAPE[0], *o.shape[3:]) for o in out))
+    reference = BACKEND.solve(to_data(shared), Settings())
+    assert res.statuses() == reference.statuses()
+    np.testing.assert_allclose(np.asarray(res.x), np.asarray(reference.x), atol=1e-8)
+
+
 def test_nan_element_is_isolated() -> None:
     arrays = random_feasible_qps(*SHAPE, seed=19)
     arrays[1][2, 3] = np.nan

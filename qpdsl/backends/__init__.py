@@ -102,7 +102,7 @@ class Backend:
             In the framework of ``data``. ``extras["messages"]`` holds the backend's messages
             about failed elements, when it gives any.
         """
-        from ..solve.closest import Flow, TracedFlow, solve_with_closest_feasible, traced
+        from ..solve.closest import Flow, TracedFlow, fold_vmap, solve_with_closest_feasible, traced
 
         messages: list[dict[int, str]] = []
         extras: dict[str, Any] = {}
@@ -119,6 +119,12 @@ class Backend:
 
         if traced(data):
             flow: Flow = TracedFlow(lambda d, w, m, s: self.solve_raw_masked(d, settings, w, m, s))
+            if not data.is_sparse:
+
+                def closest(d: QPData, w: WarmStart | None) -> QPResult:
+                    return solve_with_closest_feasible(flow, d, settings, w, shiftable)
+
+                return fold_vmap(closest, data, warm_start)
         else:
             caps = self.capabilities
             flow = Flow(raw, bucket=caps.framework == "jax", soft_rows=caps.soft_rows)

@@ -208,6 +208,40 @@ class TracedFlow(Flow):
         return _where_rows(mask, res, base)
 
 
+def fold_vmap(
+    solve: Callable[[QPData, WarmStart | None], QPResult], data: QPData, warm: WarmStart | None
+) -> QPResult:
+    """``solve(data, warm)`` on traced JAX arrays, with a ``vmap`` that folds the mapped axis into the batch.
+
+    The solve is batched over the leading axis of every array already, and its elements are
+    independent, so under ``jax.vmap`` the mapped axis joins the batch axis and one solve of
+    ``V * B`` elements runs: the same program as under ``jit``. Batching the solver's loops and
+    branches instead would run every loop until all mapped problems finish and compile both sides
+    of every branch, with a select between them at each step.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    @jax.custom_batching.custom_vmap
+    def run(d: QPData, w: WarmStart | None) -> QPResult:
+        return replace(solve(d, w), extras={})
+
+    @run.def_vmap
+    def fold(axis_size: int, in_batched: Any, d: QPData, w: WarmStart | None) -> tuple[QPResult, Any]:
+        batch = d.q.shape[1] if in_batched[0].q else d.q.shape[0]
+
+        def merge(a: Any, mapped: bool) -> Any:
+            core = a.shape[2:] if mapped else a.shape[1:]
+            full = jnp.broadcast_to(a if mapped else a[None], (axis_size, batch, *core))
+            return full.reshape(axis_size * batch, *core)
+
+        out = run(*jax.tree_util.tree_map(merge, (d, w), tuple(in_batched)))
+        out = jax.tree_util.tree_map(lambda o: o.reshape(axis_size, batch, *o.shape[1:]), out)
+        return out, jax.tree_util.tree_map(lambda _: True, out)
+
+    return run(data, warm)
+
+
 def solve_with_closest_feasible(
     flow: Flow,
     data: QPData,
