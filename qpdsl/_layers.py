@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ._array import framework, to_numpy
+from ._jax_batching import host_check
 from .compiler import ParametricQP
 from .errors import ModelError, ParameterError, listing
 from .expressions.constraints import Constraint
@@ -191,14 +192,26 @@ def _is_tracer(v: Any) -> bool:
     return isinstance(v, jax.core.Tracer)
 
 
-def _vmapped(v: Any) -> bool:
-    """Whether a traced value carries a ``jax.vmap`` axis (the function sees one element of it).
+def _mapped(v: Any) -> Any:
+    """A traced boolean: whether ``v`` carries a ``jax.vmap`` axis, wherever the ``vmap`` is applied.
 
     Such a value without a batch dimension is not shared by a batch: each mapped element is a
-    problem of its own, and ``on_failure`` applies to it as to a batch element. (JAX no longer
-    exports the tracer class; its name has been stable.)
+    problem of its own, and ``on_failure`` applies to it as to a batch element. The answer comes
+    from the batching rule, so it holds for a ``vmap`` outside ``jit``, ``grad`` or ``checkpoint``
+    too, where the traced function sees no batch tracer.
     """
-    return type(v).__name__ == "BatchTracer"
+    import jax
+    import jax.numpy as jnp
+
+    @jax.custom_batching.custom_vmap
+    def mapped(value: Any) -> Any:
+        return jnp.zeros((), dtype=bool)
+
+    @mapped.def_vmap
+    def rule(axis_size: int, in_batched: list[bool], value: Any) -> tuple[Any, bool]:
+        return jnp.full((axis_size,), in_batched[0]), True
+
+    return mapped(jax.lax.stop_gradient(v))
 
 
 def read_outputs(specs: list[Output], results: Sequence[Any], batched: bool) -> tuple[Any, ...]:
@@ -326,7 +339,6 @@ def _check_traced(
     for a value shared by the whole batch whatever ``on_failure`` says, as eagerly (JAX re-raises
     it as a JaxRuntimeError with this text).
     """
-    import jax
     import jax.numpy as jnp
 
     bad_elements = jnp.zeros((batch,), dtype=bool)
@@ -335,23 +347,28 @@ def _check_traced(
         if not _is_tracer(a):
             continue  # checked on the host by broadcast_arguments
         unbatched = tuple(a.shape) == p.shape
-        shared = unbatched and not _vmapped(a)
         values = a[None] if unbatched else a
         for reason, mask in invalid_masks(jnp, p, values, PSD_TOL).items():
             mask = jnp.broadcast_to(mask, (batch,))
             bad_elements = bad_elements | mask
-            if on_failure == "raise" or shared:
+            if on_failure == "raise":
                 masks.append(mask)
-                labels.append(f"{p.name} ({reason}{', shared by the batch' if shared else ''})")
-                per_element.append(not unbatched and batch > 1)
+                labels.append(f"{p.name} ({reason})")
+            elif unbatched:  # shared by the batch unless a vmap maps it
+                masks.append(mask & ~_mapped(a))
+                labels.append(f"{p.name} ({reason}, shared by the batch)")
+            else:
+                continue
+            per_element.append(not unbatched and batch > 1)
     if masks:
 
         def check(found: Any) -> None:
-            found = np.asarray(found).reshape(len(labels), -1)
+            found = np.asarray(found).reshape(-1, len(labels)).T  # a vmap adds elements
             bad, indices = [], set()
             for label, hits, named in zip(labels, found, per_element, strict=True):
                 idx = np.flatnonzero(hits).tolist()
                 if idx:
+                    named = named or hits.size > batch
                     bad.append(f"{label} in batch elements [{listing(idx)}]" if named else label)
                     indices.update(idx)
             if bad:
@@ -362,7 +379,7 @@ def _check_traced(
                     indices=sorted(indices),
                 )
 
-        jax.debug.callback(check, jnp.stack(masks))
+        host_check(check, jnp.stack(masks, axis=1))
     return replace(data, q=jnp.where(bad_elements[:, None], jnp.nan, data.q))
 
 

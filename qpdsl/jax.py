@@ -20,8 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _standard_form as sf
+from ._jax_batching import host_check
 from ._jax_setup import warn_if_deadlocking_jaxlib
-from .errors import BackendNotFound, ParameterError
+from .errors import BackendNotFound, NotSupportedError, ParameterError
 from .qp import QPData, QPResult, Settings, Status, WarmStart, register_jax_pytrees
 from .solve.closest import Shiftable
 from .solve.core import check_on_failure, failure_error, resolve_backend, sanitise, solve_batch
@@ -179,11 +180,33 @@ def _differentiable_solve(
     def _jvp(
         primals: tuple[jax.Array, ...], tangents: tuple[jax.Array, ...]
     ) -> tuple[Outputs, tuple[Any, ...]]:
+        primals = _first_order_only(primals)
         outputs = primal(*primals)
         d_out = _tangent_map(tuple(primals[:7]), outputs, tuple(tangents[:7]), _mask_arrays(shiftable))
         return outputs, (*d_out, np.zeros(outputs[-1].shape, dtype=jax.dtypes.float0))
 
     return solve
+
+
+@jax.custom_jvp
+def _first_order_only(primals: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+    """The identity on the derivative rule's inputs, whose own derivative refuses second derivatives.
+
+    The rule evaluates a linear map at the solution; differentiating it again would differentiate
+    the solver's iterations and branches, which gives NaN or nonsense rather than the second
+    derivative of the solution map.
+    """
+    return primals
+
+
+@_first_order_only.defjvp
+def _no_second_derivatives(primals: tuple[Any, ...], tangents: tuple[Any, ...]) -> Any:
+    raise NotSupportedError(
+        "qpdsl JAX functions have no second derivatives: their derivative rule solves the adjoint "
+        "KKT system at the solution and is not itself differentiable. First derivatives (grad, "
+        "jvp, jacfwd, jacrev, and vmap or jit of these) are fine; differentiating them again "
+        "(jax.hessian, jacfwd(grad(...)), grad of a gradient penalty) is not supported"
+    )
 
 
 def _mask_arrays(shiftable: Shiftable | None) -> tuple[Any, Any]:
@@ -231,7 +254,7 @@ def _solve(options: tuple[Any, ...], arrays: tuple[jax.Array, ...], traced: bool
     res = outcome.result
     status = res.status.astype(jnp.int32)
     if traced and on_failure == "raise":
-        jax.debug.callback(partial(_raise_if_failed, batched=options[5]), status, outcome.valid)
+        host_check(partial(_raise_if_failed, batched=options[5]), status, outcome.valid)
     dtype = data.q.dtype
     return (*(a.astype(dtype) for a in (res.x, res.y, res.z, res.shift_eq, res.shift_in)), status)
 
@@ -271,7 +294,8 @@ def _solve_by_callback(options: tuple[Any, ...], arrays: tuple[jax.Array, ...]) 
 
 
 def _raise_if_failed(status: np.ndarray, valid: np.ndarray, batched: bool) -> None:
-    error = failure_error(np.asarray(status), np.asarray(valid), batched)
+    # under vmap the host sees every mapped element: their indices are worth naming
+    error = failure_error(np.asarray(status), np.asarray(valid), batched or np.size(status) > 1)
     if error is not None:
         raise error
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import os
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -25,3 +27,19 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def release_compiled_jax_programs() -> Iterator[None]:
+    """Drop JAX's compiled programs after each test module.
+
+    XLA:CPU maps each compiled kernel's code into memory separately: a jitted qpdsl solve takes
+    several hundred memory mappings, and a process that keeps every program of the suite runs
+    into the kernel's per-process limit (``vm.max_map_count``, 65530 by default), where the next
+    compilation crashes the interpreter.
+    """
+    yield
+    jax = sys.modules.get("jax")
+    if jax is not None:
+        jax.clear_caches()
+        gc.collect()

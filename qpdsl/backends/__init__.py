@@ -117,7 +117,7 @@ class Backend:
             messages.append(res.extras.get("messages", {}))
             return res
 
-        if traced(data):
+        if traced(data, warm_start):
             flow: Flow = TracedFlow(lambda d, w, m, s: self.solve_raw_masked(d, settings, w, m, s))
             if not data.is_sparse:
 

@@ -40,6 +40,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .._array import device, int_dtype, is_traced, namespace, to_numpy
+from .._jax_batching import fold_mapped_axis
 from ..qp import QPData, QPResult, Settings, SparseBatch, Status, WarmStart
 from .verify import INFINITE_BOUND, ROUNDING, _matvec, verify
 
@@ -218,28 +219,49 @@ def fold_vmap(
     ``V * B`` elements runs: the same program as under ``jit``. Batching the solver's loops and
     branches instead would run every loop until all mapped problems finish and compile both sides
     of every branch, with a select between them at each step.
+
+    The solve is traced here with its constants as explicit inputs (and again at the folded
+    shapes): a ``vmap`` of a ``lax.cond`` with a mapped predicate batches every operand of its
+    branches, constants included; a solve whose constants are mapped is batched the ordinary way
+    instead of folded.
     """
     import jax
     import jax.numpy as jnp
 
+    closed, shapes = jax.make_jaxpr(lambda d, w: replace(solve(d, w), extras={}), return_shape=True)(
+        data, warm
+    )
+    leaves, in_tree = jax.tree_util.tree_flatten((data, warm))
+    out_tree = jax.tree_util.tree_structure(shapes)
+    out_avals = jax.tree_util.tree_leaves(shapes)
+
+    def evaluate(consts: list[Any], leaves: list[Any]) -> list[Any]:
+        return jax.core.eval_jaxpr(closed.jaxpr, consts, *leaves)
+
     @jax.custom_batching.custom_vmap
-    def run(d: QPData, w: WarmStart | None) -> QPResult:
-        return replace(solve(d, w), extras={})
+    def run(consts: list[Any], leaves: list[Any]) -> list[Any]:
+        return evaluate(consts, leaves)
 
     @run.def_vmap
-    def fold(axis_size: int, in_batched: Any, d: QPData, w: WarmStart | None) -> tuple[QPResult, Any]:
-        batch = d.q.shape[1] if in_batched[0].q else d.q.shape[0]
+    def fold(
+        axis_size: int, in_batched: list[Any], consts: list[Any], leaves: list[Any]
+    ) -> tuple[list[Any], list[bool]]:
+        consts_mapped, leaves_mapped = in_batched
+        if any(consts_mapped):
+            axes = ([0 if b else None for b in consts_mapped], [0 if b else None for b in leaves_mapped])
+            return jax.vmap(evaluate, in_axes=axes)(consts, leaves), [True] * len(out_avals)
+        d, _ = jax.tree_util.tree_unflatten(in_tree, leaves)
+        d_mapped, _ = jax.tree_util.tree_unflatten(in_tree, leaves_mapped)
+        batch = d.q.shape[1] if d_mapped.q else d.q.shape[0]
+        if axis_size * batch == 0:  # nothing to solve
+            zeros = [jnp.zeros((axis_size, *a.shape), a.dtype) for a in out_avals]
+            return zeros, [True] * len(out_avals)
 
-        def merge(a: Any, mapped: bool) -> Any:
-            core = a.shape[2:] if mapped else a.shape[1:]
-            full = jnp.broadcast_to(a if mapped else a[None], (axis_size, batch, *core))
-            return full.reshape(axis_size * batch, *core)
+        merged = fold_mapped_axis(leaves, leaves_mapped, axis_size, batch)
+        out = jax.tree_util.tree_leaves(fold_vmap(solve, *jax.tree_util.tree_unflatten(in_tree, merged)))
+        return [o.reshape(axis_size, batch, *o.shape[1:]) for o in out], [True] * len(out)
 
-        out = run(*jax.tree_util.tree_map(merge, (d, w), tuple(in_batched)))
-        out = jax.tree_util.tree_map(lambda o: o.reshape(axis_size, batch, *o.shape[1:]), out)
-        return out, jax.tree_util.tree_map(lambda _: True, out)
-
-    return run(data, warm)
+    return jax.tree_util.tree_unflatten(out_tree, run(list(closed.consts), leaves))
 
 
 def solve_with_closest_feasible(
@@ -911,5 +933,9 @@ def _take(xp: Any, index: np.ndarray, dev: Any = None) -> Any:
     return xp.asarray(np.asarray(index, dtype=np.int64), device=dev)
 
 
-def traced(data: QPData) -> bool:
-    return any(is_traced(getattr(data, f.name)) for f in fields(QPData) if getattr(data, f.name) is not None)
+def traced(data: QPData, warm: WarmStart | None = None) -> bool:
+    """Whether an array of ``data`` or ``warm`` is a JAX tracer (a ``vmap`` may map only the warm start)."""
+    arrays = [getattr(data, f.name) for f in fields(QPData)]
+    if warm is not None:
+        arrays += [warm.x, warm.y, warm.z]
+    return any(is_traced(a) for a in arrays if a is not None)

@@ -14,11 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from .._array import device, framework, host_values, int_dtype, is_traced, namespace, to_numpy
+from .._array import device, framework, host_values, int_dtype, namespace, to_numpy
 from ..errors import ParameterError, SolverError, listing
 from ..qp import QPData, QPResult, Settings, SparseBatch, Status, WarmStart
 from ..validation import not_psd
 from .closest import Shiftable
+from .closest import traced as any_traced
 
 ON_FAILURE = ("raise", "nan", "ignore")
 FAILED = int(Status.NUMERICAL_ERROR)
@@ -209,7 +210,7 @@ def solve_batch(
     """
     check_on_failure(on_failure)
     xp = namespace(data.q)
-    traced = is_traced(data.q)
+    traced = any_traced(data, warm_start)
     dense = data if data.is_sparse else data.dense()
     valid = valid_elements(dense, check_convexity)
     all_valid = not traced and bool(xp.all(valid))
