@@ -342,7 +342,9 @@ def _check_traced(
     import jax.numpy as jnp
 
     bad_elements = jnp.zeros((batch,), dtype=bool)
-    masks, labels, per_element = [], [], []
+    masks: list[Any] = []
+    labels: list[str] = []
+    per_element: list[bool | None] = []  # name the elements: yes, no, or when a vmap adds some
     for p, a in zip(parameters, arrays, strict=True):
         if not _is_tracer(a):
             continue  # checked on the host by broadcast_arguments
@@ -354,12 +356,12 @@ def _check_traced(
             if on_failure == "raise":
                 masks.append(mask)
                 labels.append(f"{p.name} ({reason})")
+                # an unbatched value that a vmap maps has elements worth naming
+                per_element.append(True if not unbatched and batch > 1 else None)
             elif unbatched:  # shared by the batch unless a vmap maps it
                 masks.append(mask & ~_mapped(a))
                 labels.append(f"{p.name} ({reason}, shared by the batch)")
-            else:
-                continue
-            per_element.append(not unbatched and batch > 1)
+                per_element.append(False)
     if masks:
 
         def check(found: Any) -> None:
@@ -368,7 +370,7 @@ def _check_traced(
             for label, hits, named in zip(labels, found, per_element, strict=True):
                 idx = np.flatnonzero(hits).tolist()
                 if idx:
-                    named = named or hits.size > batch
+                    named = hits.size > batch if named is None else named
                     bad.append(f"{label} in batch elements [{listing(idx)}]" if named else label)
                     indices.update(idx)
             if bad:

@@ -137,3 +137,46 @@ def test_second_derivatives_are_refused(order: str) -> None:
     with pytest.raises(qd.NotSupportedError, match="no second derivatives"):
         run()
     np.testing.assert_allclose(jax.grad(loss)(v), 2 * exact(v) * exact_grad(v), atol=1e-7)
+
+
+def _dot_precisions(jaxpr: Any) -> list[Any]:
+    """The ``precision`` of every matrix product in ``jaxpr`` and its sub-jaxprs."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            found.append(eqn.params["precision"])
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (list, tuple)) else [value]:
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    found += _dot_precisions(inner)
+    return found
+
+
+@pytest.mark.parametrize("transform", ["jit", "vmap(jit)", "vmap(checkpoint)"])
+def test_folded_solves_trace_products_in_full_precision(transform: str) -> None:
+    """float32 products default to TF32 / bfloat16 passes on accelerators, which no solve converges
+    through; a vmap of an existing jaxpr folds the solve after the caller's precision setting ended."""
+    P, C_, l, u = np.eye(2), np.eye(2), -np.ones(2), np.ones(2)
+
+    def solve(q: Any) -> Any:
+        return qj.solve_qp(P, q, None, None, C_, l, u, backend="jax")[0]
+
+    fn = {"jit": jax.jit(solve), "vmap(jit)": jax.vmap(jax.jit(solve))}.get(transform)
+    fn = fn or jax.vmap(jax.checkpoint(solve))
+    q = np.ones((2, 2) if transform != "jit" else 2, dtype=np.float32)
+    precisions = _dot_precisions(jax.make_jaxpr(fn)(q).jaxpr)
+    assert precisions
+    highest = jax.lax.Precision.HIGHEST
+    assert all(p is not None and all(x == highest for x in p) for p in precisions), set(map(str, precisions))
+
+
+def test_an_invalid_shared_value_under_vmap_is_not_named_per_element() -> None:
+    c = qd.Parameter(2, name="c")
+    d = qd.Parameter(2, name="d")
+    y = qd.Variable(2, name="y")
+    prob = qd.Problem(qd.Minimize(qd.sum_squares(y) + c @ y), [y >= d])
+    f = prob.to_jax(parameters=[c, d], variables=[y], backend="jax", on_failure="nan")
+    with pytest.raises(Exception, match=r"d \(NaN or Inf, shared by the batch\):") as info:
+        jax.jit(jax.vmap(lambda v: f(v, np.array([np.nan, 0.0]))[0]))(C[:2])
+    assert "in batch elements" not in str(info.value)

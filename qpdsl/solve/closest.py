@@ -228,6 +228,9 @@ def fold_vmap(
     import jax
     import jax.numpy as jnp
 
+    # A batching rule may run after the caller's matmul-precision context has exited (vmap of an
+    # existing jaxpr: vmap(jit(f))); the folded solve is traced with the same precision.
+    precision = jax.config.jax_default_matmul_precision
     closed, shapes = jax.make_jaxpr(lambda d, w: replace(solve(d, w), extras={}), return_shape=True)(
         data, warm
     )
@@ -258,7 +261,8 @@ def fold_vmap(
             return zeros, [True] * len(out_avals)
 
         merged = fold_mapped_axis(leaves, leaves_mapped, axis_size, batch)
-        out = jax.tree_util.tree_leaves(fold_vmap(solve, *jax.tree_util.tree_unflatten(in_tree, merged)))
+        with jax.default_matmul_precision(precision):
+            out = jax.tree_util.tree_leaves(fold_vmap(solve, *jax.tree_util.tree_unflatten(in_tree, merged)))
         return [o.reshape(axis_size, batch, *o.shape[1:]) for o in out], [True] * len(out)
 
     return jax.tree_util.tree_unflatten(out_tree, run(list(closed.consts), leaves))
